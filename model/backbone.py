@@ -1,0 +1,207 @@
+"""Backbones of ME-GraphAU (Luo et al., IJCAI-ECAI 2022): torchvision ResNets and timm Swins.
+
+Each backbone maps an ImageNet-normalised (B, 3, 224, 224) batch to tokens (B, 49, C_in), with
+no pooling and no classifier.
+
+State dicts follow the public release: ResNets in torchvision's layout without `fc`; Swins in
+Microsoft's original layout (each stage's patch merging at the end of that stage, with the
+`relative_position_index` and `attn_mask` buffers saved). Internally the Swin is timm's model;
+a state-dict hook writes Microsoft's layout, and loading goes through timm's own
+`checkpoint_filter_fn`, so both layouts load.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
+from torch import nn
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+@dataclass(frozen=True)
+class ArcSpec:
+    family: str  # "resnet" | "swin"
+    in_channels: int  # C_in of the tokens
+    pretrained_file: str  # the release's ImageNet file name in checkpoints/
+    url: str  # where that file is published
+    resnet_layers: tuple[int, ...] = ()
+    resnet_block: str = ""
+    swin_embed_dim: int = 0
+    swin_depths: tuple[int, ...] = ()
+    swin_heads: tuple[int, ...] = ()
+    drop_path_rate: float = 0.0
+
+    @property
+    def out_channels(self) -> int:
+        """C, the width of the AU head: C_in / 4 for ResNets, C_in / 2 for Swins."""
+        return self.in_channels // 4 if self.family == "resnet" else self.in_channels // 2
+
+
+_TV = "https://download.pytorch.org/models/"
+_MS = "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
+ARCHS: dict[str, ArcSpec] = {
+    "resnet18": ArcSpec("resnet", 512, "resnet18-5c106cde.pth", _TV + "resnet18-5c106cde.pth",
+                        resnet_layers=(2, 2, 2, 2), resnet_block="basic"),
+    "resnet50": ArcSpec("resnet", 2048, "resnet50-19c8e357.pth", _TV + "resnet50-19c8e357.pth",
+                        resnet_layers=(3, 4, 6, 3), resnet_block="bottleneck"),
+    "resnet101": ArcSpec("resnet", 2048, "resnet101-5d3b4d8f.pth", _TV + "resnet101-5d3b4d8f.pth",
+                         resnet_layers=(3, 4, 23, 3), resnet_block="bottleneck"),
+    "swin_transformer_tiny": ArcSpec(
+        "swin", 768, "swin_tiny_patch4_window7_224.pth", _MS + "swin_tiny_patch4_window7_224.pth",
+        swin_embed_dim=96, swin_depths=(2, 2, 6, 2), swin_heads=(3, 6, 12, 24), drop_path_rate=0.2),
+    "swin_transformer_small": ArcSpec(
+        "swin", 768, "swin_small_patch4_window7_224.pth", _MS + "swin_small_patch4_window7_224.pth",
+        swin_embed_dim=96, swin_depths=(2, 2, 18, 2), swin_heads=(3, 6, 12, 24), drop_path_rate=0.3),
+    "swin_transformer_base": ArcSpec(
+        "swin", 1024, "swin_base_patch4_window7_224.pth", _MS + "swin_base_patch4_window7_224.pth",
+        swin_embed_dim=128, swin_depths=(2, 2, 18, 2), swin_heads=(4, 8, 16, 32), drop_path_rate=0.5),
+}
+
+
+def arc_spec(arc: str) -> ArcSpec:
+    if arc not in ARCHS:
+        raise ValueError(f"unknown --arc {arc!r}; choose one of {', '.join(ARCHS)}")
+    return ARCHS[arc]
+
+
+class ResNetTokens(torchvision.models.ResNet):
+    """torchvision ResNet without its classifier; returns layer4's map as tokens."""
+
+    def __init__(self, spec: ArcSpec):
+        block = torchvision.models.resnet.BasicBlock if spec.resnet_block == "basic" \
+            else torchvision.models.resnet.Bottleneck
+        super().__init__(block, list(spec.resnet_layers))
+        del self.fc  # the release's backbones have no classifier keys
+        del self.avgpool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, C_in, 7, 7)
+        return x.flatten(2).transpose(1, 2)  # (B, 49, C_in)
+
+
+_TIMM_DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
+
+
+def swin_timm_to_microsoft(state_dict: dict, model: SwinTransformer) -> OrderedDict:
+    """Pure inverse of timm's `checkpoint_filter_fn` for a headless Swin: timm layout -> Microsoft's.
+
+    Moves each stage's leading patch merging (timm) to the end of the previous stage, and adds
+    the `relative_position_index` and `attn_mask` buffers that Microsoft's checkpoints carry,
+    in Microsoft's key order.
+    """
+    out = OrderedDict()
+    downsample = []
+    for key, value in state_dict.items():
+        m = _TIMM_DOWNSAMPLE.match(key)
+        if m:
+            # timm: stage s opens with the merging of stage s-1's output; Microsoft: stage s-1 ends with it
+            new_key = f"layers.{int(m.group(1)) - 1}.downsample." + key[m.end():]
+            downsample.append((new_key, value))
+            continue
+        if downsample:  # Microsoft saves `reduction` before `norm`
+            for k, v in sorted(downsample, key=lambda kv: "reduction" not in kv[0]):
+                out[k] = v
+            downsample = []
+        block = re.match(r"^(layers\.\d+\.blocks\.\d+)\.norm1\.weight$", key)
+        if block:
+            mask = model.get_submodule(block.group(1)).attn_mask
+            if mask is not None:  # blocks with shifted windows; Microsoft saves it first
+                out[block.group(1) + ".attn_mask"] = mask
+        out[key] = value
+        if key.endswith("attn.relative_position_bias_table"):
+            attn = model.get_submodule(key[: -len(".relative_position_bias_table")])
+            out[key.replace("relative_position_bias_table", "relative_position_index")] = \
+                attn.relative_position_index
+    for k, v in downsample:
+        out[k] = v
+    return out
+
+
+def _sub_state_dict(state_dict: dict, prefix: str) -> OrderedDict:
+    """Pop the keys under `prefix` out of `state_dict`, returned without the prefix."""
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    return OrderedDict((k[len(prefix):], state_dict.pop(k)) for k in keys)
+
+
+class SwinTokens(SwinTransformer):
+    """timm's Swin Transformer (patch 4, window 7, 224) returning the last stage's tokens after
+    the final LayerNorm, with state dicts in Microsoft's layout (see module docstring)."""
+
+    def __init__(self, spec: ArcSpec):
+        super().__init__(img_size=224, patch_size=4, window_size=7, embed_dim=spec.swin_embed_dim,
+                         depths=spec.swin_depths, num_heads=spec.swin_heads, num_classes=0,
+                         drop_path_rate=spec.drop_path_rate)
+        self._register_state_dict_hook(SwinTokens._to_microsoft_layout)
+        self._register_load_state_dict_pre_hook(SwinTokens._from_any_layout, with_module=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)  # (B, 7, 7, C_in), after the final norm
+        return x.flatten(1, 2)  # (B, 49, C_in)
+
+    @staticmethod
+    def _to_microsoft_layout(module, state_dict, prefix, local_metadata):
+        for k, v in swin_timm_to_microsoft(_sub_state_dict(state_dict, prefix), module).items():
+            state_dict[prefix + k] = v
+        return state_dict
+
+    @staticmethod
+    def _from_any_layout(module, state_dict, prefix, *args):
+        local = _sub_state_dict(state_dict, prefix)
+        # timm's own converter: moves Microsoft's merging layers, drops the derived buffers
+        for k, v in checkpoint_filter_fn(local, module).items():
+            state_dict[prefix + k] = v
+
+
+def build_backbone(arc: str) -> nn.Module:
+    spec = arc_spec(arc)
+    return ResNetTokens(spec) if spec.family == "resnet" else SwinTokens(spec)
+
+
+class MissingWeightsError(FileNotFoundError):
+    pass
+
+
+def missing_weights_message(arc: str, path: Path) -> str:
+    spec = arc_spec(arc)
+    return (f"ImageNet weights for --arc {arc} not found: {path}. Download {spec.url} and save it "
+            f"as {CHECKPOINT_DIR / spec.pretrained_file} (see checkpoints/checkpoints.txt), or pass "
+            f"--pretrained PATH.")
+
+
+def load_imagenet_weights(backbone: nn.Module, arc: str, path: str | Path | None = None) -> Path | None:
+    """Initialise `backbone` from the original ImageNet file of `arc`.
+
+    path=None looks for the release's file name in checkpoints/ and, if it is absent, warns
+    loudly and leaves the backbone random (returns None). An explicit path that does not exist
+    is an error. Keys are checked strictly: a file of another architecture is refused.
+    """
+    spec = arc_spec(arc)
+    explicit = path is not None
+    path = Path(path) if explicit else CHECKPOINT_DIR / spec.pretrained_file
+    if not path.is_file():
+        if explicit:
+            raise MissingWeightsError(missing_weights_message(arc, path))
+        warnings.warn("\n" + "!" * 80 + "\n" + missing_weights_message(arc, path)
+                      + "\nTraining starts from a RANDOM backbone: expect much lower accuracy.\n"
+                      + "!" * 80, stacklevel=2)
+        return None
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = obj.get("model", obj.get("state_dict", obj)) if isinstance(obj, dict) else obj
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    # the ImageNet classifiers are not part of the backbone
+    state_dict = {k: v for k, v in state_dict.items() if not re.match(r"^(fc|head)\.", k)}
+    result = backbone.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path} does not hold ImageNet weights of {arc}: "
+            f"{len(result.missing_keys)} missing keys {result.missing_keys[:5]}, "
+            f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:5]}")
+    return path

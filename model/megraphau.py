@@ -1,0 +1,76 @@
+"""MEFARG: the full ME-GraphAU model (Luo et al., "Learning Multi-dimensional Edge Feature-based AU
+Relation Graph for Facial Action Unit Recognition", IJCAI-ECAI 2022).
+
+backbone -> tokens (B, 49, C_in) -> global_linear (B, 49, C) -> stage-1 head (ANFL) or
+stage-2 head (ANFL's node features + MEFL's edge features and gated graph).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import anfl, mefl
+from .backbone import arc_spec, build_backbone, load_imagenet_weights
+from .basic_block import LinearBlock
+
+
+@dataclass
+class MEFARGConfig:
+    stage: int = 1  # 1: ANFL only; 2: ANFL + MEFL
+    arc: str = "swin_transformer_base"
+    num_classes: int = 12  # N, the number of AUs
+    neighbor_num: int = 4  # K of the stage-1 facial graph
+    metric: str = "dots"  # similarity of the stage-1 facial graph: dots | cosine | l1
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        arc_spec(self.arc)  # validates the name
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.metric not in anfl.METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; choose one of {anfl.METRICS}")
+
+
+class MEFARG(nn.Module):
+    """Stage 1 returns AU probabilities (B, N); stage 2 returns (probabilities (B, N),
+    edge logits (B, N*N, 4))."""
+
+    def __init__(self, config: MEFARGConfig):
+        super().__init__()
+        self.config = config
+        spec = arc_spec(config.arc)
+        self.backbone = build_backbone(config.arc)
+        self.in_channels, self.out_channels = spec.in_channels, spec.out_channels
+        self.global_linear = LinearBlock(self.in_channels, self.out_channels)
+        if config.stage == 1:
+            self.head = anfl.Head(self.out_channels, config.num_classes, config.neighbor_num, config.metric)
+        else:
+            self.head = mefl.Head(self.out_channels, config.num_classes)
+
+    def forward(self, x: torch.Tensor):
+        x = self.global_linear(self.backbone(x))  # (B, 49, C)
+        return self.head(x)
+
+
+def build_model(stage: int, arc: str, num_classes: int, neighbor_num: int = 4, metric: str = "dots",
+                pretrained: str | Path | bool | None = None) -> MEFARG:
+    """Build a ME-GraphAU model.
+
+    pretrained: ImageNet initialisation of the backbone. None: the release's file in
+    checkpoints/ if present, else a loud warning and a random backbone. A path: that file
+    (an error if missing). False: no ImageNet weights (e.g. before loading a trained checkpoint).
+    """
+    model = MEFARG(MEFARGConfig(stage=stage, arc=arc, num_classes=num_classes,
+                                neighbor_num=neighbor_num, metric=metric))
+    if pretrained is not False:
+        load_imagenet_weights(model.backbone, arc, None if pretrained in (None, True) else pretrained)
+    return model
+
+
+def model_config_dict(model: nn.Module) -> dict:
+    """The model's configuration as a plain dict (saved in checkpoints)."""
+    return asdict(model.config)
