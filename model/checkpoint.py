@@ -36,13 +36,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        warnings.warn(f"{path} holds Python objects besides tensors; loading it with full unpickling "
-                      f"(only do this for files you trust)")
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated or not a torch file at all
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "weights_only" not in str(exc):
+                raise
+            warnings.warn(f"{path} holds Python objects besides tensors; loading it with full "
+                          f"unpickling (only do this for files you trust)")
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated, or not a torch file at all
+        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if not isinstance(obj, dict):
         raise ValueError(f"{path} is not a checkpoint: expected a dict, got {type(obj).__name__}")
     state_dict = obj
