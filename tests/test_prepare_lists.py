@@ -97,3 +97,177 @@ def test_bad_label_value_and_part_count(tmp_path):
         write_fold_lists(tmp_path, "TINY", parts)
     with pytest.raises(ListPreparationError, match="3 subject parts"):
         write_fold_lists(tmp_path, "TINY", _tiny_parts()[:2])
+
+
+# ----------------------------------------------------------------------------- fake raw trees
+from tool.prepare_lists import main as prepare_main  # noqa: E402
+from tool.prepare_lists import read_bp4d_parts, read_disfa_parts  # noqa: E402
+
+BP4D_HEADER = ["", "1", "2", "3", "4", "5", "6", "7", "9", "10", "11", "12", "13", "14", "15",
+               "16", "17", "18", "23", "24", "27"]
+
+
+def _bp4d_rows(subject_index, task_index):
+    """Two frames per sequence; AU values depend on position so every AU occurs somewhere."""
+    rows = []
+    for f in range(2):
+        frame = 10 * task_index + f + 1
+        values = []
+        for c, name in enumerate(BP4D_HEADER[1:]):
+            values.append(str((subject_index + task_index + f + c) % 2))
+        rows.append([str(frame)] + values)
+    return rows
+
+
+def make_bp4d_tree(root, uncoded=(), header=BP4D_HEADER):
+    """AU_OCC tree for every protocol subject; `uncoded`: (subject, task, row, au) set to 9."""
+    root.mkdir(parents=True, exist_ok=True)
+    subjects = [s for part in BP4D_PARTS for s in part]
+    for si, subject in enumerate(subjects):
+        for ti, task in enumerate(BP4D_TASKS):
+            rows = _bp4d_rows(si, ti)
+            for (us, ut, ur, au) in uncoded:
+                if (us, ut) == (subject, task):
+                    rows[ur][header.index(str(au))] = "9"
+            text = ",".join(header) + "\n" + "\n".join(",".join(r) for r in rows) + "\n"
+            (root / f"{subject}_{task}.csv").write_text(text)
+    return root
+
+
+def make_disfa_tree(root, frames=3):
+    subjects = [s for part in DISFA_PARTS for s in part]
+    for si, subject in enumerate(subjects):
+        d = root / subject
+        d.mkdir(parents=True)
+        for ci, au in enumerate(DISFA_AUS):
+            lines = [f"{i + 1},{(si + ci + i) % 6}" for i in range(frames)]
+            (d / f"{subject}_au{au}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_bp4d_cli_lists_exact(tmp_path, capsys):
+    raw = make_bp4d_tree(tmp_path / "AU_OCC", uncoded=[("F007", "T1", 0, 4), ("F007", "T1", 0, 23),
+                                                        ("M011", "T3", 1, 1)])
+    out = tmp_path / "list"
+    assert prepare_main(["--dataset", "BP4D", "--label-dir", str(raw), "--list-dir", str(out)]) == 0
+    summary = capsys.readouterr().out
+    assert "3 labels in 2 frames written as -1" in summary
+    assert "fold1: train 448 frames, test 208 frames" in summary
+    test_paths = _read(out / "BP4D_test_img_path_fold1.txt")
+    # part3 in subject order, tasks T1..T8, frames in file order, frame number as written
+    assert test_paths[:4] == ["F007/T1/1.jpg", "F007/T1/2.jpg", "F007/T2/11.jpg", "F007/T2/12.jpg"]
+    assert test_paths[-1] == "F014/T8/72.jpg"
+    train2 = _read(out / "BP4D_train_img_path_fold2.txt")
+    assert train2[0] == "F001/T1/1.jpg" and train2[14 * 16] == "F007/T1/1.jpg"
+    train3 = _read(out / "BP4D_train_img_path_fold3.txt")
+    assert train3[0] == "M011/T1/1.jpg" and train3[14 * 16] == "F007/T1/1.jpg"
+    # label columns taken by header name: AUs 1 2 4 6 7 10 12 14 15 17 23 24
+    cols = [BP4D_HEADER.index(str(a)) - 1 for a in BP4D_AUS]
+    si = [s for p in BP4D_PARTS for s in p].index("F007")
+    row0 = [(si + 0 + 0 + c) % 2 for c in cols]
+    row0[BP4D_AUS.index(4)] = -1
+    row0[BP4D_AUS.index(23)] = -1
+    labels = _read(out / "BP4D_test_label_fold1.txt")
+    assert labels[0] == " ".join(map(str, row0))
+    assert all(len(l.split()) == 12 for l in labels)
+    # relation file mirrors the -1s
+    rel = np.loadtxt(out / "BP4D_train_AU_relation_fold2.txt", dtype=np.int64)
+    lab = np.loadtxt(out / "BP4D_train_label_fold2.txt", dtype=np.int64)
+    np.testing.assert_array_equal(rel, compute_relations(lab))
+    assert (lab == -1).sum() == 2  # the F007 frame is in fold2's training set
+    w = np.loadtxt(out / "BP4D_weight_fold2.txt")
+    np.testing.assert_allclose(w, compute_class_weights(lab), atol=1e-6)
+
+
+def test_bp4d_drop_uncoded(tmp_path, capsys):
+    raw = make_bp4d_tree(tmp_path / "AU_OCC", uncoded=[("F007", "T1", 0, 4), ("F007", "T1", 0, 23),
+                                                        ("M011", "T3", 1, 1)])
+    parts, stats = read_bp4d_parts(raw, drop_uncoded=True)
+    assert stats["dropped_frames"] == 2
+    assert [len(p) for p in parts] == [224, 223, 207]
+    assert parts[2][0][0] == "F007/T1/2.jpg"
+    assert all(-1 not in labels for part in parts for _, labels in part)
+
+
+def test_bp4d_errors(tmp_path):
+    raw = make_bp4d_tree(tmp_path / "AU_OCC")
+    (raw / "M008_T5.csv").unlink()
+    with pytest.raises(ListPreparationError, match=r"M008_T5\.csv: missing sequence file"):
+        read_bp4d_parts(raw)
+
+    raw = make_bp4d_tree(tmp_path / "nocol", header=[h if h != "17" else "8" for h in BP4D_HEADER])
+    with pytest.raises(ListPreparationError, match=r"F001_T1\.csv:1: missing AU column '17'"):
+        read_bp4d_parts(raw)
+
+    raw = make_bp4d_tree(tmp_path / "bad")
+    path = raw / "F018_T2.csv"
+    lines = path.read_text().splitlines()
+    fields = lines[1].split(",")
+
+    def with_field(index, value):
+        return ",".join(fields[:index] + [value] + fields[index + 1:])
+
+    au24 = BP4D_HEADER.index("24")
+    for bad_row, message in [(lines[1] + ",0", r"F018_T2\.csv:3: 22 fields, the header has 21"),
+                             (with_field(0, "12a"), r"F018_T2\.csv:3: frame number '12a'"),
+                             (with_field(au24, "x"), r"F018_T2\.csv:3: AU24 value 'x'"),
+                             (with_field(1, "5"), r"F018_T2\.csv:3: AU1 value 5 is not 0, 1 or 9")]:
+        path.write_text("\n".join([lines[0], lines[1], bad_row]) + "\n")
+        with pytest.raises(ListPreparationError, match=message):
+            read_bp4d_parts(raw)
+
+
+def test_cli_reports_error_and_help(tmp_path, capsys):
+    assert prepare_main(["--dataset", "BP4D", "--label-dir", str(tmp_path / "nope"),
+                         "--list-dir", str(tmp_path / "l")]) == 2
+    assert "nope: label directory not found" in capsys.readouterr().err
+    res = subprocess.run([sys.executable, str(REPO / "tool" / "prepare_lists.py"), "--help"],
+                         capture_output=True, text=True, check=True)
+    assert "AUCoding/AU_OCC" in res.stdout and "_AU_relation_fold" in res.stdout
+
+
+def test_disfa_threshold_paths_and_lengths(tmp_path, capsys):
+    raw = make_disfa_tree(tmp_path / "ActionUnit_Labels")
+    out = tmp_path / "list"
+    assert prepare_main(["--dataset", "DISFA", "--label-dir", str(raw), "--list-dir", str(out)]) == 0
+    assert "fold1: train 54 frames, test 27 frames" in capsys.readouterr().out
+    paths = _read(out / "DISFA_test_img_path_fold1.txt")
+    assert paths[:4] == ["SN003/0.png", "SN003/1.png", "SN003/2.png", "SN029/0.png"]
+    si = [s for p in DISFA_PARTS for s in p].index("SN003")
+    expected = [[int((si + ci + i) % 6 >= 2) for ci in range(8)] for i in range(3)]
+    labels = [list(map(int, l.split())) for l in _read(out / "DISFA_test_label_fold1.txt")[:3]]
+    assert labels == expected
+
+
+def test_disfa_errors(tmp_path):
+    raw = make_disfa_tree(tmp_path / "a")
+    (raw / "SN005" / "SN005_au9.txt").unlink()
+    with pytest.raises(ListPreparationError, match=r"SN005_au9\.txt: missing AU9 label file"):
+        read_disfa_parts(raw)
+    raw = make_disfa_tree(tmp_path / "b")
+    p = raw / "SN011" / "SN011_au12.txt"
+    p.write_text(p.read_text() + "4,1\n")
+    with pytest.raises(ListPreparationError, match=r"SN011_au12\.txt: 4 frames, but .*SN011_au1\.txt has 3"):
+        read_disfa_parts(raw)
+    for text, message in [("1,0\n2,7\n3,0\n", r"SN011_au12\.txt:2: intensity 7 is not in 0\.\.5"),
+                          ("1,0\n2;1\n3,0\n", r"SN011_au12\.txt:2: expected 'frame,intensity'"),
+                          ("1,0\n2,1\n3,x\n", r"SN011_au12\.txt:3: intensity 'x'")]:
+        p.write_text(text)
+        with pytest.raises(ListPreparationError, match=message):
+            read_disfa_parts(raw)
+    import shutil
+    shutil.rmtree(raw / "SN032")
+    with pytest.raises(ListPreparationError, match=r"SN032: missing subject directory"):
+        read_disfa_parts(raw)
+
+
+def test_check_against_known_release_values(tmp_path):
+    from tool.prepare_lists import KNOWN_FOLD1, check_against_known
+    known = KNOWN_FOLD1["DISFA"]
+    (tmp_path / "DISFA_weight_fold1.txt").write_text("\t".join(f"{w:f}" for w in known["weights"]))
+    (tmp_path / "DISFA_test_img_path_fold1.txt").write_text("x.png\n" * known["test_size"])
+    assert check_against_known(tmp_path, "DISFA") == []
+    (tmp_path / "DISFA_weight_fold1.txt").write_text("\t".join(["1.000000"] * 8))
+    (tmp_path / "DISFA_test_img_path_fold1.txt").write_text("x.png\n" * 5)
+    problems = check_against_known(tmp_path, "DISFA")
+    assert len(problems) == 2 and "weights" in problems[0] and "43605" in problems[1]

@@ -181,3 +181,217 @@ def write_fold_lists(list_dir, prefix: str, parts: Sequence[Sequence]) -> None:
                      ["\t".join(f"{w:f}" for w in weights)])
         _write_int_rows(list_dir / f"{prefix}_train_AU_relation_fold{k}.txt",
                         compute_relations(train_labels))
+
+
+# ----------------------------------------------------------------------------- raw label readers
+def _parse_int(text: str, where: str, what: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ListPreparationError(f"{where}: {what} {text.strip()!r} is not an integer") from None
+
+
+def read_bp4d_sequence(csv_path, aus: Sequence[int] = BP4D_AUS) -> tuple[list[int], np.ndarray]:
+    """Read one BP4D AU_OCC csv: (frame numbers, labels (M, len(aus)) with 9 kept as 9).
+
+    The AU columns are found by header name; the first column is the frame number.
+    """
+    csv_path = Path(csv_path)
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise ListPreparationError(f"{csv_path}:1: empty file, expected a header row")
+    header = [h.strip() for h in rows[0]]
+    columns = []
+    for au in aus:
+        if str(au) not in header[1:]:
+            raise ListPreparationError(
+                f"{csv_path}:1: missing AU column '{au}' in the header (columns: "
+                f"{', '.join(header[:30])}{' ...' if len(header) > 30 else ''})")
+        columns.append(header.index(str(au), 1))
+    frames, labels = [], []
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue  # blank line (e.g. trailing)
+        where = f"{csv_path}:{line_no}"
+        if len(row) != len(header):
+            raise ListPreparationError(
+                f"{where}: {len(row)} fields, the header has {len(header)}")
+        frames.append(_parse_int(row[0], where, "frame number"))
+        values = []
+        for au, c in zip(aus, columns):
+            v = _parse_int(row[c], where, f"AU{au} value")
+            if v not in (0, 1, BP4D_UNCODED):
+                raise ListPreparationError(f"{where}: AU{au} value {v} is not 0, 1 or 9")
+            values.append(v)
+        labels.append(values)
+    return frames, np.asarray(labels, dtype=np.int64).reshape(len(labels), len(aus))
+
+
+def read_bp4d_parts(label_dir, drop_uncoded: bool = False, parts=BP4D_PARTS,
+                    tasks=BP4D_TASKS) -> tuple[list[list], dict]:
+    """BP4D parts for write_fold_lists from AUCoding/AU_OCC, plus counts for the summary.
+
+    Value 9 ("not coded") becomes -1 (unknown), or with drop_uncoded the frame is dropped.
+    """
+    label_dir = Path(label_dir)
+    if not label_dir.is_dir():
+        raise ListPreparationError(f"{label_dir}: label directory not found (expected AUCoding/AU_OCC)")
+    out_parts, stats = [], {"uncoded_frames": 0, "uncoded_labels": 0, "dropped_frames": 0}
+    for subjects in parts:
+        items = []
+        for subject in subjects:
+            for task in tasks:
+                path = label_dir / f"{subject}_{task}.csv"
+                if not path.is_file():
+                    raise ListPreparationError(f"{path}: missing sequence file of subject "
+                                               f"{subject}, task {task}")
+                frames, labels = read_bp4d_sequence(path)
+                uncoded = labels == BP4D_UNCODED
+                frame_uncoded = uncoded.any(axis=1)
+                stats["uncoded_frames"] += int(frame_uncoded.sum())
+                stats["uncoded_labels"] += int(uncoded.sum())
+                labels = np.where(uncoded, -1, labels)
+                for frame, row, skip in zip(frames, labels, frame_uncoded):
+                    if drop_uncoded and skip:
+                        stats["dropped_frames"] += 1
+                        continue
+                    items.append((f"{subject}/{task}/{frame}.jpg", row.tolist()))
+        out_parts.append(items)
+    return out_parts, stats
+
+
+def read_disfa_subject(subject_dir, subject: str, aus: Sequence[int] = DISFA_AUS) -> np.ndarray:
+    """Occurrence labels (M, len(aus)) of one DISFA subject: intensity >= 2 -> 1."""
+    subject_dir = Path(subject_dir)
+    columns, expected_len, first_path = [], None, None
+    for au in aus:
+        path = subject_dir / f"{subject}_au{au}.txt"
+        if not path.is_file():
+            raise ListPreparationError(f"{path}: missing AU{au} label file of subject {subject}")
+        lines = path.read_text().splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()  # trailing blank lines
+        values = []
+        for line_no, line in enumerate(lines, start=1):
+            where = f"{path}:{line_no}"
+            fields = line.split(",")
+            if len(fields) != 2:
+                raise ListPreparationError(
+                    f"{where}: expected 'frame,intensity', got {line.strip()!r}")
+            _parse_int(fields[0], where, "frame number")
+            v = _parse_int(fields[1], where, "intensity")
+            if not 0 <= v <= 5:
+                raise ListPreparationError(f"{where}: intensity {v} is not in 0..5")
+            values.append(v)
+        if expected_len is None:
+            expected_len, first_path = len(values), path
+        elif len(values) != expected_len:
+            raise ListPreparationError(
+                f"{path}: {len(values)} frames, but {first_path} has {expected_len}; all AU "
+                f"files of {subject} must have the same length")
+        columns.append(values)
+    intensity = np.asarray(columns, dtype=np.int64).T  # (M, len(aus))
+    return (intensity >= DISFA_OCCURRENCE_THRESHOLD).astype(np.int64)
+
+
+def read_disfa_parts(label_dir, parts=DISFA_PARTS) -> tuple[list[list], dict]:
+    """DISFA parts for write_fold_lists from ActionUnit_Labels (image {SN}/{i}.png, i from 0)."""
+    label_dir = Path(label_dir)
+    if not label_dir.is_dir():
+        raise ListPreparationError(f"{label_dir}: label directory not found (expected ActionUnit_Labels)")
+    out_parts = []
+    for subjects in parts:
+        items = []
+        for subject in subjects:
+            subject_dir = label_dir / subject
+            if not subject_dir.is_dir():
+                raise ListPreparationError(f"{subject_dir}: missing subject directory")
+            labels = read_disfa_subject(subject_dir, subject)
+            items.extend((f"{subject}/{i}.png", row.tolist()) for i, row in enumerate(labels))
+        out_parts.append(items)
+    return out_parts, {}
+
+
+# ----------------------------------------------------------------------------- command line
+def _read_weights(path: Path) -> np.ndarray:
+    return np.asarray(path.read_text().split(), dtype=np.float64)
+
+
+def check_against_known(list_dir, dataset: str, tol: float = 2e-6) -> list[str]:
+    """Compare fold-1 weights and test size with the release's values; returns problems."""
+    known = KNOWN_FOLD1[dataset]
+    list_dir = Path(list_dir)
+    problems = []
+    weights = _read_weights(list_dir / f"{dataset}_weight_fold1.txt")
+    if weights.shape != (len(known["weights"]),) or np.abs(weights - known["weights"]).max() > tol:
+        problems.append(f"fold1 weights {' '.join(f'{w:f}' for w in weights)} differ from the "
+                        f"release's {' '.join(f'{w:f}' for w in known['weights'])}")
+    n_test = len(_read(list_dir / f"{dataset}_test_img_path_fold1.txt"))
+    if n_test != known["test_size"]:
+        problems.append(f"fold1 test size {n_test} differs from the release's {known['test_size']}")
+    return problems
+
+
+def _read(path: Path) -> list[str]:
+    return Path(path).read_text().splitlines()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1].rsplit("\n\nLibrary use", 1)[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, choices=("BP4D", "DISFA"))
+    parser.add_argument("--label-dir", required=True,
+                        help="BP4D: AUCoding/AU_OCC; DISFA: ActionUnit_Labels")
+    parser.add_argument("--list-dir", default=None,
+                        help="output folder (default: data/{DATASET}/list of this repository)")
+    parser.add_argument("--drop-uncoded", action="store_true",
+                        help="BP4D: drop frames with any 'not coded' (9) label instead of "
+                             "writing -1 (unknown) for them")
+    parser.add_argument("--check", action="store_true",
+                        help="compare fold-1 weights and test size with the release's values "
+                             "(full real data only); exit 1 on a mismatch")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    repo = Path(__file__).resolve().parents[1]
+    list_dir = Path(args.list_dir) if args.list_dir else repo / "data" / args.dataset / "list"
+    try:
+        if args.dataset == "BP4D":
+            parts, stats = read_bp4d_parts(args.label_dir, drop_uncoded=args.drop_uncoded)
+        else:
+            if args.drop_uncoded:
+                print("note: --drop-uncoded has no effect on DISFA (every frame is coded)")
+            parts, stats = read_disfa_parts(args.label_dir)
+        write_fold_lists(list_dir, args.dataset, parts)
+    except ListPreparationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    sizes = [len(p) for p in parts]
+    print(f"{args.dataset}: wrote lists to {list_dir}")
+    print(f"  frames per part: {sizes[0]} / {sizes[1]} / {sizes[2]}")
+    for k, (train_idx, test_idx) in FOLD_PARTS.items():
+        n_train = sum(sizes[i] for i in train_idx)
+        print(f"  fold{k}: train {n_train} frames, test {sizes[test_idx]} frames")
+    if args.dataset == "BP4D":
+        if args.drop_uncoded:
+            print(f"  uncoded (9): dropped {stats['dropped_frames']} frames")
+        else:
+            print(f"  uncoded (9): {stats['uncoded_labels']} labels in {stats['uncoded_frames']} "
+                  f"frames written as -1 (unknown)")
+    if args.check:
+        problems = check_against_known(list_dir, args.dataset)
+        for p in problems:
+            print(f"check: {p}", file=sys.stderr)
+        if problems:
+            return 1
+        print("check: fold1 weights and test size match the release")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
