@@ -95,12 +95,13 @@ def infer_config(state_dict: dict) -> dict:
 
 
 def _describe(cfg: dict) -> str:
-    return f"stage {cfg.get('stage')}, --arc {cfg.get('arc')}, {cfg.get('num_classes')} AUs"
+    variant = " (OpenGraphAU)" if cfg.get("variant") == "opengraphau" else ""
+    return f"stage {cfg.get('stage')}, --arc {cfg.get('arc')}, {cfg.get('num_classes')} AUs{variant}"
 
 
 def _model_config(model: nn.Module) -> dict:
     cfg = getattr(model, "config", None)
-    return {k: getattr(cfg, k, None) for k in ("arc", "stage", "num_classes")}
+    return {k: getattr(cfg, k, None) for k in ("arc", "stage", "num_classes", "variant")}
 
 
 def _key_list(keys: list, limit: int = 8) -> str:
