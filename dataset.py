@@ -1,0 +1,346 @@
+"""AU data sets of ME-GraphAU (IJCAI-ECAI 2022): configs, image transforms and the Dataset.
+
+Public API (stable; the training, test and demo scripts code against exactly this):
+
+- :class:`DatasetError` (a ``ValueError``): bad config, list file or image; the message
+  names the file (and line).
+- :func:`load_dataset_config`: ``'BP4D'``, ``'DISFA'``, ``'SYNTH'``, ``'OpenGraphAU'`` or a
+  path to a ``.yaml`` -> a validated dict.
+- :func:`build_transform`: the release's train / test transforms (SPEC §4) without the flip,
+  on uint8 tensors.
+- :class:`AUDataset`: one split of one fold, from ``{dataset_path}/list/`` (written by
+  ``tool/prepare_lists.py``) and ``{dataset_path}/img/``.
+
+Labels are 0 / 1 and -1 for "unknown"; -1 entries are meant to be left out of the loss and
+the metrics (SPEC §7).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+REPO_ROOT = Path(__file__).resolve().parent
+CONFIG_DIR = REPO_ROOT / "config"
+NAMED_CONFIGS = ("BP4D", "DISFA", "SYNTH", "OpenGraphAU")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The release's BP4D lists keep the raw "not coded" value 9 (SPEC §6); it is read as unknown.
+RELEASE_UNCODED = 9
+
+__all__ = ["AUDataset", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "NAMED_CONFIGS",
+           "build_transform", "load_dataset_config", "read_image", "relations_from_labels"]
+
+
+class DatasetError(ValueError):
+    """Bad dataset config, list file or image; the message names the file (and line)."""
+
+
+# ----------------------------------------------------------------------------- config
+def load_dataset_config(name_or_path: Union[str, os.PathLike]) -> dict:
+    """Read and validate a dataset config.
+
+    A known name (``BP4D``, ``DISFA``, ``SYNTH``, ``OpenGraphAU``, or any ``config/{name}.yaml``
+    of this repository) reads ``<repo>/config/{name}.yaml`` whatever the working directory; a
+    path to a ``.yaml``/``.yml`` file reads that file.
+
+    Returned keys: name, dataset_path (absolute; relative paths are taken from the repo root),
+    num_classes, neighbor_num, au_names, au_descriptions (list or None), lam (float or None),
+    flip_label_pairs (list of [i, j], default []), synthetic (bool, default False), defaults
+    (mapping of parser defaults per script, default {}), plus any other keys unchanged.
+    ``name`` falls back to a ``dataset`` key, then to the file name.
+    """
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or os.sep in text or "/" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise DatasetError(f"{path}: dataset config file not found")
+    else:
+        path = CONFIG_DIR / f"{text}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) or list(NAMED_CONFIGS)
+            raise DatasetError(f"unknown dataset {text!r}: no {path}; known: {', '.join(known)} "
+                               f"(or pass a path to a .yaml file)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise DatasetError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
+    return _validate_config(dict(raw), path)
+
+
+def _validate_config(cfg: dict, path: Path) -> dict:
+    cfg.setdefault("name", cfg.get("dataset", path.stem))
+    for key in ("dataset_path", "num_classes", "neighbor_num", "au_names"):
+        if key not in cfg:
+            raise DatasetError(f"{path}: missing key '{key}'")
+    for key in ("num_classes", "neighbor_num"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise DatasetError(f"{path}: '{key}' must be a positive integer, got {cfg[key]!r}")
+    names = cfg["au_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DatasetError(f"{path}: 'au_names' must be a list of strings like AU1")
+    n = cfg["num_classes"]
+    if len(names) != n:
+        raise DatasetError(f"{path}: num_classes is {n} but au_names has {len(names)} entries")
+    desc = cfg.get("au_descriptions")
+    if desc is not None and (not isinstance(desc, list) or len(desc) != n):
+        raise DatasetError(f"{path}: au_descriptions must be a list of {n} entries "
+                           f"(one per AU), got {desc!r:.80}")
+    cfg["au_descriptions"] = desc
+    lam = cfg.get("lam")
+    if lam is not None and not isinstance(lam, (int, float)):
+        raise DatasetError(f"{path}: 'lam' must be a number, got {lam!r}")
+    cfg["lam"] = None if lam is None else float(lam)
+    pairs = cfg.get("flip_label_pairs") or []
+    if not isinstance(pairs, list):
+        raise DatasetError(f"{path}: flip_label_pairs must be a list of [i, j] pairs")
+    seen = set()
+    for pair in pairs:
+        ok = (isinstance(pair, (list, tuple)) and len(pair) == 2
+              and all(isinstance(i, int) and 0 <= i < n for i in pair) and pair[0] != pair[1])
+        if not ok or seen & set(pair):
+            raise DatasetError(f"{path}: flip_label_pairs entry {pair!r} must be two different "
+                               f"label indices in 0..{n - 1}, each index in at most one pair")
+        seen.update(pair)
+    cfg["flip_label_pairs"] = [list(p) for p in pairs]
+    cfg["synthetic"] = bool(cfg.get("synthetic", False))
+    defaults = cfg.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise DatasetError(f"{path}: 'defaults' must be a mapping, got {defaults!r:.80}")
+    cfg["defaults"] = defaults
+    dataset_path = Path(str(cfg["dataset_path"]))
+    cfg["dataset_path"] = str(dataset_path if dataset_path.is_absolute()
+                              else REPO_ROOT / dataset_path)
+    cfg["config_path"] = str(path)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- transforms
+def build_transform(train: bool, crop_size: int = 224, resize: int = 256) -> Callable:
+    """The release's image transform (SPEC §4) without the horizontal flip.
+
+    Input: a uint8 tensor (3, H, W) (a PIL image or HWC uint8 array also works). Output: float32
+    (3, crop_size, crop_size), ImageNet-normalised.
+    train: Resize(resize) of the shorter side -> RandomCrop(crop_size) drawn on the RESIZED image
+    -> ColorJitter(brightness, contrast, saturation 0.4, hue 0) -> float -> Normalize.
+    test: Resize(resize) -> CenterCrop(crop_size) -> float -> Normalize.
+    Resizing and jitter run on uint8 (like PIL does), which is several times faster than on
+    float; the flip is left to :class:`AUDataset` because it may have to swap L/R labels.
+    Randomness comes from torch's RNG (reproducible under ``torch.manual_seed`` and DataLoader
+    worker seeding).
+    """
+    steps = [v2.ToImage(), v2.Resize(resize, antialias=True)]
+    if train:
+        steps += [v2.RandomCrop(crop_size),
+                  v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0)]
+    else:
+        steps += [v2.CenterCrop(crop_size)]
+    steps += [v2.ToDtype(torch.float32, scale=True),
+              v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)]
+    return v2.Compose(steps)
+
+
+def read_image(path: Union[str, os.PathLike]) -> torch.Tensor:
+    """Decode an image file to a uint8 RGB tensor (3, H, W); DatasetError naming it if unreadable.
+
+    OpenCV decodes (torchvision's decoders are deprecated since 0.29); grey images get 3 channels.
+    """
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # (H, W, 3) BGR, None when unreadable
+    if image is None:
+        reason = "file not found" if not os.path.isfile(path) else "not a decodable image"
+        raise DatasetError(f"{path}: cannot read image ({reason})")
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
+
+
+def relations_from_labels(labels: torch.Tensor) -> torch.Tensor:
+    """AU-pair classes (..., N*N) long: 2*a_i + a_j at index i*N + j, -1 if a_i or a_j unknown."""
+    labels = labels.long()
+    a_i = labels.unsqueeze(-1)  # (..., N, 1)
+    a_j = labels.unsqueeze(-2)  # (..., 1, N)
+    rel = torch.where((a_i < 0) | (a_j < 0), -1, 2 * a_i + a_j)  # (..., N, N)
+    return rel.flatten(-2)  # (..., N*N)
+
+
+# ----------------------------------------------------------------------------- list files
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: list file not found (write the lists with "
+                           f"tool/prepare_lists.py, see data/README.md)")
+    lines = path.read_text().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()  # trailing blank lines
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise DatasetError(f"{path}:{i}: empty line")
+    if not lines:
+        raise DatasetError(f"{path}: empty list file")
+    return lines
+
+
+def _read_int_matrix(path: Path, width: int, what: str) -> np.ndarray:
+    """Rows of `width` whitespace-separated ints; DatasetError naming file:line on a bad row."""
+    lines = _read_lines(path)
+    try:  # fast path (numpy's C parser)
+        arr = np.loadtxt(lines, dtype=np.int64, ndmin=2)
+        if arr.shape == (len(lines), width):
+            return arr
+    except ValueError:
+        pass
+    for i, line in enumerate(lines, start=1):  # slow path: find the first bad line
+        fields = line.split()
+        if len(fields) != width:
+            raise DatasetError(f"{path}:{i}: {len(fields)} {what} values, expected {width}")
+        try:
+            [int(f) for f in fields]
+        except ValueError:
+            raise DatasetError(f"{path}:{i}: non-integer {what} value in {line.strip()!r:.80}") \
+                from None
+    raise DatasetError(f"{path}: cannot parse as rows of {width} integers")  # pragma: no cover
+
+
+def _check_values(path: Path, arr: np.ndarray, allowed_max: int, what: str) -> np.ndarray:
+    """Values must be -1..allowed_max; the release's "not coded" markers become -1 with a warning."""
+    bad = (arr < -1) | (arr > allowed_max)
+    if not bad.any():
+        return arr
+    # The release's BP4D lists hold 9 for "not coded": labels 9, relations 2*9+a or 2*a+9 (>= 9).
+    legacy = arr == RELEASE_UNCODED if what == "label" else arr >= RELEASE_UNCODED
+    if (bad & ~legacy).any():
+        r, c = np.argwhere(bad & ~legacy)[0]
+        raise DatasetError(f"{path}:{r + 1}: {what} value {arr[r, c]} in column {c + 1} is "
+                           f"not in -1..{allowed_max}")
+    warnings.warn(f"{path}: {int(bad.sum())} {what} values of 'not coded' (9, as in the "
+                  f"release's BP4D lists) are read as unknown (-1)", stacklevel=3)
+    return np.where(bad, -1, arr)
+
+
+class AUDataset(Dataset):
+    """One split of one fold of an AU data set (BP4D / DISFA / SYNTH / OpenGraphAU lists).
+
+    Files: ``{dataset_path}/list/{name}_{split}_img_path_fold{fold}.txt`` (paths relative to
+    ``{dataset_path}/img/``), ``..._{split}_label_fold{fold}.txt`` (N ints per row, -1 unknown),
+    ``{name}_weight_fold{fold}.txt`` (needed for split 'train'; the test split uses it when
+    present, else all ones) and, for stage 2, ``{name}_train_AU_relation_fold{fold}.txt``.
+
+    Items: stage 1 ``(image float (3, crop, crop), labels float (N,))``; stage 2 adds
+    ``relation long (N*N,)`` (2*a_i + a_j at i*N + j, -1 where unknown; from the relation file
+    for the train split when it exists, else from the labels). The train split flips
+    horizontally with p 0.5 (torch RNG) and then swaps the config's ``flip_label_pairs``.
+    ``transform`` (default :func:`build_transform`) gets the uint8 (3, H, W) image; the default
+    resize is 256 for crop 224 and scales with other crop sizes (crop * 8/7).
+    """
+
+    def __init__(self, config: Union[dict, str], fold: int, split: str, stage: int = 1,
+                 crop_size: int = 224, transform: Optional[Callable] = None,
+                 dataset_path: Optional[Union[str, os.PathLike]] = None, validate: bool = True):
+        if not isinstance(config, dict):
+            config = load_dataset_config(config)
+        if split not in ("train", "test"):
+            raise DatasetError(f"split must be 'train' or 'test', got {split!r}")
+        if stage not in (1, 2):
+            raise DatasetError(f"stage must be 1 or 2, got {stage!r}")
+        self.config = config
+        self.name = config["name"]
+        self.fold, self.split, self.stage, self.train = int(fold), split, stage, split == "train"
+        self.num_classes = int(config["num_classes"])
+        self.au_names = list(config["au_names"])
+        self.dataset_path = Path(dataset_path if dataset_path is not None
+                                 else config["dataset_path"])
+        self.list_dir = self.dataset_path / "list"
+        self.img_dir = self.dataset_path / "img"
+        self.crop_size = crop_size
+        self.transform = transform if transform is not None else build_transform(
+            self.train, crop_size, resize=int(round(crop_size * 256 / 224)))
+
+        def list_file(kind: str, split_name: Optional[str] = split) -> Path:
+            middle = f"{split_name}_{kind}" if split_name else kind
+            return self.list_dir / f"{self.name}_{middle}_fold{self.fold}.txt"
+
+        img_file, label_file = list_file("img_path"), list_file("label")
+        weight_file, relation_file = list_file("weight", None), list_file("AU_relation", "train")
+        if config.get("synthetic") and not (img_file.is_file() and label_file.is_file()):
+            from tool.synth_faces import ensure_synthetic_dataset  # lazy: needs OpenCV drawing
+            ensure_synthetic_dataset(self.dataset_path)
+
+        n = self.num_classes
+        self.img_paths = _read_lines(img_file)
+        labels = _read_int_matrix(label_file, n, "label")
+        self.labels = _check_values(label_file, labels, 1, "label")
+        if len(self.labels) != len(self.img_paths):
+            raise DatasetError(f"{label_file}: {len(self.labels)} label rows but {img_file} has "
+                               f"{len(self.img_paths)} image paths")
+
+        if weight_file.is_file():
+            try:
+                weights = np.loadtxt(weight_file, dtype=np.float64).reshape(-1)
+            except ValueError as err:
+                raise DatasetError(f"{weight_file}: not a row of numbers ({err})") from None
+            if weights.shape != (n,) or not np.isfinite(weights).all() or (weights <= 0).any():
+                raise DatasetError(f"{weight_file}: expected {n} positive finite class weights, "
+                                   f"got {weights.size} values {weights.tolist()!s:.120}")
+            self.class_weights = torch.tensor(weights, dtype=torch.float32)
+        elif self.train:
+            raise DatasetError(f"{weight_file}: class weight file not found (written by "
+                               f"tool/prepare_lists.py with the lists)")
+        else:
+            self.class_weights = torch.ones(n)
+
+        self.relations = None  # (M, N*N) int8 from the file, else computed per item
+        if stage == 2 and self.train and relation_file.is_file():
+            rel = _read_int_matrix(relation_file, n * n, "relation")
+            rel = _check_values(relation_file, rel, 3, "relation")
+            if len(rel) != len(self.img_paths):
+                raise DatasetError(f"{relation_file}: {len(rel)} relation rows but {img_file} "
+                                   f"has {len(self.img_paths)} image paths")
+            self.relations = torch.from_numpy(rel.astype(np.int8))
+
+        self.flip_label_pairs = [tuple(p) for p in config.get("flip_label_pairs") or []]
+        perm = torch.arange(n)
+        for i, j in self.flip_label_pairs:
+            perm[i], perm[j] = j, i
+        self._flip_perm = perm  # labels_after_flip = labels[perm]
+        self._labels_t = torch.from_numpy(self.labels).float()  # (M, N)
+
+        if validate:
+            missing = [p for p in self.img_paths if not (self.img_dir / p).is_file()]
+            if missing:
+                shown = ", ".join(missing[:5])
+                raise DatasetError(
+                    f"{img_file}: {len(missing)} of {len(self.img_paths)} images missing under "
+                    f"{self.img_dir} (first: {shown}); crop the faces with tool/crop_faces.py "
+                    f"(see data/README.md)")
+
+    def __len__(self) -> int:
+        return len(self.img_paths)
+
+    def __getitem__(self, index: int):
+        path = self.img_dir / self.img_paths[index]
+        image = self.transform(read_image(path))
+        labels = self._labels_t[index].clone()  # (N,)
+        flipped = self.train and bool(torch.rand(()) < 0.5)
+        if flipped:
+            image = image.flip(-1)  # horizontal flip of (3, H, W); commutes with the jitter
+            if self.flip_label_pairs:
+                labels = labels[self._flip_perm]
+        if self.stage == 1:
+            return image, labels
+        if self.relations is not None and not (flipped and self.flip_label_pairs):
+            relation = self.relations[index].long()  # (N*N,)
+        else:
+            relation = relations_from_labels(labels)
+        return image, labels, relation
+
+    def __repr__(self) -> str:
+        return (f"AUDataset({self.name}, fold {self.fold}, {self.split}, stage {self.stage}: "
+                f"{len(self)} images, {self.num_classes} AUs, {self.dataset_path})")
