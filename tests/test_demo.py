@@ -1,0 +1,180 @@
+"""demo.py end to end: release-style checkpoints made here, synthetic faces (tool/synth_faces.py),
+a folder with a corrupt file and a face-less image, a two-face image, a short video; CSV/JSON
+contents, annotated outputs, the AU set chosen by the checkpoint, and refusals."""
+import csv
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import demo
+from model import CheckpointMismatchError, build_model
+
+synth = pytest.importorskip("tool.synth_faces")
+from tool.face_detection import FaceDetector  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def save_release_checkpoint(path, stage, num_classes, variant="megraphau"):
+    """A model saved the release's way: {'state_dict': {'module.' + key: tensor}}."""
+    model = build_model(stage, "resnet18", num_classes, neighbor_num=3, pretrained=False, variant=variant)
+    with torch.no_grad():  # non-trivial BN statistics, as after training
+        model.train()(torch.randn(2, 3, 224, 224))
+    state = OrderedDict(("module." + k, v) for k, v in model.state_dict().items())
+    torch.save({"epoch": 1, "state_dict": state, "optimizer": {}}, path)
+    return path
+
+
+def detectable_faces(count, size, rng, detector):
+    """Synthetic faces the Haar detector finds (deterministic for a given rng)."""
+    faces = []
+    while len(faces) < count:
+        img = synth.render_face(rng.integers(0, 2, len(synth.SYNTH_AUS)), synth.sample_params(rng), size)
+        if len(detector.detect(img)) == 1:
+            faces.append(img)
+    return faces
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    rng = np.random.default_rng(1)
+    detector = FaceDetector()
+    faces = detectable_faces(5, 160, rng, detector)
+    folder = root / "images"
+    (folder / "sub").mkdir(parents=True)
+    cv2.imwrite(str(folder / "a.jpg"), faces[0])
+    cv2.imwrite(str(folder / "sub" / "b.png"), faces[1])
+    two = np.full((180, 330, 3), 90, np.uint8)  # a big and a small face
+    two[10:170, 0:160] = faces[2]
+    two[30:158, 190:318] = cv2.resize(faces[3], (128, 128), interpolation=cv2.INTER_AREA)
+    assert len(detector.detect(two)) == 2
+    cv2.imwrite(str(folder / "two_faces.png"), two)
+    cv2.imwrite(str(folder / "blank.png"), np.full((120, 120, 3), 128, np.uint8))  # no face
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (folder / "notes.txt").write_text("ignored")
+    video = root / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 160))
+    assert writer.isOpened()
+    for k in range(5):
+        writer.write(faces[k % 2])
+    writer.release()
+    ckpt = root / "ckpt"
+    ckpt.mkdir()
+    return {"root": root, "folder": folder, "video": video, "two": folder / "two_faces.png",
+            "og2": save_release_checkpoint(ckpt / "OpenGprahAU-ResNet18_second_stage.pth", 2, 41, "opengraphau"),
+            "bp1": save_release_checkpoint(ckpt / "MEFARG_resnet18_BP4D_fold1.pth", 1, 12),
+            "disfa2": save_release_checkpoint(ckpt / "MEFARG_resnet18_DISFA_fold1.pth", 2, 8),
+            "odd": save_release_checkpoint(ckpt / "five_aus.pth", 1, 5)}
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_folder_end_to_end(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = demo.main(["--resume", str(data["og2"]), "--input", str(data["folder"]), "--output", str(out),
+                    "--draw_text", "--batch-size", "3"])
+    assert rc == 0
+    assert "1 errors" in capsys.readouterr().out
+    names = yaml.safe_load((REPO / "config" / "OpenGraphAU.yaml").read_text())["au_names"]
+    rows = read_csv(out / "predictions.csv")
+    header = list(rows[0])
+    assert header[:8] == ["file", "frame", "face", "x", "y", "w", "h", "no_face"]
+    assert header[8:] == [c for n in names for c in (f"{n}_prob", n)] and len(header) == 8 + 82
+    by_file = {}
+    for r in rows:
+        by_file.setdefault(r["file"], []).append(r)
+    assert sorted(by_file) == ["a.jpg", "blank.png", "sub/b.png", "two_faces.png"]  # corrupt.jpg: error
+    blank = by_file["blank.png"]
+    assert len(blank) == 1 and blank[0]["no_face"] == "1" and blank[0]["AU1_prob"] == "" and blank[0]["AU1"] == ""
+    two = by_file["two_faces.png"]
+    assert [r["face"] for r in two] == ["0", "1"]
+    assert int(two[0]["w"]) * int(two[0]["h"]) > int(two[1]["w"]) * int(two[1]["h"])  # largest first
+    for r in by_file["a.jpg"] + two:
+        probs = np.array([float(r[f"{n}_prob"]) for n in names])
+        assert r["no_face"] == "0" and ((probs >= 0) & (probs <= 1)).all()
+        assert [int(r[n]) for n in names] == (probs >= 0.5).astype(int).tolist()
+    result = json.loads((out / "predictions.json").read_text())
+    assert result["au_names"] == names and result["variant"] == "opengraphau" and result["stage"] == 2
+    assert result["summary"] == {"items": 4, "faces": 4, "no_face": 1, "errors": 1}
+    assert result["errors"][0]["file"] == "corrupt.jpg" and "corrupt.jpg" in result["errors"][0]["error"]
+    faces = {(e["file"], f["face"]): f for e in result["results"] for f in e["faces"]}
+    assert set(faces[("two_faces.png", 1)]["probs"]) == set(names)
+    for rel in ["a.jpg", "sub/b.png", "two_faces.png", "blank.png"]:
+        drawn, original = cv2.imread(str(out / "annotated" / rel)), cv2.imread(str(data["folder"] / rel))
+        assert drawn is not None and drawn.shape != original.shape  # enlarged, with the AU panel
+
+
+def test_video(data, tmp_path):
+    out = tmp_path / "out"
+    assert demo.main(["--resume", str(data["bp1"]), "--input", str(data["video"]), "--output", str(out),
+                      "--every-n", "2", "--max-faces", "1"]) == 0
+    rows = read_csv(out / "predictions.csv")
+    assert [r["frame"] for r in rows] == ["0", "2", "4"] and {r["file"] for r in rows} == {"clip.avi"}
+    assert all(r["no_face"] == "0" for r in rows) and "AU24_prob" in rows[0]  # BP4D names from 12 AUs
+    videos = list((out / "annotated").glob("clip.*"))
+    assert len(videos) == 1
+    cap = cv2.VideoCapture(str(videos[0]))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 3
+
+
+def test_api_and_au_sets(data):
+    det = demo.AUDetector(data["disfa2"], device="cpu")
+    assert det.au_names == ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26"]
+    assert det.model.config.neighbor_num == 3 and det.stage == 2 and det.arc == "resnet18"
+    faces = det.predict_image(cv2.imread(str(data["two"])))
+    assert len(faces) == 2 and faces[0].probs.shape == (8,) and faces[0].box[2] > faces[1].box[2]
+    assert det.predict_image(np.zeros((90, 90, 3), np.uint8)) == []
+    bp = demo.AUDetector(data["bp1"], arc="resnet18", stage=1, detect=False)
+    assert bp.au_names[-1] == "AU24" and len(bp.au_descriptions) == 12
+    (face,) = bp.predict_image(np.full((100, 140, 3), 100, np.uint8))
+    assert face.box == (0, 0, 140, 100) and face.labels.tolist() == (face.probs >= 0.5).astype(int).tolist()
+
+
+def test_refusals(data, tmp_path, capsys):
+    image = str(data["folder"] / "a.jpg")
+    # a wrong --arc or --stage: load_checkpoint's error names the keys and what the file is
+    with pytest.raises(CheckpointMismatchError, match="resnet18") as err:
+        demo.AUDetector(data["bp1"], arc="resnet50")
+    assert "missing keys" in str(err.value) or "shape mismatches" in str(err.value)
+    assert demo.main(["--resume", str(data["og2"]), "--stage", "1", "--input", image,
+                      "--output", str(tmp_path / "x")]) == 2
+    assert "head.edge_extractor" in capsys.readouterr().err
+    # an AU count that matches no known set
+    with pytest.raises(demo.DemoError, match="5 AUs.*no known AU set"):
+        demo.AUDetector(data["odd"])
+    config = tmp_path / "five.yaml"
+    config.write_text(yaml.safe_dump({"dataset_path": "x", "num_classes": 5, "neighbor_num": 3,
+                                      "au_names": ["AU1", "AU2", "AU4", "AU6", "AU99"]}))
+    assert demo.AUDetector(data["odd"], dataset=str(config), detect=False).au_names[-1] == "AU99"
+    with pytest.raises(demo.DemoError, match="names 12 AUs"):
+        demo.AUDetector(data["odd"], dataset="BP4D")
+    # unreadable single inputs name the file
+    assert demo.main(["--resume", str(data["bp1"]), "--input", str(data["folder"] / "corrupt.jpg"),
+                      "--output", str(tmp_path / "y")]) == 1
+    fake_video = tmp_path / "broken.mp4"
+    fake_video.write_bytes(b"nothing here")
+    assert demo.main(["--resume", str(data["bp1"]), "--input", str(fake_video),
+                      "--output", str(tmp_path / "z")]) == 1
+    err = capsys.readouterr().err
+    assert "corrupt.jpg: not a readable image" in err and "broken.mp4" in err
+    assert demo.main(["--resume", str(data["bp1"]), "--input", str(tmp_path / "missing.jpg")]) == 2
+
+
+def test_benchmark(data, capsys):
+    assert demo.main(["--arc", "resnet18", "--stage", "2", "--dataset", "BP4D", "--input",
+                      str(data["folder"] / "sub"), "--benchmark"]) == 0
+    assert "frames/s" in capsys.readouterr().out
