@@ -137,7 +137,8 @@ def build_transform(train: bool, crop_size: int = 224, resize: int = 256) -> Cal
     Resizing and jitter run on uint8 (like PIL does), which is several times faster than on
     float; the flip is left to :class:`AUDataset` because it may have to swap L/R labels.
     Randomness comes from torch's RNG (reproducible under ``torch.manual_seed`` and DataLoader
-    worker seeding).
+    worker seeding). The pipeline runs single-threaded (see :class:`SingleThreaded`); the
+    torchvision ``Compose`` is its ``.transform``.
     """
     steps = [v2.ToImage(), v2.Resize(resize, antialias=True)]
     if train:
@@ -147,7 +148,32 @@ def build_transform(train: bool, crop_size: int = 224, resize: int = 256) -> Cal
         steps += [v2.CenterCrop(crop_size)]
     steps += [v2.ToDtype(torch.float32, scale=True),
               v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)]
-    return v2.Compose(steps)
+    return SingleThreaded(v2.Compose(steps))
+
+
+class SingleThreaded:
+    """Run a per-image transform with one intra-op thread.
+
+    DataLoader workers already use one thread; in the main process (num_workers=0) several
+    threads on one small image mostly synchronise: on a busy 2-core machine the transform is
+    ~8x slower with 2 threads than with 1. The thread count is restored afterwards.
+    """
+
+    def __init__(self, transform: Callable):
+        self.transform = transform
+
+    def __call__(self, image):
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return self.transform(image)
+        torch.set_num_threads(1)
+        try:
+            return self.transform(image)
+        finally:
+            torch.set_num_threads(threads)
+
+    def __repr__(self) -> str:
+        return f"SingleThreaded({self.transform!r})"
 
 
 def read_image(path: Union[str, os.PathLike]) -> torch.Tensor:
@@ -159,8 +185,9 @@ def read_image(path: Union[str, os.PathLike]) -> torch.Tensor:
     if image is None:
         reason = "file not found" if not os.path.isfile(path) else "not a decodable image"
         raise DatasetError(f"{path}: cannot read image ({reason})")
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return torch.from_numpy(image).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
+    # BGR -> RGB by reversing the channel axis while transposing to (3, H, W): one copy, and no
+    # OpenCV thread pool inside DataLoader workers.
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[::-1]))  # (3, H, W) uint8
 
 
 def relations_from_labels(labels: torch.Tensor) -> torch.Tensor:

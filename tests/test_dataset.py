@@ -15,6 +15,8 @@ from tool.prepare_lists import compute_relations, write_fold_lists
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+
 # 3 AUs; part sizes 2, 1, 2; AU1 unknown in one frame.
 PARTS = [[("s1/0.png", [1, 0, 0]), ("s1/1.png", [1, 1, 0])],
          [("s2/0.png", [0, -1, 1])],
@@ -305,3 +307,62 @@ def test_unreadable_image(tiny):
         ds[1]
     with pytest.raises(DatasetError, match=r"nope\.jpg: cannot read image"):
         read_image("nope.jpg")
+
+
+def test_read_image_rgb_order(tmp_path):
+    bgr = np.zeros((4, 6, 3), np.uint8)
+    bgr[..., 0] = 200  # blue in OpenCV's BGR order
+    cv2.imwrite(str(tmp_path / "b.png"), bgr)
+    image = read_image(tmp_path / "b.png")
+    assert image.shape == (3, 4, 6) and image.dtype == torch.uint8 and image.is_contiguous()
+    assert image[2].eq(200).all() and image[:2].eq(0).all()
+
+
+def test_transform_accepts_pil_and_tensor_alike():
+    from PIL import Image
+    img = _smooth_image(h=70, w=80)
+    tensor = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+    transform = build_transform(False, crop_size=56, resize=64)
+    torch.testing.assert_close(transform(Image.fromarray(img)), transform(tensor))
+
+
+def test_transform_restores_thread_count():
+    threads = torch.get_num_threads()
+    build_transform(True, crop_size=8, resize=10)(torch.zeros(3, 12, 12, dtype=torch.uint8))
+    assert torch.get_num_threads() == threads
+
+
+def test_named_config_without_data_names_the_list_file(tmp_path):
+    missing = tmp_path / "no_such_root"
+    with pytest.raises(DatasetError, match=r"no_such_root/list/DISFA_test_img_path_fold2\.txt"):
+        AUDataset("DISFA", fold=2, split="test", dataset_path=missing)
+
+
+def test_stage2_without_relation_file_computes_from_labels(tiny):
+    (Path(tiny["dataset_path"]) / "list" / "TINY_train_AU_relation_fold1.txt").unlink()
+    ds = AUDataset(tiny, fold=1, split="train", stage=2, crop_size=8)
+    assert ds.relations is None
+    _, labels, relation = ds[2]
+    assert relation.tolist() == [0, -1, 1, -1, -1, -1, 2, -1, 3]
+
+
+def test_train_needs_weight_file(tiny):
+    (Path(tiny["dataset_path"]) / "list" / "TINY_weight_fold1.txt").write_text("1.0\t2.0\n")
+    with pytest.raises(DatasetError, match=r"TINY_weight_fold1\.txt: expected 3 positive"):
+        AUDataset(tiny, fold=1, split="train")
+    (Path(tiny["dataset_path"]) / "list" / "TINY_weight_fold1.txt").unlink()
+    with pytest.raises(DatasetError, match=r"TINY_weight_fold1\.txt: class weight file not found"):
+        AUDataset(tiny, fold=1, split="train")
+    assert AUDataset(tiny, fold=1, split="test").class_weights.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_dataloader_workers_reproducible(tiny):
+    ds = AUDataset(dict(tiny, flip_label_pairs=[[0, 2]]), fold=1, split="train", crop_size=16)
+
+    def batches(seed):
+        loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2,
+                                             generator=torch.Generator().manual_seed(seed))
+        return next(iter(loader))
+
+    a, b = batches(7), batches(7)
+    torch.testing.assert_close(a, b)
