@@ -8,7 +8,8 @@ import pytest
 
 from tool.prepare_lists import (BP4D_AUS, BP4D_PARTS, BP4D_TASKS, DISFA_AUS, DISFA_PARTS,
                                 ListPreparationError, compute_class_weights, compute_relations,
-                                write_fold_lists)
+                                read_bp4d_parts, read_disfa_parts, write_fold_lists)
+from tool.prepare_lists import main as prepare_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,8 +101,6 @@ def test_bad_label_value_and_part_count(tmp_path):
 
 
 # ----------------------------------------------------------------------------- fake raw trees
-from tool.prepare_lists import main as prepare_main  # noqa: E402
-from tool.prepare_lists import read_bp4d_parts, read_disfa_parts  # noqa: E402
 
 BP4D_HEADER = ["", "1", "2", "3", "4", "5", "6", "7", "9", "10", "11", "12", "13", "14", "15",
                "16", "17", "18", "23", "24", "27"]

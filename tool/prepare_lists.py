@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -314,6 +313,10 @@ def read_disfa_parts(label_dir, parts=DISFA_PARTS) -> tuple[list[list], dict]:
 
 
 # ----------------------------------------------------------------------------- command line
+def _read(path: Path) -> list[str]:
+    return Path(path).read_text().splitlines()
+
+
 def _read_weights(path: Path) -> np.ndarray:
     return np.asarray(path.read_text().split(), dtype=np.float64)
 
@@ -331,10 +334,6 @@ def check_against_known(list_dir, dataset: str, tol: float = 2e-6) -> list[str]:
     if n_test != known["test_size"]:
         problems.append(f"fold1 test size {n_test} differs from the release's {known['test_size']}")
     return problems
-
-
-def _read(path: Path) -> list[str]:
-    return Path(path).read_text().splitlines()
 
 
 def build_parser() -> argparse.ArgumentParser:
