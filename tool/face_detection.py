@@ -86,7 +86,7 @@ def _load_cascade(name: str) -> cv2.CascadeClassifier:
 
 
 def _to_gray(image: np.ndarray) -> np.ndarray:
-    """BGR / BGRA / gray uint8 image -> histogram-equalised gray image."""
+    """BGR / BGRA / gray uint8 image -> gray uint8 image."""
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
         raise FaceDetectionError(
             f"expected an image array (H, W) or (H, W, 3), got "
@@ -103,8 +103,7 @@ def _to_gray(image: np.ndarray) -> np.ndarray:
             gray = cv2.cvtColor(image, code)
     else:
         gray = image
-    # Equalisation makes the cascades robust to dark or washed-out frames.
-    return cv2.equalizeHist(np.ascontiguousarray(gray))
+    return np.ascontiguousarray(gray)
 
 
 class FaceDetector:
@@ -119,7 +118,7 @@ class FaceDetector:
     """
 
     def __init__(self, min_size: int = 40, scale_factor: float = 1.1, min_neighbors: int = 5,
-                 face_cascade: str = "haarcascade_frontalface_default.xml",
+                 face_cascade: str = "haarcascade_frontalface_alt2.xml",
                  eye_cascade: str = "haarcascade_eye.xml", detect_eyes: bool = True):
         self.min_size = int(min_size)
         self.scale_factor = float(scale_factor)
@@ -127,10 +126,13 @@ class FaceDetector:
         self.detect_eyes = bool(detect_eyes)
         self._face = _load_cascade(face_cascade)
         self._eye = _load_cascade(eye_cascade) if detect_eyes else None
+        # Local (CLAHE) rather than global histogram equalisation: robust to dark or washed-out
+        # frames without letting a large uniform background flatten the face's contrast.
+        self._clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
 
     def detect(self, image_bgr: np.ndarray) -> List[Face]:
         """All faces in a BGR (or gray) uint8 image, largest first."""
-        gray = _to_gray(image_bgr)
+        gray = self._clahe.apply(_to_gray(image_bgr))
         if min(gray.shape[:2]) < self.min_size:
             return []
         rects, counts = self._face.detectMultiScale2(
@@ -143,7 +145,7 @@ class FaceDetector:
                 face.left_eye, face.right_eye = self._find_eyes(gray, face.box)
             faces.append(face)
         faces.sort(key=lambda f: (-f.area, -f.score))
-        return faces
+        return _drop_nested(faces)
 
     def _find_eyes(self, gray: np.ndarray, box) -> Tuple[Optional[Tuple[float, float]],
                                                             Optional[Tuple[float, float]]]:
@@ -175,6 +177,25 @@ class FaceDetector:
             if dx < 0.2 * w or abs(math.degrees(math.atan2(dy, dx))) > 30:
                 return None, None
         return left, right
+
+
+def _drop_nested(faces: List[Face], max_overlap: float = 0.5) -> List[Face]:
+    """Drop boxes mostly inside a larger kept face (the cascade sometimes also fires on a
+    sub-part of a face). ``faces`` must be sorted largest first."""
+    kept: List[Face] = []
+    for face in faces:
+        x, y, w, h = face.box
+        inside = False
+        for big in kept:
+            bx, by, bw, bh = big.box
+            iw = max(0, min(x + w, bx + bw) - max(x, bx))
+            ih = max(0, min(y + h, by + bh) - max(y, by))
+            if iw * ih > max_overlap * w * h:
+                inside = True
+                break
+        if not inside:
+            kept.append(face)
+    return kept
 
 
 def align_matrix(face: Face, size: int = 256, margin: float = DEFAULT_MARGIN,

@@ -1,0 +1,155 @@
+"""The SYNTH data set: AU cues, determinism, label statistics, lists and the generator CLI."""
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tool.synth_faces import (AU_REGIONS, MARKER_NAME, SYNTH_AUS, ensure_synthetic_dataset,
+                              generate_synthetic_dataset, main, neutral_params, render_face,
+                              sample_identity, sample_labels, sample_params)
+
+ZERO = np.zeros(12, dtype=int)
+TINY = dict(subjects_per_part=1, tasks=2, frames=4, size=96)
+
+
+def _one_hot(au):
+    labels = ZERO.copy()
+    labels[SYNTH_AUS.index(au)] = 1
+    return labels
+
+
+def _upright(rng):
+    """A random identity with lighting, background and noise jitter but no pose change, so the
+    canonical AU regions apply."""
+    p = sample_params(rng)
+    return dataclasses.replace(p, angle=0.0, scale=1.0, tx=0.0, ty=0.0)
+
+
+def test_render_shape_and_determinism():
+    rng = np.random.default_rng(0)
+    labels, params = sample_labels(rng, 1)[0], sample_params(rng)
+    a = render_face(labels, params)
+    assert a.shape == (256, 256, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, render_face(labels, params))
+    assert render_face(labels, params, size=128).shape == (128, 128, 3)
+    other = dataclasses.replace(params, noise_seed=params.noise_seed + 1)
+    assert not np.array_equal(a, render_face(labels, other))
+
+
+@pytest.mark.parametrize("au", SYNTH_AUS)
+def test_au_cue_present_exactly_when_labelled(au):
+    """Switching one AU on changes pixels, mostly inside that AU's region; off twice is identical."""
+    rng = np.random.default_rng(au)
+    for params in (neutral_params(), _upright(rng)):
+        off = render_face(ZERO, params).astype(int)
+        np.testing.assert_array_equal(off, render_face(ZERO, params))
+        diff = np.abs(render_face(_one_hot(au), params).astype(int) - off).max(axis=2)
+        x0, y0, x1, y1 = AU_REGIONS[au]
+        assert (diff > 8).sum() >= 300, f"AU{au}: cue too small ({(diff > 8).sum()} px)"
+        inside = diff[y0:y1, x0:x1].sum() / diff.sum()
+        assert inside > 0.9, f"AU{au}: only {inside:.2f} of the change inside {AU_REGIONS[au]}"
+    # With full jitter and other AUs on, the AU still changes the image (and only the label does).
+    params = sample_params(rng)
+    others = sample_labels(rng, 1)[0]
+    on, off_labels = others.copy(), others.copy()
+    on[SYNTH_AUS.index(au)], off_labels[SYNTH_AUS.index(au)] = 1, 0
+    diff = np.abs(render_face(on, params).astype(int) - render_face(off_labels, params).astype(int))
+    assert (diff.max(axis=2) > 8).sum() >= 150
+
+
+def test_label_statistics_and_cooccurrence():
+    labels = sample_labels(np.random.default_rng(0), 20000)
+    assert labels.shape == (20000, 12) and set(np.unique(labels)) == {0, 1}
+    col = {au: i for i, au in enumerate(SYNTH_AUS)}
+    prevalence = labels.mean(0)
+    assert np.all(prevalence >= 0.15) and np.all(prevalence <= 0.5), dict(zip(SYNTH_AUS, prevalence))
+
+    def given(a, b):
+        return labels[labels[:, col[b]] == 1, col[a]].mean()
+
+    assert given(12, 6) > 0.7                  # cheek raise mostly with a smile
+    assert given(25, 26) > 0.85                # jaw drop mostly parts the lips
+    assert given(2, 1) > 2 * prevalence[col[2]]  # inner and outer brow raise together
+    assert given(15, 12) < 0.1                 # corners rarely up and down at once
+
+
+def test_sample_params_keeps_identity():
+    rng = np.random.default_rng(1)
+    ident = sample_identity(rng)
+    a, b = sample_params(rng, ident), sample_params(rng, ident)
+    assert (a.skin, a.face_w, a.eye_dx) == (b.skin, b.face_w, b.eye_dx)
+    assert (a.angle, a.noise_seed) != (b.angle, b.noise_seed)
+
+
+def _digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _read(path):
+    return Path(path).read_text().splitlines()
+
+
+def test_generate_deterministic_and_lists_consistent(tmp_path):
+    a = generate_synthetic_dataset(tmp_path / "a", seed=0, **TINY)
+    b = generate_synthetic_dataset(tmp_path / "b", seed=0, **TINY)
+    c = generate_synthetic_dataset(tmp_path / "c", seed=1, **TINY)
+    da, db, dc = _digest(a), _digest(b), _digest(c)
+    assert da == db                           # same seed: identical bytes
+    assert da.keys() == dc.keys() and da != dc  # other seed: same layout, other content
+    images = sorted(k for k in da if k.startswith("img/"))
+    assert len(images) == 3 * 2 * 4
+    assert "img/S01/T1/1.jpg" in images and "img/S03/T2/4.jpg" in images
+    lst = a / "list"
+    part = {1: ["S01"], 2: ["S02"], 3: ["S03"]}
+    test_part = {1: 3, 2: 2, 3: 1}
+    all_labels = {}
+    for k in (1, 2, 3):
+        test_paths = _read(lst / f"SYNTH_test_img_path_fold{k}.txt")
+        train_paths = _read(lst / f"SYNTH_train_img_path_fold{k}.txt")
+        assert {p.split("/")[0] for p in test_paths} == set(part[test_part[k]])
+        assert sorted(test_paths + train_paths) == sorted(p[len("img/"):] for p in images)
+        for split, paths in (("train", train_paths), ("test", test_paths)):
+            rows = _read(lst / f"SYNTH_{split}_label_fold{k}.txt")
+            assert len(rows) == len(paths)
+            for p, row in zip(paths, rows):
+                values = [int(v) for v in row.split()]
+                assert len(values) == 12 and set(values) <= {0, 1}
+                assert all_labels.setdefault(p, values) == values  # same label in every fold
+        weights = _read(lst / f"SYNTH_weight_fold{k}.txt")[0].split("\t")
+        assert len(weights) == 12 and abs(sum(float(w) for w in weights) - 12) < 1e-3
+        relations = _read(lst / f"SYNTH_train_AU_relation_fold{k}.txt")
+        assert len(relations) == len(train_paths) and len(relations[0].split()) == 144
+    marker = json.loads((a / MARKER_NAME).read_text())
+    assert marker["num_images"] == 24 and marker["seed"] == 0
+
+
+def test_ensure_generates_once_and_regenerates_when_incomplete(tmp_path):
+    root = tmp_path / "SYNTH"
+    assert ensure_synthetic_dataset(root, **TINY) == root
+    probe = root / "img" / "S01" / "T1" / "1.jpg"
+    mtime = probe.stat().st_mtime_ns
+    os.utime(probe, ns=(mtime - 10**9, mtime - 10**9))
+    ensure_synthetic_dataset(root, **TINY)                 # complete: nothing rewritten
+    assert probe.stat().st_mtime_ns == mtime - 10**9
+    (root / MARKER_NAME).unlink()                          # interrupted run: regenerated
+    ensure_synthetic_dataset(root, **TINY)
+    assert (root / MARKER_NAME).exists() and probe.stat().st_mtime_ns != mtime - 10**9
+    ensure_synthetic_dataset(root, **dict(TINY, frames=3))  # other parameters: regenerated
+    assert not (root / "img" / "S01" / "T1" / "4.jpg").exists()
+    with pytest.raises(TypeError, match="unknown"):
+        ensure_synthetic_dataset(root, colour="red")
+
+
+def test_cli_generates_and_previews(tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["--output", str(out), "--subjects-per-part", "1", "--tasks", "1", "--frames", "3",
+                 "--size", "64"]) == 0
+    assert len(_read(out / "list" / "SYNTH_test_img_path_fold1.txt")) == 3
+    preview = tmp_path / "preview.png"
+    assert main(["--preview", str(preview), "--preview-count", "4", "--size", "96"]) == 0
+    assert preview.stat().st_size > 1000
