@@ -15,8 +15,6 @@ from tool.prepare_lists import compute_relations, write_fold_lists
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-
 # 3 AUs; part sizes 2, 1, 2; AU1 unknown in one frame.
 PARTS = [[("s1/0.png", [1, 0, 0]), ("s1/1.png", [1, 1, 0])],
          [("s2/0.png", [0, -1, 1])],
