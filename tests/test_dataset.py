@@ -364,3 +364,13 @@ def test_dataloader_workers_reproducible(tiny):
 
     a, b = batches(7), batches(7)
     torch.testing.assert_close(a, b)
+
+
+def test_synth_set_end_to_end(tmp_path):
+    """The generated SYNTH set (tool/synth_faces.py, tiny here) loads with the SYNTH config."""
+    synth = pytest.importorskip("tool.synth_faces")
+    synth.generate_synthetic_dataset(tmp_path, subjects_per_part=1, tasks=1, frames=4, size=64)
+    ds = AUDataset("SYNTH", fold=1, split="train", stage=2, crop_size=56, dataset_path=tmp_path)
+    image, labels, relation = ds[0]
+    assert len(ds) == 8 and image.shape == (3, 56, 56) and labels.shape == (12,)
+    assert relation.shape == (144,) and ds.class_weights.shape == (12,)
