@@ -130,14 +130,19 @@ class FaceDetector:
         # frames without letting a large uniform background flatten the face's contrast.
         self._clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
 
-    def detect(self, image_bgr: np.ndarray) -> List[Face]:
-        """All faces in a BGR (or gray) uint8 image, largest first."""
+    def detect(self, image_bgr: np.ndarray, min_size: Optional[int] = None) -> List[Face]:
+        """All faces in a BGR (or gray) uint8 image, largest first.
+
+        ``min_size`` overrides the detector's smallest face side for this call (searching only
+        for large faces is much faster on big frames).
+        """
         gray = self._clahe.apply(_to_gray(image_bgr))
-        if min(gray.shape[:2]) < self.min_size:
+        min_size = self.min_size if min_size is None else max(int(min_size), 1)
+        if min(gray.shape[:2]) < min_size:
             return []
         rects, counts = self._face.detectMultiScale2(
             gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-            minSize=(self.min_size, self.min_size))
+            minSize=(min_size, min_size))
         faces = []
         for (x, y, w, h), n in zip(np.asarray(rects).reshape(-1, 4), np.asarray(counts).reshape(-1)):
             face = Face(box=(int(x), int(y), int(w), int(h)), score=float(n))

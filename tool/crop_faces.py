@@ -1,0 +1,266 @@
+"""Crop raw BP4D / DISFA frames (or any image tree) to the 256x256 face crops ME-GraphAU trains on.
+
+The release's images are loose face crops of 256x256 pixels (SPEC §1-2). This tool makes them
+from the raw data with :mod:`tool.face_detection` (largest face, eyes levelled, loose square
+crop, border replication where the crop leaves the frame):
+
+    python tool/crop_faces.py --dataset BP4D  --input RAW/BP4D/2D+3D --output data/BP4D/img
+    python tool/crop_faces.py --dataset DISFA --input RAW/DISFA/Videos_LeftCamera --output data/DISFA/img
+    python tool/crop_faces.py --dataset folder --input photos --output crops
+
+* BP4D: frames ``{subject}/{task}/{frame}.jpg`` -> the same relative paths under --output.
+* DISFA: every video under --input whose file name contains a subject id ``SN<digits>`` and ends
+  in .avi or .mp4 (e.g. ``LeftVideoSN001_comp.avi``) -> ``{SN}/{i}.png`` with i counting frames
+  from 0 (the image paths of the DISFA lists). When one subject has several videos, the one with
+  "Left" in its name is used (the release uses the left camera); otherwise it is an error.
+* folder: any image tree (.jpg .jpeg .png .bmp .tif .tiff .webp) -> the same relative paths.
+
+Re-running skips outputs that already exist. Frames without a detected face are counted and
+listed in ``no_face.txt`` in the output folder; by default they are written as a centre crop so
+that the list files stay aligned with the frames (``--skip-no-face`` leaves them out).
+An unreadable image or video is an error naming it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tool.face_detection import (DEFAULT_MARGIN, FaceDetector, align_crop,  # noqa: E402
+                                 centre_crop)
+
+__all__ = ["CropError", "CropSummary", "crop_image", "crop_image_tree", "crop_videos",
+           "find_disfa_videos", "main", "IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "NO_FACE_FILE"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".avi", ".mp4")
+NO_FACE_FILE = "no_face.txt"
+_SUBJECT_RE = re.compile(r"(SN\d+)", re.IGNORECASE)
+
+
+class CropError(RuntimeError):
+    """Bad input: unreadable image/video, missing folder, ambiguous DISFA videos."""
+
+
+@dataclass
+class CropSummary:
+    """What a run did: crops written, outputs that already existed, frames with no face."""
+
+    written: int = 0
+    skipped: int = 0
+    no_face: List[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"{self.written} crops written, {self.skipped} already present, "
+                f"{len(self.no_face)} frames without a detected face")
+
+
+def crop_image(detector: FaceDetector, image: np.ndarray, size: int = 256,
+               margin: float = DEFAULT_MARGIN, min_face: float = 0.1) -> Tuple[np.ndarray, bool]:
+    """(crop (size, size, 3) uint8, face_found). The largest face is cropped; without a face the
+    centre crop is returned with face_found False. ``min_face``: smallest face side searched,
+    as a fraction of the frame's shorter side (faster on large frames)."""
+    min_size = max(detector.min_size, int(min_face * min(image.shape[:2])))
+    faces = detector.detect(image, min_size=min_size)
+    if not faces:
+        return centre_crop(image, size), False
+    return align_crop(image, faces[0], size=size, margin=margin), True
+
+
+def _write(path: Path, image: np.ndarray) -> None:
+    """Write atomically (a temporary name, then rename), so an interrupted run never leaves a
+    truncated file that a re-run would skip."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    if not cv2.imwrite(str(tmp), image, params):
+        raise CropError(f"{path}: could not write the crop")
+    os.replace(tmp, path)
+
+
+def _progress(iterable, total, desc, enabled):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, unit="img")
+
+
+def _record_no_face(output: Path, entries: Iterable[str]) -> None:
+    """Merge the no-face frames of this run into ``output/no_face.txt`` (sorted, unique)."""
+    entries = set(entries)
+    path = output / NO_FACE_FILE
+    if path.exists():
+        entries |= {line for line in path.read_text().splitlines() if line}
+    if entries:
+        output.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{e}\n" for e in sorted(entries)))
+
+
+def _output_name(rel: Path) -> Path:
+    """Same relative path; formats OpenCV cannot write become .png."""
+    return rel if rel.suffix.lower() in IMAGE_EXTENSIONS else rel.with_suffix(".png")
+
+
+def crop_image_tree(input_dir, output_dir, detector: Optional[FaceDetector] = None, size: int = 256,
+                    margin: float = DEFAULT_MARGIN, skip_no_face: bool = False,
+                    extensions: Sequence[str] = IMAGE_EXTENSIONS, progress: bool = True,
+                    min_face: float = 0.1) -> CropSummary:
+    """Crop every image under ``input_dir`` to the same relative path under ``output_dir``."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise CropError(f"{input_dir}: input folder not found")
+    files = sorted(p for p in input_dir.rglob("*")
+                   if p.is_file() and p.suffix.lower() in extensions
+                   and output_dir.resolve() not in p.resolve().parents)
+    if not files:
+        raise CropError(f"{input_dir}: no images with extension {'/'.join(extensions)} found")
+    detector = detector or FaceDetector()
+    summary = CropSummary()
+    for path in _progress(files, len(files), "cropping", progress):
+        rel = _output_name(path.relative_to(input_dir))
+        out = output_dir / rel
+        if out.exists():
+            summary.skipped += 1
+            continue
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise CropError(f"{path}: cannot read the image (corrupt or not an image file)")
+        crop, found = crop_image(detector, image, size, margin, min_face)
+        if not found:
+            summary.no_face.append(rel.as_posix())
+            if skip_no_face:
+                continue
+        _write(out, crop)
+        summary.written += 1
+    _record_no_face(output_dir, summary.no_face)
+    return summary
+
+
+def find_disfa_videos(input_dir) -> List[Tuple[str, Path]]:
+    """(subject id, video path) for every DISFA video under ``input_dir``, sorted by subject.
+
+    A video is a file ending in .avi/.mp4 whose name contains ``SN<digits>``; several videos of one
+    subject resolve to the one named "Left..." (the left camera, as the release uses)."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise CropError(f"{input_dir}: input folder not found")
+    by_subject = {}
+    for path in sorted(input_dir.rglob("*")):
+        if not (path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS):
+            continue
+        match = _SUBJECT_RE.search(path.name)
+        if match:
+            by_subject.setdefault(match.group(1).upper(), []).append(path)
+    if not by_subject:
+        raise CropError(f"{input_dir}: no DISFA videos found (expected names like "
+                        f"LeftVideoSN001_comp.avi: .avi/.mp4 files containing SN<number>)")
+    result = []
+    for subject in sorted(by_subject):
+        paths = by_subject[subject]
+        if len(paths) > 1:
+            left = [p for p in paths if "left" in p.name.lower()]
+            if len(left) != 1:
+                raise CropError(f"{input_dir}: several videos for {subject} "
+                                f"({', '.join(str(p) for p in paths)}); keep one per subject")
+            paths = left
+        result.append((subject, paths[0]))
+    return result
+
+
+def crop_videos(input_dir, output_dir, detector: Optional[FaceDetector] = None, size: int = 256,
+                margin: float = DEFAULT_MARGIN, skip_no_face: bool = False, progress: bool = True,
+                min_face: float = 0.1) -> CropSummary:
+    """DISFA: every subject's video -> ``output_dir/{SN}/{i}.png``, i counting frames from 0."""
+    output_dir = Path(output_dir)
+    detector = detector or FaceDetector()
+    summary = CropSummary()
+    for subject, video in find_disfa_videos(input_dir):
+        cap = cv2.VideoCapture(str(video))
+        if not cap.isOpened():
+            raise CropError(f"{video}: cannot open the video (corrupt file or missing codec)")
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc=subject,
+                       unit="frame")
+        index = 0
+        try:
+            while True:
+                out = output_dir / subject / f"{index}.png"
+                if out.exists():
+                    # Already cropped: advance without decoding.
+                    if not cap.grab():
+                        break
+                    summary.skipped += 1
+                else:
+                    ok, frame = cap.read()
+                    if not ok:
+                        break
+                    crop, found = crop_image(detector, frame, size, margin, min_face)
+                    if not found:
+                        summary.no_face.append(f"{subject}/{index}.png")
+                    if found or not skip_no_face:
+                        _write(out, crop)
+                        summary.written += 1
+                index += 1
+                if bar is not None:
+                    bar.update()
+        finally:
+            cap.release()
+            if bar is not None:
+                bar.close()
+        if index == 0:
+            raise CropError(f"{video}: no frame could be decoded (corrupt file or missing codec)")
+    _record_no_face(output_dir, summary.no_face)
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Detect, align and crop faces to 256x256 (the crops ME-GraphAU trains on).")
+    parser.add_argument("--dataset", required=True, choices=["BP4D", "DISFA", "folder"],
+                        help="BP4D: {subject}/{task}/{frame}.jpg frames; DISFA: videos "
+                             "(*SN<id>*.avi/.mp4) -> {SN}/{i}.png; folder: any image tree")
+    parser.add_argument("--input", required=True, help="raw frames / videos folder")
+    parser.add_argument("--output", required=True, help="crop folder, e.g. data/BP4D/img")
+    parser.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256)")
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                        help="margin around the face box on each side, fraction of the box "
+                             f"(default {DEFAULT_MARGIN})")
+    parser.add_argument("--min-face", type=float, default=0.1,
+                        help="smallest face searched, fraction of the frame's shorter side")
+    parser.add_argument("--skip-no-face", action="store_true",
+                        help="do not write frames without a detected face (default: centre crop)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    common = dict(size=args.size, margin=args.margin, skip_no_face=args.skip_no_face,
+                  progress=not args.no_progress, min_face=args.min_face)
+    try:
+        if args.dataset == "DISFA":
+            summary = crop_videos(args.input, args.output, **common)
+        else:
+            exts = (".jpg", ".jpeg") if args.dataset == "BP4D" else IMAGE_EXTENSIONS
+            summary = crop_image_tree(args.input, args.output, extensions=exts, **common)
+    except CropError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary)
+    if summary.no_face:
+        action = "left out" if args.skip_no_face else "written as centre crops"
+        print(f"frames without a face ({action}) are listed in "
+              f"{Path(args.output) / NO_FACE_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
