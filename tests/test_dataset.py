@@ -374,3 +374,10 @@ def test_synth_set_end_to_end(tmp_path):
     image, labels, relation = ds[0]
     assert len(ds) == 8 and image.shape == (3, 56, 56) and labels.shape == (12,)
     assert relation.shape == (144,) and ds.class_weights.shape == (12,)
+
+
+def test_release_weight_file_one_value_per_line(tiny):
+    (Path(tiny["dataset_path"]) / "list" / "TINY_weight_fold1.txt").write_text(
+        "0.500000\n1.000000\n1.500000\n")  # the release's np.savetxt of a 1-D array
+    ds = AUDataset(tiny, fold=1, split="train", crop_size=8)
+    assert ds.class_weights.tolist() == [0.5, 1.0, 1.5]
