@@ -261,12 +261,15 @@ def test_disfa_errors(tmp_path):
 
 
 def test_check_against_known_release_values(tmp_path):
-    from tool.prepare_lists import KNOWN_FOLD1, check_against_known
-    known = KNOWN_FOLD1["DISFA"]
-    (tmp_path / "DISFA_weight_fold1.txt").write_text("\t".join(f"{w:f}" for w in known["weights"]))
-    (tmp_path / "DISFA_test_img_path_fold1.txt").write_text("x.png\n" * known["test_size"])
-    assert check_against_known(tmp_path, "DISFA") == []
-    (tmp_path / "DISFA_weight_fold1.txt").write_text("\t".join(["1.000000"] * 8))
-    (tmp_path / "DISFA_test_img_path_fold1.txt").write_text("x.png\n" * 5)
-    problems = check_against_known(tmp_path, "DISFA")
-    assert len(problems) == 2 and "weights" in problems[0] and "43605" in problems[1]
+    """--check recomputes fold-1 weights the release's way (9 counted present over all frames)."""
+    from tool.prepare_lists import KNOWN_FOLD1, check_against_known, release_style_weights
+    assert len(KNOWN_FOLD1["BP4D"]["weights"]) == 12 and len(KNOWN_FOLD1["DISFA"]["weights"]) == 8
+    labels = np.array([[1, 0, -1], [0, 1, 0], [1, -1, 0], [0, 0, 1]])
+    # release: rates 2/4, 2/4, 2/4 (the -1s were 9s, counted present) -> all weights 1
+    np.testing.assert_allclose(release_style_weights(labels), [1.0, 1.0, 1.0])
+    np.savetxt(tmp_path / "X_train_label_fold1.txt", labels, fmt="%d")
+    (tmp_path / "X_test_img_path_fold1.txt").write_text("x.png\n" * 7)
+    good = {"weights": [1.0, 1.0, 1.0], "test_size": 7}
+    assert check_against_known(tmp_path, "X", known=good) == []
+    problems = check_against_known(tmp_path, "X", known={"weights": [1.2, 0.9, 0.9], "test_size": 8})
+    assert len(problems) == 2 and "weights" in problems[0] and "test size 7" in problems[1]

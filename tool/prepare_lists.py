@@ -317,19 +317,35 @@ def _read(path: Path) -> list[str]:
     return Path(path).read_text().splitlines()
 
 
-def _read_weights(path: Path) -> np.ndarray:
-    return np.asarray(path.read_text().split(), dtype=np.float64)
+def release_style_weights(labels: np.ndarray) -> np.ndarray:
+    """Class weights the way the release computed them, to check the raw data against it.
+
+    The release kept BP4D's "not coded" 9 in its lists and counted it as present (label > 0)
+    over all frames; in our lists those entries are -1, so r_i = mean(label != 0).
+    """
+    rate = (np.asarray(labels) != 0).mean(axis=0)
+    inverse = 1.0 / rate
+    return inverse / inverse.sum() * rate.shape[0]
 
 
-def check_against_known(list_dir, dataset: str, tol: float = 2e-6) -> list[str]:
-    """Compare fold-1 weights and test size with the release's values; returns problems."""
-    known = KNOWN_FOLD1[dataset]
+def check_against_known(list_dir, dataset: str, tol: float = 2e-6,
+                        known: dict | None = None) -> list[str]:
+    """Compare fold 1 with the release's weights and test size (SPEC §2); returns problems.
+
+    The weights are recomputed from the fold-1 training labels the release's way
+    (:func:`release_style_weights`), so the check tests the raw data, not our -1 convention.
+    Lists written with --drop-uncoded cannot match (frames are missing). `known` defaults to
+    KNOWN_FOLD1[dataset] ({"weights": [...], "test_size": int}).
+    """
+    known = KNOWN_FOLD1[dataset] if known is None else known
     list_dir = Path(list_dir)
     problems = []
-    weights = _read_weights(list_dir / f"{dataset}_weight_fold1.txt")
+    labels = np.loadtxt(list_dir / f"{dataset}_train_label_fold1.txt", dtype=np.int64, ndmin=2)
+    weights = release_style_weights(labels)
     if weights.shape != (len(known["weights"]),) or np.abs(weights - known["weights"]).max() > tol:
-        problems.append(f"fold1 weights {' '.join(f'{w:f}' for w in weights)} differ from the "
-                        f"release's {' '.join(f'{w:f}' for w in known['weights'])}")
+        problems.append(f"fold1 weights (computed the release's way) "
+                        f"{' '.join(f'{w:f}' for w in weights)} differ from the release's "
+                        f"{' '.join(f'{w:f}' for w in known['weights'])}")
     n_test = len(_read(list_dir / f"{dataset}_test_img_path_fold1.txt"))
     if n_test != known["test_size"]:
         problems.append(f"fold1 test size {n_test} differs from the release's {known['test_size']}")
@@ -350,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="BP4D: drop frames with any 'not coded' (9) label instead of "
                              "writing -1 (unknown) for them")
     parser.add_argument("--check", action="store_true",
-                        help="compare fold-1 weights and test size with the release's values "
-                             "(full real data only); exit 1 on a mismatch")
+                        help="compare fold 1 with the release (class weights computed its way, "
+                             "test size); full real data without --drop-uncoded; exit 1 on a "
+                             "mismatch")
     return parser
 
 
