@@ -191,7 +191,7 @@ def _through(p0, pm, p2, n: int = 16) -> np.ndarray:
 
 def _face_layout(au: Dict[int, bool], p: FaceParams) -> dict:
     """Canonical positions of every feature for these labels (units of a 256 image)."""
-    jaw = 14.0 if au[26] else 0.0
+    jaw = 18.0 if au[26] else 0.0
     eye_y = CY - 10
     brow_y = eye_y - 20
     mouth_y = CY + p.nose_len + 12
@@ -356,16 +356,16 @@ def _draw_brows(cv: _Canvas, au, lay, p: FaceParams):
     if au[1]:  # central forehead lines
         for dy in (0, 6, 12):
             y = by - 16 - dy
-            cv.soft_line(_through((CX - 15, y + 3), (CX, y), (CX + 15, y + 3)), -0.35, 2.2)
+            cv.soft_line(_through((CX - 16, y + 3), (CX, y), (CX + 16, y + 3)), -0.55, 2.8)
     if au[2]:  # lateral forehead lines above the outer brows
         for s in (-1, 1):
             for dy in (0, 6):
                 y = by - 18 - dy
                 cv.soft_line(_through((CX + s * 24, y + 1), (CX + s * 36, y - 2), (CX + s * 48, y + 4)),
-                             -0.35, 2.2)
+                             -0.55, 2.8)
     if au[4]:  # vertical glabella lines between the brows
         for s in (-1, 1):
-            cv.soft_line([(CX + s * 4, by - 4), (CX + s * 5, by + 14)], -0.45, 2.4)
+            cv.soft_line([(CX + s * 4, by - 4), (CX + s * 5, by + 14)], -0.6, 3.0)
 
 
 def _draw_eyes(cv: _Canvas, au, lay, p: FaceParams):
@@ -403,21 +403,22 @@ def _draw_eyes(cv: _Canvas, au, lay, p: FaceParams):
         cv.soft_line(_through(inner + (s * 2, -2), c + (0, -up - crease_gap), outer + (-s * 1, -3)),
                      -0.3, 1.6)
         if au[7]:  # lower-lid tension line
-            cv.soft_line(_through(inner + (s * 2, 4), c + (0, low + 4), outer + (-s * 2, 3)), -0.4, 1.8)
+            cv.soft_line(_through(inner + (s * 2, 4), c + (0, low + 5), outer + (-s * 2, 3)), -0.6, 2.8)
+            cv.polyline(lower, tuple(float(v) for v in np.array(p.skin) * 0.45), 2.2)  # tense lid
         if au[6]:  # crow's feet and a raised cheek with the furrow above it
             corner = outer + (s * 3, 0)
             for ang in (-25, 0, 25):
                 a = math.radians(ang)
                 end = corner + (s * 10 * math.cos(a), 10 * math.sin(a))
-                cv.soft_line([corner, end], -0.45, 1.8)
+                cv.soft_line([corner, end], -0.6, 2.4)
             cheek = c + (s * 4, 26)
             cv.blob(cheek, (17, 11), 0.16, blur=4)
-            cv.soft_line(_through(c + (-s * 10, 12), c + (s * 4, 15), c + (s * 18, 10)), -0.35, 2.0)
+            cv.soft_line(_through(c + (-s * 10, 12), c + (s * 4, 15), c + (s * 18, 10)), -0.45, 2.6)
 
 
 def _draw_nose(cv: _Canvas, au, lay, p: FaceParams):
     ey, tip = lay["eye_y"], lay["nose_tip_y"]
-    lift = 3.0 if au[9] else 0.0
+    lift = 4.0 if au[9] else 0.0
     # Bright bridge, darker sides.
     cv.soft_line([(CX, ey - 6), (CX, tip - 4)], 0.12, 6, blur=3)
     for s in (-1, 1):
@@ -432,13 +433,13 @@ def _draw_nose(cv: _Canvas, au, lay, p: FaceParams):
     if au[9]:  # wrinkles across the upper nose
         for k in range(3):
             y = ey + 2 + k * 5
-            cv.soft_line(_through((CX - 9, y + 2), (CX, y), (CX + 9, y + 2)), -0.45, 1.8)
+            cv.soft_line(_through((CX - 11, y + 2), (CX, y), (CX + 11, y + 2)), -0.6, 2.6)
 
 
 def _draw_mouth(cv: _Canvas, au, lay, p: FaceParams):
     my, w = lay["mouth_y"], p.mouth_w
     # Corner heights: up for AU12, down for AU15.
-    dc = (-8.0 if au[12] else 0.0) + (8.0 if au[15] else 0.0)
+    dc = (-10.0 if au[12] else 0.0) + (9.0 if au[15] else 0.0)
     dw = 4.0 if au[12] else 0.0
     gap = (7.0 if au[25] else 0.0) + (11.0 if (au[25] and au[26]) else 0.0)
     # Jaw drop without parted lips lowers the closed mouth a little (lips stretch with the jaw).
@@ -471,22 +472,22 @@ def _draw_mouth(cv: _Canvas, au, lay, p: FaceParams):
     if au[12]:  # nasolabial folds deepen with the smile
         for s in (-1, 1):
             cv.soft_line(_through((CX + s * 15, lay["nose_tip_y"] + 2), (CX + s * (w + 4), my - 8),
-                                  (CX + s * (w + 10), my + 4)), -0.4, 2.4)
+                                  (CX + s * (w + 10), my + 4)), -0.55, 3.0)
     if au[15]:  # creases below the pulled-down corners
         for s in (-1, 1):
             c = (lc if s < 0 else rc)
-            cv.soft_line([c + (s * 1, 4), c + (s * 4, 16)], -0.45, 2.2)
+            cv.soft_line([c + (s * 1, 4), c + (s * 4, 16)], -0.6, 2.8)
     if au[17]:  # chin boss: mentolabial furrow, bulge and dimples
         lip_bottom = mid_y + 10 + gap + low_shift + push
         chin_c = np.array([CX, (lip_bottom + lay["chin_y"]) / 2 + 4])
-        cv.soft_line(_through((CX - 14, lip_bottom + 4), (CX, lip_bottom + 8), (CX + 14, lip_bottom + 4)),
-                     -0.45, 2.6)
-        cv.blob(chin_c, (15, 10), 0.12, blur=3)
+        cv.soft_line(_through((CX - 15, lip_bottom + 4), (CX, lip_bottom + 8), (CX + 15, lip_bottom + 4)),
+                     -0.6, 3.2)
+        cv.blob(chin_c, (16, 11), 0.2, blur=3)
         for dx, dy in ((-7, -3), (0, 2), (7, -3), (-4, 5), (4, 5)):
-            cv.ellipse(chin_c + (dx, dy), (1.4, 1.4), tuple(float(v) for v in np.array(p.skin) * 0.6))
+            cv.ellipse(chin_c + (dx * 1.3, dy * 1.2), (2.2, 2.2), tuple(float(v) for v in np.array(p.skin) * 0.5))
     if au[26]:  # jaw-drop shading: longer chin shadow
         cv.soft_line(_through((CX - 26, lay["chin_y"] - 8), (CX, lay["chin_y"] - 2), (CX + 26, lay["chin_y"] - 8)),
-                     -0.2, 5, blur=3)
+                     -0.3, 6, blur=3)
 
 
 @functools.lru_cache(maxsize=4)
