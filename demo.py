@@ -125,6 +125,8 @@ class AUDetector:
                  dataset: Optional[str] = None, threshold: float = 0.5, detect: bool = True,
                  max_faces: Optional[int] = None, batch_size: int = 16, metric: Optional[str] = None):
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise DemoError(f"--device {device}: CUDA is not available here (use --device cpu)")
         self.threshold = float(threshold)
         self.max_faces = max_faces
         self.batch_size = max(1, int(batch_size))
@@ -156,7 +158,12 @@ class AUDetector:
         self.model = build_model(int(stage), arc, num_classes, neighbor_num=neighbor_num, metric=metric,
                                  pretrained=False, variant=variant or "megraphau")
         if checkpoint is not None:
-            load_checkpoint(self.model, checkpoint)  # strict: CheckpointMismatchError names the keys
+            info = load_checkpoint(self.model, checkpoint)  # strict: CheckpointMismatchError names the keys
+            if info["fresh_keys"]:  # training may start stage 2 from stage 1; inference must not
+                raise CheckpointMismatchError(
+                    f"{checkpoint} is a stage-1 checkpoint but --stage {stage} was asked for: its edge and "
+                    f"graph parts ({len(info['fresh_keys'])} keys, e.g. {info['fresh_keys'][0]}) would be "
+                    f"random. Drop --stage or pass --stage 1.")
         self.model.to(self.device).eval()
         self.arc, self.stage, self.variant = arc, int(stage), variant or "megraphau"
         self.transform = test_transform()
@@ -202,7 +209,7 @@ class AUDetector:
         rgb = np.ascontiguousarray(crop_bgr[:, :, 2::-1])  # BGR(A) -> RGB
         return self.transform(torch.from_numpy(rgb).permute(2, 0, 1))  # (3, 224, 224)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Face crops (BGR uint8) -> AU probabilities (len(crops), N), in batches."""
         out = []
@@ -523,7 +530,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", default=None, help="checkpoint (release .pth or this project's)")
     p.add_argument("--input", required=True, help="an image, a folder of images (recursive) or a video")
     p.add_argument("--draw_text", "--draw-text", action="store_true", help="add AU descriptions to the annotations")
-    p.add_argument("--output", default="results/demo", help="output folder (default: results/demo)")
+    p.add_argument("--output", default=None, help="output folder (default: results/{--exp-name}, "
+                   "i.e. results/demo)")
+    p.add_argument("--exp-name", default="demo", help="the release's flag: output folder results/EXP_NAME")
     p.add_argument("--no-detect", action="store_true", help="inputs are face crops already: no detection")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("-b", "--batch-size", type=int, default=16, help="faces per model batch")
@@ -539,6 +548,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="time detection and model on the input images instead of writing outputs")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     args = p.parse_args(argv)
+    if args.output is None:
+        args.output = str(Path("results") / args.exp_name)
     if args.every_n < 1:
         p.error("--every-n must be at least 1")
     if args.max_faces is not None and args.max_faces < 1:

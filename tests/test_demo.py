@@ -153,6 +153,8 @@ def test_refusals(data, tmp_path, capsys):
     assert demo.main(["--resume", str(data["og2"]), "--stage", "1", "--input", image,
                       "--output", str(tmp_path / "x")]) == 2
     assert "head.edge_extractor" in capsys.readouterr().err
+    with pytest.raises(CheckpointMismatchError, match="stage-1 checkpoint but --stage 2"):
+        demo.AUDetector(data["bp1"], stage=2)  # would leave the graph random
     # an AU count that matches no known set
     with pytest.raises(demo.DemoError, match="5 AUs.*no known AU set"):
         demo.AUDetector(data["odd"])
@@ -172,6 +174,15 @@ def test_refusals(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "corrupt.jpg: not a readable image" in err and "broken.mp4" in err
     assert demo.main(["--resume", str(data["bp1"]), "--input", str(tmp_path / "missing.jpg")]) == 2
+
+
+def test_release_command_line(data, tmp_path, monkeypatch):
+    """The release's demo command (with --exp-name) works unchanged; output in results/EXP_NAME."""
+    monkeypatch.chdir(tmp_path)
+    assert demo.main(["--arc", "resnet18", "--stage", "2", "--exp-name", "demo", "--resume", str(data["og2"]),
+                      "--input", str(data["folder"] / "a.jpg"), "--draw_text"]) == 0
+    assert (tmp_path / "results" / "demo" / "annotated" / "a.jpg").is_file()
+    assert len(read_csv(tmp_path / "results" / "demo" / "predictions.csv")) == 1
 
 
 def test_benchmark(data, capsys):
