@@ -142,6 +142,14 @@ def test_api_and_au_sets(data):
     assert bp.au_names[-1] == "AU24" and len(bp.au_descriptions) == 12
     (face,) = bp.predict_image(np.full((100, 140, 3), 100, np.uint8))
     assert face.box == (0, 0, 140, 100) and face.labels.tolist() == (face.probs >= 0.5).astype(int).tolist()
+    # a project checkpoint's own AU names and graph settings win over the 12-AU default (BP4D)
+    obj = torch.load(data["bp1"])
+    synth_names = [f"AU{a}" for a in synth.SYNTH_AUS]
+    obj.update(au_names=synth_names, model_config={"neighbor_num": 2, "metric": "cosine"})
+    torch.save(obj, data["root"] / "synth_own.pth")
+    own = demo.AUDetector(data["root"] / "synth_own.pth", detect=False)
+    assert own.au_names == synth_names and own.model.config.neighbor_num == 2
+    assert own.model.config.metric == "cosine"
 
 
 def test_refusals(data, tmp_path, capsys):
