@@ -370,7 +370,7 @@ def _draw_brows(cv: _Canvas, au, lay, p: FaceParams):
 
 def _draw_eyes(cv: _Canvas, au, lay, p: FaceParams):
     ey = lay["eye_y"]
-    up = 6.5 + (5.0 if au[5] else 0.0) - (1.5 if au[7] else 0.0)
+    up = 6.5 + (7.0 if au[5] else 0.0) - (1.5 if au[7] else 0.0)
     low = 1.5 if au[7] else 5.0
     iris_r = 6.2
     for s in (-1, 1):
@@ -399,12 +399,13 @@ def _draw_eyes(cv: _Canvas, au, lay, p: FaceParams):
         cv.polyline(upper, lash, _STYLE['lash'])
         cv.polyline(lower, tuple(float(v) for v in np.array(p.skin) * 0.55), 1.2)
         # Upper lid crease, closer to the lid line when it is raised.
-        crease_gap = 3.0 if au[5] else 5.0
+        crease_gap = 4.0 if au[5] else 5.0
         cv.soft_line(_through(inner + (s * 2, -2), c + (0, -up - crease_gap), outer + (-s * 1, -3)),
                      -0.3, 1.6)
         if au[7]:  # lower-lid tension line
             cv.soft_line(_through(inner + (s * 2, 4), c + (0, low + 5), outer + (-s * 2, 3)), -0.6, 2.8)
             cv.polyline(lower, tuple(float(v) for v in np.array(p.skin) * 0.45), 2.2)  # tense lid
+            cv.blob(c + (0, low + 9), (p.eye_w * 0.8, 3.5), 0.18, blur=2)  # bulging lower lid
         if au[6]:  # crow's feet and a raised cheek with the furrow above it
             corner = outer + (s * 3, 0)
             for ang in (-25, 0, 25):
@@ -443,8 +444,8 @@ def _draw_mouth(cv: _Canvas, au, lay, p: FaceParams):
     dw = 4.0 if au[12] else 0.0
     gap = (7.0 if au[25] else 0.0) + (11.0 if (au[25] and au[26]) else 0.0)
     # Jaw drop without parted lips lowers the closed mouth a little (lips stretch with the jaw).
-    low_shift = lay["jaw"] * (0.35 if not au[25] else 0.75)
-    up_shift = lay["jaw"] * 0.2 if not au[25] else 0.0
+    # (with parted lips the drop shows as the taller gap instead).
+    up_shift = lay["jaw"] * 0.3 if not au[25] else 0.0
     push = -3.0 if au[17] else 0.0  # chin raise pushes the lower lip up
     lc = np.array([CX - w - dw, my + dc + up_shift])
     rc = np.array([CX + w + dw, my + dc + up_shift])
@@ -457,7 +458,7 @@ def _draw_mouth(cv: _Canvas, au, lay, p: FaceParams):
     line_up = _through(rc, (CX, mid_y + 1 + dc * 0.35), lc, 20)
     lower_top = line_up[::-1] + (0, gap)
     lower_top[0], lower_top[-1] = lc, rc
-    lower_bottom = _through(rc, (CX, mid_y + 10 + gap + low_shift + push), lc, 20)
+    lower_bottom = _through(rc, (CX, mid_y + 10 + gap + push), lc, 20)
     if gap > 0:  # open mouth: dark cavity with upper teeth
         cavity = np.concatenate([line_up[::-1], lower_top[::-1]])
         cv.fill(cavity, (35, 30, 55))
@@ -478,7 +479,7 @@ def _draw_mouth(cv: _Canvas, au, lay, p: FaceParams):
             c = (lc if s < 0 else rc)
             cv.soft_line([c + (s * 1, 4), c + (s * 4, 16)], -0.6, 2.8)
     if au[17]:  # chin boss: mentolabial furrow, bulge and dimples
-        lip_bottom = mid_y + 10 + gap + low_shift + push
+        lip_bottom = mid_y + 10 + gap + push
         chin_c = np.array([CX, (lip_bottom + lay["chin_y"]) / 2 + 4])
         cv.soft_line(_through((CX - 15, lip_bottom + 4), (CX, lip_bottom + 8), (CX + 15, lip_bottom + 4)),
                      -0.6, 3.2)
