@@ -1,0 +1,80 @@
+"""The benchmark scripts run in tiny configurations and print their tables."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import bench_data, bench_metrics, bench_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_model_tiny_in_process(capsys, tmp_path):
+    out_json = tmp_path / "model.json"
+    bench_model.main(["--arcs", "resnet18", "--batch-size", "2", "--iters", "1", "--warmup", "0",
+                      "--stages", "1", "2", "--num-classes", "3", "--mode", "train", "--no-memory", "--markdown", "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert "| arc | stage | AUs | mode | form | img/s |" in out
+    rows = json.loads(out_json.read_text())["rows"]
+    # stage 1: fast only; stage 2: fast and reference
+    assert [(r["stage"], r["mode"], r["variant"]) for r in rows] == [
+        (1, "train", "fast"), (2, "train", "fast"), (2, "train", "reference")]
+    assert all(r["images_per_s"] > 0 and not r["error"] for r in rows)
+    assert all(r["speed_ratio"] > 0 for r in rows if r["stage"] == 2 and r["variant"] == "fast")
+
+
+@pytest.mark.slow
+def test_bench_model_cli_with_memory_children(tmp_path):
+    """The command line as documented, with a fresh child process per configuration for peak RSS."""
+    out_json = tmp_path / "model.json"
+    result = subprocess.run(
+        [sys.executable, "bench/bench_model.py", "--device", "cpu", "--threads", "2", "--arcs", "resnet18",
+         "--batch-size", "2", "--iters", "1", "--warmup", "0", "--stages", "2", "--num-classes", "2",
+         "--mode", "eval", "--memory-steps", "1", "--markdown", "--json", str(out_json)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| speed x | memory x |" in result.stdout and "| reference |" in result.stdout
+    rows = json.loads(out_json.read_text())["rows"]
+    assert all(r["peak_mb"] > 100 and r["memory_kind"].startswith("peak RSS") for r in rows)
+    assert rows[0]["memory_ratio"] > 0
+
+
+def test_bench_model_rejects_bad_arguments():
+    with pytest.raises(SystemExit):
+        bench_model.parse_args(["--batch-size", "0"])
+    with pytest.raises(SystemExit):
+        bench_model.parse_args(["--arcs", "vgg16"])
+
+
+def test_bench_data_tiny(capsys):
+    bench_data.main(["--images", "2", "--rounds", "1", "--markdown"])
+    out = capsys.readouterr().out
+    assert "| split | pipeline | img/s |" in out
+    assert "release-style PIL" in out
+    assert "ours (dataset.py)" in out  # dataset.build_transform is on main
+
+
+def test_release_style_transform_output():
+    from PIL import Image
+    image = Image.new("RGB", (256, 256), (120, 80, 40))
+    for train in (True, False):
+        out = bench_data.release_style_transform(train)(image)
+        assert tuple(out.shape) == (3, 224, 224)
+
+
+def test_bench_metrics_tiny_and_agreement(capsys):
+    bench_metrics.main(["--frames", "500", "--aus", "4", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "release-style Python loop" in out and "utils.compute_au_metrics" in out
+    assert "(agree)" in out
+
+
+def test_release_style_metrics_counts():
+    import numpy as np
+    probs = np.array([[0.9, 0.1], [0.2, 0.7], [0.6, 0.4]])
+    labels = np.array([[1, 0], [1, 1], [0, 0]])
+    result = bench_metrics.release_style_metrics(probs, labels)
+    # AU 0: TP 1, FN 1, FP 1 -> F1 2/4; acc 1/3. AU 1: TP 1 -> F1 1; acc 1
+    assert np.allclose(result["f1"], [0.5, 1.0]) and np.allclose(result["acc"], [1 / 3, 1.0])
