@@ -330,10 +330,13 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
-def list_inputs(path: Path) -> tuple[str, list[Path]]:
-    """('image' | 'video' | 'folder', files). A folder lists its images recursively, sorted."""
+def list_inputs(path: Path, exclude: Optional[Path] = None) -> tuple[str, list[Path]]:
+    """('image' | 'video' | 'folder', files). A folder lists its images recursively, sorted,
+    leaving out anything under `exclude` (an output folder inside the input folder)."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        skip = exclude.resolve() if exclude is not None else None
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                       and not (skip is not None and p.resolve().is_relative_to(skip)))
         if not files:
             raise DemoError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return "folder", files
@@ -566,7 +569,7 @@ def main(argv=None) -> int:
         detector = AUDetector(args.resume, arc=args.arc, stage=args.stage, device=args.device,
                               dataset=args.dataset, threshold=args.threshold, detect=not args.no_detect,
                               max_faces=args.max_faces, batch_size=args.batch_size, metric=args.metric)
-        kind, files = list_inputs(Path(args.input))
+        kind, files = list_inputs(Path(args.input), exclude=Path(args.output))
     except (DemoError, CheckpointMismatchError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -36,8 +36,10 @@ def detectable_faces(count, size, rng, detector):
     faces = []
     while len(faces) < count:
         img = synth.render_face(rng.integers(0, 2, len(synth.SYNTH_AUS)), synth.sample_params(rng), size)
-        if len(detector.detect(img)) == 1:
-            faces.append(img)
+        # a JPEG round trip: the face must still be found after compression
+        jpeg = cv2.imdecode(cv2.imencode(".jpg", img)[1], cv2.IMREAD_COLOR)
+        if len(detector.detect(img)) == 1 and len(detector.detect(jpeg)) == 1:
+            faces.append(jpeg)
     return faces
 
 
@@ -51,9 +53,13 @@ def data(tmp_path_factory):
     (folder / "sub").mkdir(parents=True)
     cv2.imwrite(str(folder / "a.jpg"), faces[0])
     cv2.imwrite(str(folder / "sub" / "b.png"), faces[1])
-    two = np.full((180, 330, 3), 90, np.uint8)  # a big and a small face
-    two[10:170, 0:160] = faces[2]
-    two[30:158, 190:318] = cv2.resize(faces[3], (128, 128), interpolation=cv2.INTER_AREA)
+    for _ in range(20):  # a big and a small face side by side, both found by the detector
+        two = np.full((180, 330, 3), 90, np.uint8)
+        two[10:170, 0:160] = faces[2]
+        two[30:158, 190:318] = cv2.resize(faces[3], (128, 128), interpolation=cv2.INTER_AREA)
+        if len(detector.detect(two)) == 2:
+            break
+        faces[2:4] = detectable_faces(2, 160, rng, detector)
     assert len(detector.detect(two)) == 2
     cv2.imwrite(str(folder / "two_faces.png"), two)
     cv2.imwrite(str(folder / "blank.png"), np.full((120, 120, 3), 128, np.uint8))  # no face
@@ -112,6 +118,10 @@ def test_folder_end_to_end(data, tmp_path, capsys):
     for rel in ["a.jpg", "sub/b.png", "two_faces.png", "blank.png"]:
         drawn, original = cv2.imread(str(out / "annotated" / rel)), cv2.imread(str(data["folder"] / rel))
         assert drawn is not None and drawn.shape != original.shape  # enlarged, with the AU panel
+    # an output folder inside the input folder is not read back as input
+    with pytest.raises(demo.DemoError, match="holds no images"):
+        demo.list_inputs(out.parent, exclude=out)
+    assert len(demo.list_inputs(out.parent)[1]) == 4
 
 
 def test_video(data, tmp_path):
