@@ -153,3 +153,16 @@ def test_cli_generates_and_previews(tmp_path, capsys):
     preview = tmp_path / "preview.png"
     assert main(["--preview", str(preview), "--preview-count", "4", "--size", "96"]) == 0
     assert preview.stat().st_size > 1000
+
+
+def test_concurrent_ensure_generates_once(tmp_path):
+    """Two processes asking for the same set (as distributed ranks do) both get a complete set."""
+    import subprocess
+    import sys
+    code = ("import sys; from tool.synth_faces import ensure_synthetic_dataset as e; "
+            "e(sys.argv[1], subjects_per_part=1, tasks=1, frames=3, size=64)")
+    root = str(tmp_path / "SYNTH")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    procs = [subprocess.Popen([sys.executable, "-c", code, root], env=env) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert json.loads((Path(root) / MARKER_NAME).read_text())["num_images"] == 9

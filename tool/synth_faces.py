@@ -33,6 +33,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -294,8 +295,9 @@ def _draw_head(cv: _Canvas, au, lay, p: FaceParams) -> np.ndarray:
     cv.fill(neck, tuple(float(v) for v in skin * 0.72))
     cv.fill(neck, 1.0, img=alpha)
     for s in (-1, 1):
-        cv.ellipse((CX + s * (p.face_w + 2), lay["eye_y"] + 12), (9, 17), tuple(float(v) for v in skin * 0.85))
-        cv.ellipse((CX + s * (p.face_w + 2), lay["eye_y"] + 12), (9, 17), 1.0, img=alpha)
+        ear = (CX + s * (p.face_w + 2), lay["eye_y"] + 12)
+        cv.ellipse(ear, (9, 17), tuple(float(v) for v in skin * 0.85))
+        cv.ellipse(ear, (9, 17), 1.0, img=alpha)
     # Hair mass behind the head.
     cv.ellipse((CX, CY - 22), (p.face_w + 10, p.face_h * 0.85), hair)
     cv.ellipse((CX, CY - 22), (p.face_w + 10, p.face_h * 0.85), 1.0, img=alpha)
@@ -423,11 +425,11 @@ def _draw_nose(cv: _Canvas, au, lay, p: FaceParams):
     # Bright bridge, darker sides.
     cv.soft_line([(CX, ey - 6), (CX, tip - 4)], 0.12, 6, blur=3)
     for s in (-1, 1):
-        cv.soft_line(_through((CX + s * 7, ey + 4), (CX + s * 9, (ey + tip) / 2), (CX + s * 13, tip - 2 - lift)),
-                     -0.22, 4, blur=3)
+        side = _through((CX + s * 7, ey + 4), (CX + s * 9, (ey + tip) / 2), (CX + s * 13, tip - 2 - lift))
+        cv.soft_line(side, -0.22, 4, blur=3)
         # Nostril wing and nostril.
-        cv.soft_line(_through((CX + s * 13, tip - 4 - lift), (CX + s * 17, tip + 3 - lift), (CX + s * 10, tip + 7 - lift)),
-                     -0.3, 2.0)
+        wing = _through((CX + s * 13, tip - 4 - lift), (CX + s * 17, tip + 3 - lift), (CX + s * 10, tip + 7 - lift))
+        cv.soft_line(wing, -0.3, 2.0)
         cv.ellipse((CX + s * 7, tip + 5 - lift), (4.5 if au[9] else 3.8, 2.3), (30, 30, 40),
                    angle=s * 15)
     cv.blob((CX, tip), (8, 6), 0.08, blur=3)  # tip highlight
@@ -485,9 +487,11 @@ def _draw_mouth(cv: _Canvas, au, lay, p: FaceParams):
                      -0.6, 3.2)
         cv.blob(chin_c, (16, 11), 0.2, blur=3)
         for dx, dy in ((-7, -3), (0, 2), (7, -3), (-4, 5), (4, 5)):
-            cv.ellipse(chin_c + (dx * 1.3, dy * 1.2), (2.2, 2.2), tuple(float(v) for v in np.array(p.skin) * 0.5))
+            cv.ellipse(chin_c + (dx * 1.3, dy * 1.2), (2.2, 2.2),
+                       tuple(float(v) for v in np.array(p.skin) * 0.5))
     if au[26]:  # jaw-drop shading: longer chin shadow
-        cv.soft_line(_through((CX - 26, lay["chin_y"] - 8), (CX, lay["chin_y"] - 2), (CX + 26, lay["chin_y"] - 8)),
+        chin_y = lay["chin_y"]
+        cv.soft_line(_through((CX - 26, chin_y - 8), (CX, chin_y - 2), (CX + 26, chin_y - 8)),
                      -0.3, 6, blur=3)
 
 
@@ -682,15 +686,39 @@ def ensure_synthetic_dataset(root=None, **kwargs) -> Path:
     args.update(kwargs)
     wanted = _generation_config(args["subjects_per_part"], args["tasks"], args["frames"],
                                 args["seed"], args["size"])
-    marker = root / MARKER_NAME
-    if marker.exists():
-        try:
-            have = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            have = {}
-        if {k: have.get(k) for k in wanted} == wanted:
+    if _marker_matches(root, wanted):
+        return root
+    # Several processes (e.g. distributed ranks) may ask at once: one generates, the others wait
+    # on the lock and then find the marker.
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(root.parent / f".{root.name}.lock"):
+        if _marker_matches(root, wanted):
             return root
-    return generate_synthetic_dataset(root, **args)
+        return generate_synthetic_dataset(root, **args)
+
+
+def _marker_matches(root: Path, wanted: dict) -> bool:
+    try:
+        have = json.loads((root / MARKER_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return {k: have.get(k) for k in wanted} == wanted
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """Exclusive advisory lock on ``path`` (POSIX flock; no locking where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: single-process use assumed
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def preview_grid(n: int = 12, cols: int = 6, seed: int = 0, size: int = 256) -> np.ndarray:
