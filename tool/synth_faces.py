@@ -505,14 +505,12 @@ def _grid(size: int) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _background(p: FaceParams, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Flat colour plus low-frequency texture."""
-    bg = np.empty((size, size, 3), np.float32)
-    bg[:] = p.bg_color
+    """Flat colour plus low-frequency texture (a 6x6 random grid, smoothly upsampled)."""
+    coarse = np.empty((6, 6, 3), np.float32)
+    coarse[:] = p.bg_color
     if p.bg_texture > 0:
-        coarse = rng.standard_normal((6, 6, 3), dtype=np.float32)
-        tex = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
-        bg += p.bg_texture * tex
-    return bg
+        coarse += np.float32(p.bg_texture) * rng.standard_normal((6, 6, 3), dtype=np.float32)
+    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 def render_face(labels: Sequence[int], params: Optional[FaceParams] = None, size: int = 256) -> np.ndarray:
@@ -536,16 +534,21 @@ def render_face(labels: Sequence[int], params: Optional[FaceParams] = None, size
     m = _pose_matrix(p, size)
     face = cv2.warpAffine(cv.img, m, (size, size), flags=cv2.INTER_LINEAR)
     alpha = cv2.warpAffine(alpha, m, (size, size), flags=cv2.INTER_LINEAR)[:, :, None]
-    img = _background(p, size, rng) * (1 - alpha) + face * alpha
-    # Lighting: a linear gradient across the image in direction light_dir.
+    img = _background(p, size, rng)
+    face -= img
+    face *= alpha
+    img += face  # background + alpha * (face - background)
+    # Lighting: a linear gradient across the image in direction light_dir (separable in x, y).
     if p.light_strength > 0:
-        ys, xs = _grid(size)
-        ys, xs = ys / size - 0.5, xs / size - 0.5
         a = math.radians(p.light_dir)
-        img *= (1 + p.light_strength * 2 * (xs * math.cos(a) + ys * math.sin(a)))[:, :, None]
+        ramp = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
+        k = 2 * p.light_strength
+        gain = 1 + k * math.sin(a) * ramp[:, None] + k * math.cos(a) * ramp[None, :]
+        img *= gain[:, :, None]
     if p.noise_sigma > 0:
         img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(p.noise_sigma)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+    np.clip(img, 0, 255, out=img)
+    return (img + 0.5).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- labels
