@@ -8,15 +8,20 @@ its label is 1:
     AU1 inner brow raiser    inner brow ends up + central forehead lines
     AU2 outer brow raiser    outer brow ends up + lateral forehead lines
     AU4 brow lowerer         brows down and drawn together + vertical glabella lines
-    AU5 upper lid raiser     upper lids up, sclera above the iris
-    AU6 cheek raiser         cheek bulges + crow's-feet lines
-    AU7 lid tightener        lower lids raised and straightened + lid tension line
+    AU5 upper lid raiser     upper lids up: sclera above the iris, crease near the lashes
+    AU6 cheek raiser         cheek bulges + infraorbital furrow + crow's-feet lines
+    AU7 lid tightener        lower lids raised, straightened and darkened + tension line, bulge
     AU9 nose wrinkler        wrinkles across the nose bridge + raised nostrils
     AU12 lip corner puller   lip corners up + nasolabial (smile) folds
     AU15 lip corner depressor lip corners down + creases below them
     AU17 chin raiser         chin boss: bulge, mentolabial furrow, dimpled chin
     AU25 lips part           dark gap with teeth between the lips
-    AU26 jaw drop            chin and lower lip lowered (gap taller when lips part)
+    AU26 jaw drop            longer chin and jaw (gap taller when lips part, closed mouth
+                             lower when they do not)
+
+Cue sizes are chosen so that they survive the 128-pixel resize of the CPU quickstart (crop 112):
+a ResNet-18 from scratch reaches test-fold mean F1 ~73 after 6 epochs and ~94 after 20 (fold 1,
+batch 16, lr 1e-3; all-positive baseline 42).
 
 Faces vary by identity (skin tone, face shape, hair, feature sizes) and by frame (pose rotation,
 scale, translation, lighting gradient, background colour and texture, sensor noise, gaze) — all
