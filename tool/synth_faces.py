@@ -410,7 +410,7 @@ def _draw_eyes(cv: _Canvas, au, lay, p: FaceParams):
         cv.soft_line(_through(inner + (s * 2, -2), c + (0, -up - crease_gap), outer + (-s * 1, -3)),
                      -0.3, 1.6)
         if au[7]:  # lower-lid tension line
-            cv.soft_line(_through(inner + (s * 2, 4), c + (0, low + 5), outer + (-s * 2, 3)), -0.6, 2.8)
+            cv.soft_line(_through(inner + (s * 2, 4), c + (0, low + 5), outer + (-s * 2, 3)), -0.7, 3.2)
             cv.polyline(lower, tuple(float(v) for v in np.array(p.skin) * 0.45), 2.2)  # tense lid
             cv.blob(c + (0, low + 9), (p.eye_w * 0.8, 3.5), 0.18, blur=2)  # bulging lower lid
         if au[6]:  # crow's feet and a raised cheek with the furrow above it
@@ -442,6 +442,8 @@ def _draw_nose(cv: _Canvas, au, lay, p: FaceParams):
         for k in range(3):
             y = ey + 2 + k * 5
             cv.soft_line(_through((CX - 11, y + 2), (CX, y), (CX + 11, y + 2)), -0.6, 2.6)
+        for s in (-1, 1):  # diagonal "bunny lines" on the sides of the bridge
+            cv.soft_line([(CX + s * 7, ey + 3), (CX + s * 15, ey + 13)], -0.6, 2.4)
 
 
 def _draw_mouth(cv: _Canvas, au, lay, p: FaceParams):
@@ -484,13 +486,13 @@ def _draw_mouth(cv: _Canvas, au, lay, p: FaceParams):
     if au[15]:  # creases below the pulled-down corners
         for s in (-1, 1):
             c = (lc if s < 0 else rc)
-            cv.soft_line([c + (s * 1, 4), c + (s * 4, 16)], -0.6, 2.8)
+            cv.soft_line([c + (s * 1, 4), c + (s * 5, 21)], -0.65, 3.2)
     if au[17]:  # chin boss: mentolabial furrow, bulge and dimples
         lip_bottom = mid_y + 10 + gap + push
         chin_c = np.array([CX, (lip_bottom + lay["chin_y"]) / 2 + 4])
         cv.soft_line(_through((CX - 15, lip_bottom + 4), (CX, lip_bottom + 8), (CX + 15, lip_bottom + 4)),
-                     -0.6, 3.2)
-        cv.blob(chin_c, (16, 11), 0.2, blur=3)
+                     -0.7, 3.2)
+        cv.blob(chin_c, (16, 11), 0.28, blur=3)
         for dx, dy in ((-7, -3), (0, 2), (7, -3), (-4, 5), (4, 5)):
             cv.ellipse(chin_c + (dx * 1.3, dy * 1.2), (2.2, 2.2),
                        tuple(float(v) for v in np.array(p.skin) * 0.5))
