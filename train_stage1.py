@@ -354,7 +354,7 @@ def run_training(args, stage: int) -> dict:
                     "au_names": au_names}
             utils.save_checkpoint(ckpt, out_dir / "last.pth")
             if improved:
-                utils.save_checkpoint(ckpt, out_dir / "best.pth")
+                utils.copy_checkpoint(out_dir / "last.pth", out_dir / "best.pth")
             # the release's file names (with the right fold; its stage 2 used fold + 1)
             release = {"epoch": epoch + 1, "state_dict": ckpt["state_dict"], "optimizer": ckpt["optimizer"],
                        "fold": int(args.fold), "model_config": ckpt["model_config"]}
@@ -367,9 +367,7 @@ def run_training(args, stage: int) -> dict:
 
     if main_proc and not (out_dir / "best.pth").exists() and (out_dir / "last.pth").exists():
         # never evaluated: best.pth is the last model, so stage 2 / test.py always find one
-        import shutil
-
-        shutil.copyfile(out_dir / "last.pth", out_dir / "best.pth")
+        utils.copy_checkpoint(out_dir / "last.pth", out_dir / "best.pth")
     log.info("done: best test mean F1 %s; checkpoints in %s",
              "-" if best_f1 < 0 else f"{100 * best_f1:.2f}", out_dir)
     return {"run_dir": out_dir, "best_f1": best_f1, "history": history, "last_metrics": last_metrics}

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -216,6 +217,23 @@ def save_checkpoint(obj: dict, path: str | Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Atomically make `dst` a copy of the finished file `src` (a hard link when the file
+    system allows: no second write of a large file; later os.replace of `src` leaves it intact)."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dst
 
 
 def capture_rng_state() -> dict:

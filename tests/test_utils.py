@@ -255,3 +255,12 @@ def test_dataset_defaults_unknown_key_is_an_error(tmp_path):
     bad.write_text(src.replace("learning_rate: 0.001", "learnin_rate: 0.001"))
     with pytest.raises(ValueError, match="learnin_rate"):
         conf.parse_args(train_stage1.get_args_parser(), ["--dataset", str(bad)], section="stage1")
+
+
+def test_copy_checkpoint_survives_replacing_the_source(tmp_path):
+    utils.save_checkpoint({"epoch": 1}, tmp_path / "last.pth")
+    utils.copy_checkpoint(tmp_path / "last.pth", tmp_path / "best.pth")
+    utils.save_checkpoint({"epoch": 2}, tmp_path / "last.pth")  # os.replace: best.pth keeps epoch 1
+    assert torch.load(tmp_path / "best.pth", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
