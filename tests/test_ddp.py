@@ -82,3 +82,35 @@ def test_distributed_predictions_and_f1_equal_single_process(tmp_path):
     assert 0 < m_single["mean_f1"] < 1
     np.testing.assert_array_equal(m_dist["f1"], m_single["f1"])
     np.testing.assert_array_equal(m_dist["acc"], m_single["acc"])
+
+
+@pytest.mark.slow
+def test_torchrun_training_two_processes_matches_single_process_test(tmp_path):
+    """torchrun, 2 Gloo ranks on CPU: train 2 epochs, then test.py (one process) on last.pth
+    reproduces the distributed run's test-fold F1 (gathered predictions, rank 0's BN statistics)."""
+    import subprocess
+    import sys
+
+    import conf
+    import train_stage1
+
+    synth_faces = pytest.importorskip("tool.synth_faces")
+    root = synth_faces.generate_synthetic_dataset(tmp_path / "synth", subjects_per_part=1, tasks=2, frames=4,
+                                                  seed=0, size=64)
+    common = ["--dataset", "SYNTH", "--dataset-path", str(root), "--output-dir", str(tmp_path / "out"),
+              "--crop-size", "48", "-b", "4", "-j", "0", "--no-progress", "--arc", "resnet18"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(conf.REPO_ROOT / "train_stage1.py"), *common, "--pretrained", "none", "-e", "2",
+           "--save-every", "0", "--exp-name", "ddp"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "world size 2" in proc.stdout
+    last = tmp_path / "out" / "ddp" / "bs_4_seed_0_lr_0.001" / "last.pth"
+    history = torch.load(last, weights_only=True)["history"]
+
+    test_mod = train_stage1.load_test_module()
+    res = test_mod.main(conf.parse_args(test_mod.get_args_parser(), common + ["--resume", str(last)], "test"))
+    assert res["num_images"] == 8
+    np.testing.assert_allclose(res["f1"], np.array(history[-1]["f1"]) * 100, atol=1e-3)
+    assert res["mean_f1"] == pytest.approx(100 * history[-1]["mean_f1"], abs=1e-3)
