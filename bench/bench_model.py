@@ -7,7 +7,7 @@ For stage 2 the production GEM (model/mefl.py) and the straightforward reference
 so that noise from other processes hits both alike; the table gives their speed and memory
 ratios (reference / fast: > 1 means the fast form is faster or smaller).
 
-Peak memory: on CPU the peak RSS (ru_maxrss) of a fresh child process per configuration and
+Peak memory: on CPU the peak RSS (VmHWM; ru_maxrss off Linux) of a fresh child process per configuration and
 form that builds the model and runs the same steps (the whole process: interpreter, torch,
 weights, optimizer, activations); on CUDA torch.cuda.max_memory_allocated around one step.
 
@@ -195,9 +195,24 @@ def run_child(config: Config, steps: int) -> None:
                     torch.device(config.device), config.amp, config.channels_last, [config.variant])
     for _ in range(steps):
         work.step(config.variant, config.mode)
-    # Linux reports ru_maxrss in KiB, macOS in bytes
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this program's own address space.
+    Not ru_maxrss there: Linux carries the parent's peak over fork and exec into the child's
+    ru_maxrss, so every child of a big benchmark process would report at least the parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # kB
+    # elsewhere ru_maxrss: KiB on Linux, bytes on macOS
     scale = 1 / 2**20 if platform.system() == "Darwin" else 1 / 2**10
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def benchmark(args: argparse.Namespace) -> list[Row]:

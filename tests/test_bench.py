@@ -41,6 +41,18 @@ def test_bench_model_cli_with_memory_children(tmp_path):
     assert rows[0]["memory_ratio"] > 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="Linux /proc only")
+def test_child_peak_rss_is_not_inherited_from_the_parent():
+    """Linux copies a parent's ru_maxrss into its children; the bench must report the child's own peak."""
+    import numpy as np
+    block = np.ones(1_500_000_000 // 8)  # ~1.5 GB resident in this (parent) process
+    code = "from bench.bench_model import peak_rss_mb; print(peak_rss_mb())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) < 1200 < bench_model.peak_rss_mb()
+    del block
+
+
 def test_bench_model_rejects_bad_arguments():
     with pytest.raises(SystemExit):
         bench_model.parse_args(["--batch-size", "0"])
