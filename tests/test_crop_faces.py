@@ -120,3 +120,26 @@ def test_unreadable_inputs_are_named(tmp_path, capsys):
         find_disfa_videos(raw)
     with pytest.raises(CropError, match="not found"):
         crop_image_tree(tmp_path / "missing", tmp_path / "out", progress=False)
+
+
+def test_workers_give_the_same_crops(tmp_path):
+    raw = tmp_path / "raw"
+    for i in range(6):
+        (raw / f"S{i % 2}").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(raw / f"S{i % 2}" / f"{i}.png"), _frame(i))
+    cv2.imwrite(str(raw / "S0" / "blank.png"), np.full((240, 320, 3), 128, np.uint8))
+    one = crop_image_tree(raw, tmp_path / "one", progress=False)
+    two = crop_image_tree(raw, tmp_path / "two", progress=False, workers=2)
+    expected = (7, ["S0/blank.png"])
+    assert (one.written, sorted(one.no_face)) == (two.written, sorted(two.no_face)) == expected
+    for path in sorted((tmp_path / "one").rglob("*.png")):
+        other = tmp_path / "two" / path.relative_to(tmp_path / "one")
+        assert path.read_bytes() == other.read_bytes(), path
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _write_video(videos / "SN003.avi", [_frame(0), _frame(1)])
+    _write_video(videos / "LeftVideoSN004_comp.avi", [_frame(2)])
+    summary = crop_videos(videos, tmp_path / "vid", progress=False, workers=2)
+    assert summary.written == 3 and summary.no_face == []
+    written = sorted(p.relative_to(tmp_path / "vid").as_posix() for p in (tmp_path / "vid").rglob("*.png"))
+    assert written == ["SN003/0.png", "SN003/1.png", "SN004/0.png"]

@@ -45,6 +45,8 @@ __all__ = ["CropError", "CropSummary", "crop_image", "crop_image_tree", "crop_vi
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".avi", ".mp4")
 NO_FACE_FILE = "no_face.txt"
+#: Longer side (pixels) of the copy that detection runs on; dataset frames hold one large face.
+DETECT_SIZE = 640
 _SUBJECT_RE = re.compile(r"(SN\d+)", re.IGNORECASE)
 
 
@@ -66,12 +68,15 @@ class CropSummary:
 
 
 def crop_image(detector: FaceDetector, image: np.ndarray, size: int = 256,
-               margin: float = DEFAULT_MARGIN, min_face: float = 0.1) -> Tuple[np.ndarray, bool]:
+               margin: float = DEFAULT_MARGIN, min_face: float = 0.1,
+               detect_size: Optional[int] = DETECT_SIZE) -> Tuple[np.ndarray, bool]:
     """(crop (size, size, 3) uint8, face_found). The largest face is cropped; without a face the
     centre crop is returned with face_found False. ``min_face``: smallest face side searched,
-    as a fraction of the frame's shorter side (faster on large frames)."""
+    as a fraction of the frame's shorter side; ``detect_size``: detection runs on a copy whose
+    longer side is at most this many pixels (None: full resolution); the crop itself is always
+    taken from the full-resolution frame."""
     min_size = max(detector.min_size, int(min_face * min(image.shape[:2])))
-    faces = detector.detect(image, min_size=min_size)
+    faces = detector.detect(image, min_size=min_size, max_side=detect_size or None)
     if not faces:
         return centre_crop(image, size), False
     return align_crop(image, faces[0], size=size, margin=margin), True
@@ -111,11 +116,47 @@ def _output_name(rel: Path) -> Path:
     return rel if rel.suffix.lower() in IMAGE_EXTENSIONS else rel.with_suffix(".png")
 
 
+def _pool(workers: int, detector: FaceDetector):
+    """Process pool whose workers each build a detector like ``detector``. Workers are spawned,
+    not forked: a forked child inherits OpenCV's (or torch's) thread pool in an unusable state
+    and can hang."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(detector.config,))
+
+
+_WORKER_DETECTOR: Optional[FaceDetector] = None
+
+
+def _init_worker(config: dict) -> None:
+    global _WORKER_DETECTOR
+    cv2.setNumThreads(1)  # parallelism comes from the processes
+    _WORKER_DETECTOR = FaceDetector(**config)
+
+
+def _crop_file(job, detector: Optional[FaceDetector] = None) -> Tuple[str, bool, bool]:
+    """Crop one image file. job = (source, destination, rel, options). Returns
+    (rel, face_found, written)."""
+    path, out, rel, opt = job
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise CropError(f"{path}: cannot read the image (corrupt or not an image file)")
+    crop, found = crop_image(detector or _WORKER_DETECTOR, image, opt["size"], opt["margin"],
+                             opt["min_face"], opt["detect_size"])
+    if not found and opt["skip_no_face"]:
+        return rel, False, False
+    _write(out, crop)
+    return rel, found, True
+
+
 def crop_image_tree(input_dir, output_dir, detector: Optional[FaceDetector] = None, size: int = 256,
                     margin: float = DEFAULT_MARGIN, skip_no_face: bool = False,
                     extensions: Sequence[str] = IMAGE_EXTENSIONS, progress: bool = True,
-                    min_face: float = 0.1) -> CropSummary:
-    """Crop every image under ``input_dir`` to the same relative path under ``output_dir``."""
+                    min_face: float = 0.1, detect_size: Optional[int] = DETECT_SIZE,
+                    workers: int = 1) -> CropSummary:
+    """Crop every image under ``input_dir`` to the same relative path under ``output_dir``
+    (``workers`` > 1: that many processes)."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise CropError(f"{input_dir}: input folder not found")
@@ -125,23 +166,28 @@ def crop_image_tree(input_dir, output_dir, detector: Optional[FaceDetector] = No
     if not files:
         raise CropError(f"{input_dir}: no images with extension {'/'.join(extensions)} found")
     detector = detector or FaceDetector()
+    opt = dict(size=size, margin=margin, min_face=min_face, detect_size=detect_size,
+               skip_no_face=skip_no_face)
     summary = CropSummary()
-    for path in _progress(files, len(files), "cropping", progress):
+    jobs = []
+    for path in files:
         rel = _output_name(path.relative_to(input_dir))
-        out = output_dir / rel
-        if out.exists():
+        if (output_dir / rel).exists():
             summary.skipped += 1
-            continue
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise CropError(f"{path}: cannot read the image (corrupt or not an image file)")
-        crop, found = crop_image(detector, image, size, margin, min_face)
+        else:
+            jobs.append((path, output_dir / rel, rel.as_posix(), opt))
+    if workers > 1 and len(jobs) > 1:
+        with _pool(workers, detector) as pool:
+            results = _progress(pool.map(_crop_file, jobs, chunksize=8), len(jobs), "cropping",
+                                progress)
+            outcomes = list(results)
+    else:
+        outcomes = [_crop_file(job, detector)
+                    for job in _progress(jobs, len(jobs), "cropping", progress)]
+    for rel, found, written in outcomes:
+        summary.written += written
         if not found:
-            summary.no_face.append(rel.as_posix())
-            if skip_no_face:
-                continue
-        _write(out, crop)
-        summary.written += 1
+            summary.no_face.append(rel)
     _record_no_face(output_dir, summary.no_face)
     return summary
 
@@ -177,50 +223,75 @@ def find_disfa_videos(input_dir) -> List[Tuple[str, Path]]:
     return result
 
 
+def _crop_video(subject: str, video: Path, output_dir: Path, opt: dict, progress: bool,
+                detector: Optional[FaceDetector] = None) -> CropSummary:
+    """One subject's video -> ``output_dir/{subject}/{i}.png``."""
+    detector = detector or _WORKER_DETECTOR
+    summary = CropSummary()
+    cap = cv2.VideoCapture(str(video))
+    if not cap.isOpened():
+        raise CropError(f"{video}: cannot open the video (corrupt file or missing codec)")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc=subject,
+                   unit="frame")
+    index = 0
+    try:
+        while True:
+            out = output_dir / subject / f"{index}.png"
+            if out.exists():
+                # Already cropped: advance without decoding.
+                if not cap.grab():
+                    break
+                summary.skipped += 1
+            else:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                crop, found = crop_image(detector, frame, opt["size"], opt["margin"],
+                                         opt["min_face"], opt["detect_size"])
+                if not found:
+                    summary.no_face.append(f"{subject}/{index}.png")
+                if found or not opt["skip_no_face"]:
+                    _write(out, crop)
+                    summary.written += 1
+            index += 1
+            if bar is not None:
+                bar.update()
+    finally:
+        cap.release()
+        if bar is not None:
+            bar.close()
+    if index == 0:
+        raise CropError(f"{video}: no frame could be decoded (corrupt file or missing codec)")
+    return summary
+
+
 def crop_videos(input_dir, output_dir, detector: Optional[FaceDetector] = None, size: int = 256,
                 margin: float = DEFAULT_MARGIN, skip_no_face: bool = False, progress: bool = True,
-                min_face: float = 0.1) -> CropSummary:
-    """DISFA: every subject's video -> ``output_dir/{SN}/{i}.png``, i counting frames from 0."""
+                min_face: float = 0.1, detect_size: Optional[int] = DETECT_SIZE,
+                workers: int = 1) -> CropSummary:
+    """DISFA: every subject's video -> ``output_dir/{SN}/{i}.png``, i counting frames from 0
+    (``workers`` > 1: that many videos at once, one process each)."""
     output_dir = Path(output_dir)
     detector = detector or FaceDetector()
+    videos = find_disfa_videos(input_dir)
+    opt = dict(size=size, margin=margin, min_face=min_face, detect_size=detect_size,
+               skip_no_face=skip_no_face)
+    if workers > 1 and len(videos) > 1:
+        with _pool(workers, detector) as pool:
+            futures = [pool.submit(_crop_video, subject, video, output_dir, opt, False)
+                       for subject, video in videos]
+            parts = [f.result() for f in _progress(futures, len(futures), "videos", progress)]
+    else:
+        parts = [_crop_video(subject, video, output_dir, opt, progress, detector)
+                 for subject, video in videos]
     summary = CropSummary()
-    for subject, video in find_disfa_videos(input_dir):
-        cap = cv2.VideoCapture(str(video))
-        if not cap.isOpened():
-            raise CropError(f"{video}: cannot open the video (corrupt file or missing codec)")
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc=subject,
-                       unit="frame")
-        index = 0
-        try:
-            while True:
-                out = output_dir / subject / f"{index}.png"
-                if out.exists():
-                    # Already cropped: advance without decoding.
-                    if not cap.grab():
-                        break
-                    summary.skipped += 1
-                else:
-                    ok, frame = cap.read()
-                    if not ok:
-                        break
-                    crop, found = crop_image(detector, frame, size, margin, min_face)
-                    if not found:
-                        summary.no_face.append(f"{subject}/{index}.png")
-                    if found or not skip_no_face:
-                        _write(out, crop)
-                        summary.written += 1
-                index += 1
-                if bar is not None:
-                    bar.update()
-        finally:
-            cap.release()
-            if bar is not None:
-                bar.close()
-        if index == 0:
-            raise CropError(f"{video}: no frame could be decoded (corrupt file or missing codec)")
+    for part in parts:
+        summary.written += part.written
+        summary.skipped += part.skipped
+        summary.no_face += part.no_face
     _record_no_face(output_dir, summary.no_face)
     return summary
 
@@ -239,12 +310,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"(default {DEFAULT_MARGIN})")
     parser.add_argument("--min-face", type=float, default=0.1,
                         help="smallest face searched, fraction of the frame's shorter side")
+    parser.add_argument("--detect-size", type=int, default=DETECT_SIZE,
+                        help="detect on a copy with this longer side (default %(default)s; "
+                             "0 = full resolution); crops always come from the full frame")
     parser.add_argument("--skip-no-face", action="store_true",
                         help="do not write frames without a detected face (default: centre crop)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes (image trees: images in parallel; DISFA: videos)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     common = dict(size=args.size, margin=args.margin, skip_no_face=args.skip_no_face,
-                  progress=not args.no_progress, min_face=args.min_face)
+                  progress=not args.no_progress, min_face=args.min_face,
+                  detect_size=args.detect_size or None, workers=args.workers)
     try:
         if args.dataset == "DISFA":
             summary = crop_videos(args.input, args.output, **common)

@@ -124,31 +124,44 @@ class FaceDetector:
         self.scale_factor = float(scale_factor)
         self.min_neighbors = int(min_neighbors)
         self.detect_eyes = bool(detect_eyes)
+        self.config = dict(min_size=self.min_size, scale_factor=self.scale_factor,
+                           min_neighbors=self.min_neighbors, face_cascade=face_cascade,
+                           eye_cascade=eye_cascade, detect_eyes=self.detect_eyes)
+        """Constructor arguments: ``FaceDetector(**detector.config)`` builds an equal detector
+        (cascades cannot be pickled, so worker processes rebuild theirs from this)."""
         self._face = _load_cascade(face_cascade)
         self._eye = _load_cascade(eye_cascade) if detect_eyes else None
         # Local (CLAHE) rather than global histogram equalisation: robust to dark or washed-out
         # frames without letting a large uniform background flatten the face's contrast.
         self._clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
 
-    def detect(self, image_bgr: np.ndarray, min_size: Optional[int] = None) -> List[Face]:
+    def detect(self, image_bgr: np.ndarray, min_size: Optional[int] = None,
+               max_side: Optional[int] = None) -> List[Face]:
         """All faces in a BGR (or gray) uint8 image, largest first.
 
-        ``min_size`` overrides the detector's smallest face side for this call (searching only
-        for large faces is much faster on big frames).
+        ``min_size`` overrides the detector's smallest face side (pixels of ``image_bgr``) for
+        this call; ``max_side`` searches a copy downscaled so that its longer side is at most
+        ``max_side`` pixels (much faster on large frames; boxes and eyes are mapped back).
         """
-        gray = self._clahe.apply(_to_gray(image_bgr))
+        gray = _to_gray(image_bgr)
         min_size = self.min_size if min_size is None else max(int(min_size), 1)
         if min(gray.shape[:2]) < min_size:
             return []
+        scale = 1.0
+        if max_side and max(gray.shape[:2]) > max_side:
+            scale = max_side / max(gray.shape[:2])
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        gray = self._clahe.apply(gray)
+        search = max(int(round(min_size * scale)), 20)  # the cascades' window is 20-24 px
         rects, counts = self._face.detectMultiScale2(
             gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-            minSize=(min_size, min_size))
+            minSize=(search, search))
         faces = []
         for (x, y, w, h), n in zip(np.asarray(rects).reshape(-1, 4), np.asarray(counts).reshape(-1)):
             face = Face(box=(int(x), int(y), int(w), int(h)), score=float(n))
             if self._eye is not None:
                 face.left_eye, face.right_eye = self._find_eyes(gray, face.box)
-            faces.append(face)
+            faces.append(_rescale(face, 1.0 / scale) if scale != 1.0 else face)
         faces.sort(key=lambda f: (-f.area, -f.score))
         return _drop_nested(faces)
 
@@ -182,6 +195,15 @@ class FaceDetector:
             if dx < 0.2 * w or abs(math.degrees(math.atan2(dy, dx))) > 30:
                 return None, None
         return left, right
+
+
+def _rescale(face: Face, factor: float) -> Face:
+    """The same face in an image ``factor`` times larger."""
+    def point(p):
+        return None if p is None else (p[0] * factor, p[1] * factor)
+    box = tuple(int(round(v * factor)) for v in face.box)
+    return Face(box=box, score=face.score, left_eye=point(face.left_eye),
+                right_eye=point(face.right_eye))
 
 
 def _drop_nested(faces: List[Face], max_overlap: float = 0.5) -> List[Face]:
@@ -235,11 +257,23 @@ def align_crop(image_bgr: np.ndarray, face: Face, size: int = 256, margin: float
         image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
     matrix = align_matrix(face, size=size, margin=margin, shift=shift)
     scale = math.hypot(matrix[0, 0], matrix[0, 1])
-    if scale < 0.5:
+    sigma = 0.5 / scale - 0.5 if scale < 0.5 else 0.0
+    # Work on the source window the crop needs (plus the blur's reach), not the whole frame.
+    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
+    inverse = cv2.invertAffineTransform(matrix)
+    src = corners @ inverse[:, :2].T + inverse[:, 2]
+    pad = int(math.ceil(3 * sigma)) + 2
+    h, w = image_bgr.shape[:2]
+    x0, y0 = np.clip(np.floor(src.min(0)).astype(int) - pad, 0, (w - 1, h - 1))
+    x1, y1 = np.clip(np.ceil(src.max(0)).astype(int) + pad + 1, (x0 + 1, y0 + 1), (w, h))
+    # Touching the frame edge keeps BORDER_REPLICATE equal to replicating the frame's border.
+    window = image_bgr[y0:y1, x0:x1]
+    if sigma > 0:
         # Strong downscaling: smooth first so the bilinear warp does not alias.
-        sigma = 0.5 / scale - 0.5
-        image_bgr = cv2.GaussianBlur(image_bgr, (0, 0), sigmaX=sigma)
-    return cv2.warpAffine(image_bgr, matrix, (size, size), flags=cv2.INTER_LINEAR,
+        window = cv2.GaussianBlur(window, (0, 0), sigmaX=sigma)
+    local = matrix.copy()
+    local[:, 2] += matrix[:, :2] @ (x0, y0)  # window pixel (u, v) is frame pixel (u+x0, v+y0)
+    return cv2.warpAffine(window, local, (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
 
 
