@@ -136,3 +136,18 @@ def test_missing_cascade_names_the_fix():
 def test_bad_image_is_an_error(detector):
     with pytest.raises(FaceDetectionError, match="image"):
         detector.detect("not an image")
+
+
+def test_detect_on_downscaled_copy_maps_back(detector):
+    params = neutral_params()
+    canvas = np.full((900, 1200, 3), (150, 150, 150), np.uint8)
+    to_canvas = _paste(canvas, render_face(ZERO, params), 2.5, 300, 100)
+    full = detector.detect(canvas)
+    small = detector.detect(canvas, max_side=480)
+    assert len(full) == len(small) == 1
+    # Same face: centres agree; sizes within the cascade's 10% scale steps.
+    np.testing.assert_allclose(small[0].center, full[0].center, atol=0.05 * full[0].box[2])
+    assert abs(small[0].box[2] / full[0].box[2] - 1) < 0.15
+    eye = to_canvas(landmarks(ZERO, params)["left_eye"])
+    assert small[0].left_eye is not None
+    assert np.hypot(*np.subtract(small[0].left_eye, eye)) < 15
