@@ -9,8 +9,9 @@ module makes the same kind of crop from any image, so that raw dataset frames
     faces = detector.detect(image_bgr)            # all faces, largest first
     crop = align_crop(image_bgr, faces[0])       # (256, 256, 3) uint8 BGR, eyes level
 
-Only the cascades shipped inside the OpenCV 4.x wheels are used (``cv2.data.haarcascades``),
-so nothing is downloaded.
+Only the cascades shipped inside the OpenCV 4.x wheels are used (``cv2.data.haarcascades``:
+frontal face "alt2" and the eye cascade, on a CLAHE-normalised gray image), so nothing is
+downloaded; OpenCV 5 wheels no longer ship them and get an error saying what to install.
 
 Crop geometry (``align_crop``): the Haar face box spans roughly brows to mouth, so the crop is
 a square of side ``max(w, h) * (1 + 2 * margin)`` (``margin`` = 0.3 of the box on each side by
