@@ -35,7 +35,7 @@ def test_bench_model_cli_with_memory_children(tmp_path):
          "--mode", "eval", "--memory-steps", "1", "--markdown", "--json", str(out_json)],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| speed x | memory x |" in result.stdout and "| reference |" in result.stdout
+    assert "| speed x | best x | memory x |" in result.stdout and "| reference |" in result.stdout
     rows = json.loads(out_json.read_text())["rows"]
     assert all(r["peak_mb"] > 100 and r["memory_kind"].startswith("peak RSS") for r in rows)
     assert rows[0]["memory_ratio"] > 0
