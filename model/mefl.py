@@ -73,7 +73,7 @@ class GEM(nn.Module):
             fam.linear_q(class_feature).reshape(B, 1, N * D, -1),  # (B, 1, N*D, C/2)
             fam.linear_k(global_feature).unsqueeze(1),  # (B, 1, D, C/2)
             fam.linear_v(global_feature).unsqueeze(1),  # (B, 1, D, C)
-            scale=fam.scale).view(B, N * D, C)
+            scale=fam.scale).reshape(B, N * D, C)  # (B, N*D, C): g, N nodes x D tokens
         # ARM projections once per node; edge_proj folded into the values
         query = arm.linear_q(g) * arm.scale  # (B, N*D, C/2), q_j
         key = arm.linear_k(g)  # (B, N*D, C/2), k_i
@@ -91,7 +91,7 @@ class GEM(nn.Module):
             if not (bn.training or bn.running_mean is None):
                 # eval: per-edge affine BN commutes with the mean over tokens
                 mean_attn = attn.mean(dim=2).transpose(1, 2)  # (B, i, j, k)
-                edge = (mean_attn @ value).view(B, N * N, C)  # (B, N*N, C), token mean of attn @ v'
+                edge = (mean_attn @ value).reshape(B, N * N, C)  # (B, N*N, C), token mean of attn @ v'
                 edge = F.batch_norm(edge, bn.running_mean, bn.running_var, bn.weight, bn.bias,
                                     False, 0.0, bn.eps)
             else:
