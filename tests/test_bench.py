@@ -25,6 +25,14 @@ def test_bench_model_tiny_in_process(capsys, tmp_path):
     assert all(r["speed_ratio"] > 0 for r in rows if r["stage"] == 2 and r["variant"] == "fast")
 
 
+def test_bench_model_bf16_channels_last(capsys):
+    bench_model.main(["--arcs", "resnet18", "--batch-size", "2", "--iters", "1", "--warmup", "0", "--stages", "2",
+                      "--num-classes", "3", "--mode", "train", "--amp", "bf16", "--channels-last", "--no-memory",
+                      "--no-reference"])
+    out = capsys.readouterr().out
+    assert "amp bf16, channels_last True" in out and "reference" not in out.split("\n", 1)[1]
+
+
 @pytest.mark.slow
 def test_bench_model_cli_with_memory_children(tmp_path):
     """The command line as documented, with a fresh child process per configuration for peak RSS."""
