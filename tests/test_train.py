@@ -8,6 +8,7 @@
 """
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,29 +53,31 @@ def _assert_same_weights(a, b):
 
 
 def test_seed_reproducibility_and_exact_resume(tiny_synth, tmp_path):
-    full = _train(_argv(tiny_synth, tmp_path / "full"))
-    again = _train(_argv(tiny_synth, tmp_path / "again"))
-    assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in again["history"]]
-    assert [h["f1"] for h in full["history"]] == [h["f1"] for h in again["history"]]
-    ck_full = _state(full["run_dir"] / "last.pth")
-    _assert_same_weights(ck_full["state_dict"], _state(again["run_dir"] / "last.pth")["state_dict"])
-
-    # "killed" after epoch 1 (same schedule: --epochs 2), then resumed from last.pth
+    full = _train(_argv(tiny_synth, tmp_path / "full", "--save-every", "1"))
+    # a second run with the same seed, "killed" after epoch 1 (same schedule: --epochs 2) ...
     part = _train(_argv(tiny_synth, tmp_path / "resumed", "--stop-after-epoch", "1"))
     assert len(part["history"]) == 1 and _state(part["run_dir"] / "last.pth")["epoch"] == 1
+    # ... is identical to the first run so far (seed reproducibility) ...
+    assert part["history"][0]["train_loss"] == full["history"][0]["train_loss"]
+    assert part["history"][0]["f1"] == full["history"][0]["f1"]
+    _assert_same_weights(_state(full["run_dir"] / "epoch1_model_fold1.pth")["state_dict"],
+                         _state(part["run_dir"] / "last.pth")["state_dict"])
+    # ... and, resumed from last.pth, ends with exactly the uninterrupted run's weights
     resumed = _train(_argv(tiny_synth, tmp_path / "resumed", "--resume-training",
                            str(part["run_dir"] / "last.pth")))
+    ck_full = _state(full["run_dir"] / "last.pth")
     ck_res = _state(resumed["run_dir"] / "last.pth")
     assert ck_res["epoch"] == ck_full["epoch"] == 2 and ck_res["step"] == ck_full["step"]
     _assert_same_weights(ck_full["state_dict"], ck_res["state_dict"])
     for a, b in zip(ck_full["optimizer"]["state"].values(), ck_res["optimizer"]["state"].values()):
         assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
     assert [h["f1"] for h in resumed["history"]] == [h["f1"] for h in full["history"]]
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
 
     # the run folder holds everything the brief lists
     run = full["run_dir"]
     for name in ("args.yaml", "train.log", "metrics.csv", "curves.png", "last.pth", "best.pth",
-                 "cur_model_fold1.pth"):
+                 "cur_model_fold1.pth", "epoch1_model_fold1.pth", "epoch2_model_fold1.pth"):
         assert (run / name).is_file(), name
     ck = _state(run / "best.pth")
     assert {"epoch", "step", "state_dict", "optimizer", "scaler", "best_f1", "args", "rng", "model_config",
@@ -109,6 +112,22 @@ def test_evaluate_flag_and_fold_warning(tiny_synth, tmp_path):
     with pytest.warns(UserWarning, match="trained on fold 1 but is tested on fold 2"):
         res = test_mod.main(conf.parse_args(test_mod.get_args_parser(), argv, "test"))
     assert res["fold"] == 2 and res["arc"] == "resnet18" and res["stage"] == 1
+    # --fold all: {fold} in --resume, the per-AU table averaged over the folds
+    for k in (1, 2, 3):
+        shutil.copyfile(run / "best.pth", tmp_path / f"m_fold{k}.pth")
+    argv_all = argv[:-4] + ["--resume", str(tmp_path / "m_fold{fold}.pth"), "--fold", "all"]
+    with pytest.warns(UserWarning) as record:
+        summary = test_mod.main(conf.parse_args(test_mod.get_args_parser(), argv_all, "test"))
+    fold_warnings = [str(w.message) for w in record if "but is tested on fold" in str(w.message)]
+    assert len(fold_warnings) == 2 and "fold 2" in fold_warnings[0] and "fold 3" in fold_warnings[1]
+    assert summary["fold"] == "all" and [r["fold"] for r in summary["per_fold"]] == [1, 2, 3]
+    np.testing.assert_allclose(summary["f1"], np.mean([r["f1"] for r in summary["per_fold"]], axis=0), atol=1e-3)
+    assert summary["num_images"] == sum(r["num_images"] for r in summary["per_fold"])
+    csv_rows = (Path(summary["run_dir"]) / "results.csv").read_text().splitlines()
+    assert len(csv_rows) == 5 and csv_rows[-1].startswith("all,")
+    # train_stage1.py --evaluate: only test --resume on the fold
+    res1 = _train(_argv(tiny_synth, tmp_path / "ev", "--evaluate", "--resume", str(run / "best.pth")))
+    assert res1["fold"] == 1 and res1["num_images"] == 8
     # a --arc that disagrees with the file is refused by the strict loader
     from model import CheckpointMismatchError
 
@@ -127,14 +146,14 @@ def learn_synth(tmp_path_factory):
 def test_end_to_end_stage1_stage2_test_beats_all_positive_baseline(learn_synth, tmp_path):
     common = ["--dataset", "SYNTH", "--dataset-path", str(learn_synth), "--output-dir", str(tmp_path),
               "--crop-size", "80", "-b", "16", "-j", "0", "--no-progress", "--save-every", "0",
-              "--arc", "resnet18"]
+              "--arc", "resnet18", "--eval-every", "100"]  # evaluate after the last epoch only (same weights)
     s1 = _train(common + ["--exp-name", "s1", "--pretrained", "none", "-e", "8", "-lr", "0.001"])
-    s2 = _train(common + ["--exp-name", "s2", "-e", "1", "-lr", "0.0001", "--lam", "0.05",
+    s2 = _train(common + ["--exp-name", "s2", "-e", "2", "-lr", "0.0003", "--lam", "0.05",
                           "--resume", str(s1["run_dir"] / "best.pth")], stage=2)
     test_mod = train_stage1.load_test_module()
     res = test_mod.main(conf.parse_args(test_mod.get_args_parser(), common + [
         "--exp-name", "test", "--resume", str(s2["run_dir"] / "best.pth")], "test"))
-    saved = json.loads((tmp_path / "test" / "bs_16_seed_0_lr_0.0001" / "results.json").read_text())
+    saved = json.loads((Path(res["run_dir"]) / "results.json").read_text())
     assert saved["mean_f1"] == res["mean_f1"] and saved["stage"] == 2 and saved["num_images"] == 160
     assert {"dataset", "fold", "arc", "checkpoint", "au_names", "f1", "acc", "mean_f1", "mean_acc",
             "num_images"} <= saved.keys()
@@ -144,4 +163,5 @@ def test_end_to_end_stage1_stage2_test_beats_all_positive_baseline(learn_synth, 
     baseline = float(np.mean(2 * prevalence / (1 + prevalence))) * 100  # F1 of predicting every AU present
     print(f"test fold mean F1 {saved['mean_f1']:.1f} vs all-positive baseline {baseline:.1f} "
           f"(stage 1 best {100 * s1['best_f1']:.1f})")
-    assert saved["mean_f1"] >= baseline + 5.0
+    # measured on 2 CPU cores: stage 1 ~68, after stage 2 ~65, baseline ~42
+    assert saved["mean_f1"] >= baseline + 10.0
