@@ -62,8 +62,9 @@ def build_model_for_checkpoint(args, path: str):
     if found["num_classes"] is not None and found["num_classes"] != args.num_classes:
         raise SystemExit(f"{path} predicts {found['num_classes']} AUs but --dataset {args.dataset_name} "
                          f"has {args.num_classes}: test it on the dataset it was trained on")
+    variant = found["variant"] or args.dataset_config.get("variant", "megraphau")
     model = build_model(stage, arc, args.num_classes, args.neighbor_num,
-                        saved_cfg.get("metric", args.metric), pretrained=False)
+                        saved_cfg.get("metric", args.metric), pretrained=False, variant=variant)
     info = load_checkpoint(model, path)  # a disagreeing --arc/--stage raises here, naming the keys
     return model, info, arc, stage
 

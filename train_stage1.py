@@ -219,7 +219,8 @@ def run_training(args, stage: int) -> dict:
     test_loader = build_eval_loader(test_ds, args)
 
     model = build_model(stage, args.arc, args.num_classes, args.neighbor_num, args.metric,
-                        pretrained=pretrained_arg(args))
+                        pretrained=pretrained_arg(args),
+                        variant=args.dataset_config.get("variant", "megraphau"))  # OpenGraphAU: 41 AUs
     if args.resume and not args.resume_training:
         info = load_checkpoint(model, args.resume)
         saved_fold = info["checkpoint"].get("fold")
@@ -291,7 +292,7 @@ def run_training(args, stage: int) -> dict:
             labels = batch[1].to(args.device, non_blocking=True)
             with utils.autocast_context(args.device, args.amp):
                 out = net(images)
-            if stage == 1:
+            if not isinstance(out, tuple):  # stage 1, and OpenGraphAU's stage 2 (no edge classifier)
                 loss = criterion(out, labels)
             else:
                 probs, edge_logits = out
