@@ -27,6 +27,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+
+from bench.table import format_table  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
@@ -130,12 +132,7 @@ def render(rows: list[dict], markdown: bool) -> str:
     header = ["split", "pipeline", "img/s", "ms/img", "x release-style"]
     table = [header] + [[r["split"], r["pipeline"], f"{r['images_per_s']:.1f}", f"{r['ms_per_image']:.2f}",
                          f"{r['speedup']:.2f}"] for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(r) + " |" for r in table]
-        lines.insert(1, "|" + "|".join("---" for _ in header) + "|")
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+    return format_table(table[0], table[1:], markdown)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -20,6 +20,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from bench.table import format_table  # noqa: E402
+
 
 def release_style_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Per-AU F1 and accuracy counted element by element in Python, the release's way.
@@ -88,12 +90,7 @@ def benchmark(args: argparse.Namespace) -> tuple[list[dict], dict, str]:
 def render(rows: list[dict], markdown: bool) -> str:
     header = ["implementation", "ms", "x loop"]
     table = [header] + [[r["implementation"], f"{r['ms']:.2f}", f"{r['speedup']:.1f}"] for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(r) + " |" for r in table]
-        lines.insert(1, "|" + "|".join("---" for _ in header) + "|")
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+    return format_table(table[0], table[1:], markdown)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -39,6 +39,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.reference_mefl import reference_stage2_model  # noqa: E402
+from bench.table import format_table  # noqa: E402
 from model import ARCHS, build_model  # noqa: E402
 
 EDGE_LOSS_WEIGHT = 0.05  # lam of the published BP4D command; the value does not change the cost
@@ -285,12 +286,7 @@ def format_row(row: Row) -> str:
 
 def render_table(rows: list[Row], markdown: bool) -> str:
     table = [HEADER] + [cells(row) for row in rows]
-    if markdown:
-        lines = ["| " + " | ".join(r) + " |" for r in table]
-        lines.insert(1, "|" + "|".join("---" for _ in HEADER) + "|")
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+    return format_table(table[0], table[1:], markdown)
 
 
 def environment(args: argparse.Namespace) -> dict:

@@ -1,6 +1,5 @@
 """The ME-GraphAU model: release-identical state dicts, forward/backward, weight loading."""
 import logging
-import os
 import re
 import warnings
 from collections import OrderedDict
@@ -15,21 +14,8 @@ from model import (ARCHS, CheckpointMismatchError, MissingWeightsError, build_mo
                    load_checkpoint)
 from model.anfl import knn_adjacency, normalize_adjacency
 
-# the release's key lists live in the team's shared/ folder, beside the repository (also in CI)
-REFERENCE = Path(os.environ.get("MEGRAPHAU_REFERENCE_DIR", Path(__file__).resolve().parents[2]
-                                / "shared" / "reference" / "upstream_state_dict"))
+from reference_lists import REFERENCE, reference_entries  # noqa: E402  (tests/ is on sys.path)
 
-
-def reference_entries(name: str) -> list[tuple[str, tuple, str]]:
-    path = REFERENCE / name
-    if not path.is_file():
-        pytest.skip(f"reference list {path} not available")
-    entries = []
-    for line in path.read_text().splitlines():
-        key, rest = line.split(" ", 1)
-        shape, dtype = rest.rsplit(" ", 1)
-        entries.append((key, tuple(int(s) for s in re.findall(r"\d+", shape)), dtype))
-    return entries
 
 
 def model_entries(model: torch.nn.Module) -> list[tuple[str, tuple, str]]:

@@ -1,7 +1,5 @@
 """OpenGraphAU (41 AUs): release-identical state dicts, the side-AU classifier, the stage-2 node
 update, checkpoint loading and config/OpenGraphAU.yaml."""
-import os
-import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -13,21 +11,9 @@ from model import CheckpointMismatchError, build_model, infer_config, load_check
 from model import opengraphau
 from model.mefl import gated_graph_step
 
-REFERENCE = Path(os.environ.get("MEGRAPHAU_REFERENCE_DIR", Path(__file__).resolve().parents[2]
-                                / "shared" / "reference" / "upstream_state_dict"))
+from reference_lists import REFERENCE, reference_entries  # noqa: E402  (tests/ is on sys.path)
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "OpenGraphAU.yaml"
 
-
-def reference_entries(name: str) -> list[tuple[str, tuple, str]]:
-    path = REFERENCE / name
-    if not path.is_file():
-        pytest.skip(f"reference list {path} not available")
-    entries = []
-    for line in path.read_text().splitlines():
-        key, rest = line.split(" ", 1)
-        shape, dtype = rest.rsplit(" ", 1)
-        entries.append((key, tuple(int(s) for s in re.findall(r"\d+", shape)), dtype))
-    return entries
 
 
 def build(stage, arc="resnet18"):
