@@ -79,15 +79,17 @@ def load_au_config(name_or_path: str) -> dict:
     return cfg
 
 
-def test_transform():
+def test_transform(crop_size: int = 224):
     """The release's test transform: resize the shorter side to 256, centre crop 224, ImageNet
-    normalisation; uint8 RGB (3, H, W) tensor -> float32 (3, 224, 224)."""
+    normalisation; uint8 RGB (3, H, W) tensor -> float32 (3, 224, 224). Other crop sizes (a
+    project checkpoint trained with --crop-size) scale the resize alike (crop * 256 / 224)."""
+    resize = round(crop_size * 256 / 224)
     try:
         from dataset import build_transform
-        return build_transform(False)
+        return build_transform(False, crop_size=crop_size, resize=resize)
     except ImportError:
         from torchvision.transforms import v2
-        return v2.Compose([v2.ToImage(), v2.Resize(256, antialias=True), v2.CenterCrop(224),
+        return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(crop_size),
                            v2.ToDtype(torch.float32, scale=True),
                            v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
 
@@ -146,7 +148,10 @@ class AUDetector:
                 raise DemoError(f"{checkpoint}: cannot tell the backbone from the keys; pass --arc")
             stage = stage or found["stage"]
             names = obj.get("au_names") if isinstance(obj.get("au_names"), list) else None
+            trained_args = obj.get("args") if isinstance(obj.get("args"), dict) else {}
+            crop_size = int(trained_args.get("crop_size") or 224)  # the release trained at 224
         else:
+            crop_size = 224
             if au_cfg is None or arc is None or stage is None:
                 raise DemoError("without --resume, give --arc, --stage and --dataset (random weights)")
             num_classes = au_cfg["num_classes"]
@@ -166,7 +171,8 @@ class AUDetector:
                     f"random. Drop --stage or pass --stage 1.")
         self.model.to(self.device).eval()
         self.arc, self.stage, self.variant = arc, int(stage), variant or "megraphau"
-        self.transform = test_transform()
+        self.crop_size = crop_size
+        self.transform = test_transform(crop_size)
         self.face_detector = None
         if detect:
             from tool.face_detection import FaceDetector

@@ -160,6 +160,13 @@ def test_api_and_au_sets(data):
     own = demo.AUDetector(data["root"] / "synth_own.pth", detect=False)
     assert own.au_names == synth_names and own.model.config.neighbor_num == 2
     assert own.model.config.metric == "cosine"
+    assert bp.crop_size == 224  # release checkpoints: the release's 224 crops
+    # a project checkpoint trained with --crop-size is fed crops of that size
+    obj.update(args={"crop_size": 80})
+    torch.save(obj, data["root"] / "synth_crop80.pth")
+    small = demo.AUDetector(data["root"] / "synth_crop80.pth", detect=False)
+    assert small.crop_size == 80
+    assert small.transform(torch.zeros(3, 256, 256, dtype=torch.uint8)).shape == (3, 80, 80)
 
 
 def test_refusals(data, tmp_path, capsys):
