@@ -161,4 +161,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(conf.parse_args(get_args_parser(), section="test"))
+    utils.exit_on_user_error(main, conf.parse_args(get_args_parser(), section="test"))

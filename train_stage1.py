@@ -386,7 +386,7 @@ def cli(stage: int, parser: argparse.ArgumentParser, argv=None) -> int:
     """Command-line entry: parse (dataset defaults of section stage{stage}), train, exit code."""
     args = conf.parse_args(parser, argv, section=f"stage{stage}")
     try:
-        main(args, stage)
+        utils.exit_on_user_error(main, args, stage)  # bad files/flags: message, exit 2
     except NonFiniteLossError:
         return 3
     return 0

@@ -331,3 +331,23 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
         return
     for buf in model.buffers():
         dist.broadcast(buf.data, src)
+
+
+def user_errors() -> tuple:
+    """Exceptions that describe bad input (a file, a flag, a dataset): the scripts print their
+    message, which names the file and the problem, instead of a traceback."""
+    from dataset import DatasetError
+    from model import CheckpointMismatchError, MissingWeightsError
+
+    return DatasetError, CheckpointMismatchError, MissingWeightsError, FileNotFoundError
+
+
+def exit_on_user_error(run, *args):
+    """Run `run(*args)`; a user error (see user_errors) exits with status 2 and its message."""
+    import sys
+
+    try:
+        return run(*args)
+    except user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

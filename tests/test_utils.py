@@ -1,6 +1,7 @@
 """Unit tests of utils.py (loss, lr, metrics, table, checkpoints, RNG) and conf.py (flags)."""
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,3 +265,21 @@ def test_copy_checkpoint_survives_replacing_the_source(tmp_path):
     assert torch.load(tmp_path / "best.pth", weights_only=True)["epoch"] == 1
     assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth"]
+
+
+def test_scripts_report_bad_input_without_a_traceback(tmp_path):
+    """A missing list file or checkpoint: exit status 2, one message naming the file."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(repo / "train_stage1.py"), "--dataset", "BP4D", "--dataset-path",
+                          str(tmp_path / "nowhere"), "--arc", "resnet18", "--pretrained", "none",
+                          "--output-dir", str(tmp_path / "out"), "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert "BP4D_train_img_path_fold1.txt" in run.stderr and "Traceback" not in run.stderr
+    run = subprocess.run([sys.executable, str(repo / "test.py"), "--dataset", "BP4D", "--resume",
+                          str(tmp_path / "missing.pth"), "--output-dir", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "missing.pth" in run.stderr and "Traceback" not in run.stderr
