@@ -126,7 +126,13 @@ def _validate_config(cfg: dict, path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- transforms
-def build_transform(train: bool, crop_size: int = 224, resize: int = 256) -> Callable:
+def resize_for_crop(crop_size: int) -> int:
+    """Shorter-side resize before cropping: the release's 256 for 224 crops, scaled alike for
+    other crop sizes (e.g. 128 for 112) so a crop always covers the same part of the face."""
+    return round(crop_size * 256 / 224)
+
+
+def build_transform(train: bool, crop_size: int = 224, resize: Optional[int] = None) -> Callable:
     """The release's image transform (SPEC §4) without the horizontal flip.
 
     Input: a uint8 tensor (3, H, W) (a PIL image or HWC uint8 array also works). Output: float32
@@ -140,6 +146,7 @@ def build_transform(train: bool, crop_size: int = 224, resize: int = 256) -> Cal
     worker seeding). The pipeline runs single-threaded (see :class:`SingleThreaded`); the
     torchvision ``Compose`` is its ``.transform``.
     """
+    resize = resize_for_crop(crop_size) if resize is None else resize  # 256 for crop 224
     steps = [v2.ToImage(), v2.Resize(resize, antialias=True)]
     if train:
         steps += [v2.RandomCrop(crop_size),
@@ -288,7 +295,7 @@ class AUDataset(Dataset):
         self.img_dir = self.dataset_path / "img"
         self.crop_size = crop_size
         self.transform = transform if transform is not None else build_transform(
-            self.train, crop_size, resize=int(round(crop_size * 256 / 224)))
+            self.train, crop_size)
 
         def list_file(kind: str, split_name: Optional[str] = split) -> Path:
             middle = f"{split_name}_{kind}" if split_name else kind

@@ -32,19 +32,15 @@ from typing import Iterable, Iterator, Optional, Sequence
 import cv2
 import numpy as np
 import torch
-import yaml
 
+from dataset import build_transform, load_dataset_config
 from model import build_model, infer_config, load_checkpoint, read_checkpoint
 from model.checkpoint import CheckpointMismatchError
 
-REPO_ROOT = Path(__file__).resolve().parent
-CONFIG_DIR = REPO_ROOT / "config"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 # the AU set a checkpoint's output count stands for, in this order of preference
 KNOWN_AU_SETS = {12: "BP4D", 8: "DISFA", 41: "OpenGraphAU"}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 log = logging.getLogger("demo")
 
@@ -55,43 +51,18 @@ class DemoError(RuntimeError):
 
 # ----------------------------------------------------------------------------- configuration
 def load_au_config(name_or_path: str) -> dict:
-    """A dataset config (config/{name}.yaml or a .yaml path) -> dict with au_names, au_descriptions,
-    num_classes, neighbor_num. Uses dataset.load_dataset_config when available."""
+    """A dataset config (config/{name}.yaml or a .yaml path) with au_names, au_descriptions,
+    num_classes and neighbor_num; a bad one is a DemoError naming the file."""
     try:
-        from dataset import load_dataset_config
-    except ImportError:
-        load_dataset_config = None
-    if load_dataset_config is not None:
-        try:
-            return load_dataset_config(name_or_path)
-        except ValueError as err:
-            raise DemoError(str(err)) from None
-    text = str(name_or_path)
-    path = Path(text) if text.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{text}.yaml"
-    if not path.is_file():
-        raise DemoError(f"dataset config not found: {path}")
-    cfg = yaml.safe_load(path.read_text())
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("au_names"), list):
-        raise DemoError(f"{path}: expected a mapping with an 'au_names' list")
-    cfg.setdefault("num_classes", len(cfg["au_names"]))
-    cfg.setdefault("au_descriptions", None)
-    cfg.setdefault("neighbor_num", 4)
-    return cfg
+        return load_dataset_config(name_or_path)
+    except ValueError as err:
+        raise DemoError(str(err)) from None
 
 
 def test_transform(crop_size: int = 224):
-    """The release's test transform: resize the shorter side to 256, centre crop 224, ImageNet
-    normalisation; uint8 RGB (3, H, W) tensor -> float32 (3, 224, 224). Other crop sizes (a
-    project checkpoint trained with --crop-size) scale the resize alike (crop * 256 / 224)."""
-    resize = round(crop_size * 256 / 224)
-    try:
-        from dataset import build_transform
-        return build_transform(False, crop_size=crop_size, resize=resize)
-    except ImportError:
-        from torchvision.transforms import v2
-        return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(crop_size),
-                           v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+    """The release's test transform (resize 256, centre crop 224, ImageNet normalisation) at the
+    checkpoint's crop size: uint8 RGB (3, H, W) -> float32 (3, crop, crop)."""
+    return build_transform(False, crop_size=crop_size)
 
 
 # ----------------------------------------------------------------------------- detector API
@@ -213,7 +184,7 @@ class AUDetector:
         if crop_bgr.ndim == 2:
             crop_bgr = cv2.cvtColor(crop_bgr, cv2.COLOR_GRAY2BGR)
         rgb = np.ascontiguousarray(crop_bgr[:, :, 2::-1])  # BGR(A) -> RGB
-        return self.transform(torch.from_numpy(rgb).permute(2, 0, 1))  # (3, 224, 224)
+        return self.transform(torch.from_numpy(rgb).permute(2, 0, 1))  # (3, crop, crop)
 
     @torch.inference_mode()
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:

@@ -65,26 +65,17 @@ def setup_logging(folder: Path | None, filename: str) -> None:
     model_log.propagate = False
 
 
-def resize_for_crop(crop_size: int) -> int:
-    """Shorter-side resize before cropping: 256 for the release's 224 crops, scaled alike for
-    other crop sizes (e.g. 128 for 112) so a crop always covers the same part of the face."""
-    return round(crop_size * 256 / 224)
-
-
 def build_datasets(args, stage: int, splits=("train", "test"), fold=None):
     """AUDataset objects of the fold; rank 0 first, so a synthetic set is generated once."""
-    from dataset import AUDataset, build_transform
+    from dataset import AUDataset
 
     fold = args.fold if fold is None else fold
-    resize = resize_for_crop(args.crop_size)
 
     def make():
         out = {}
         for split in splits:
             out[split] = AUDataset(args.dataset_config, fold, split, stage=stage if split == "train" else 1,
-                                   crop_size=args.crop_size, dataset_path=args.dataset_path,
-                                   transform=build_transform(split == "train", crop_size=args.crop_size,
-                                                             resize=resize))
+                                   crop_size=args.crop_size, dataset_path=args.dataset_path)
         return out
 
     if utils.is_main_process():

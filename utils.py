@@ -204,36 +204,36 @@ def format_au_table(au_names: Sequence[str], f1, acc=None, title: str | None = N
 # --------------------------------------------------------------------------------------------
 # checkpoints and RNG
 # --------------------------------------------------------------------------------------------
-def save_checkpoint(obj: dict, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, then os.replace: a crash mid-write
-    never leaves a truncated checkpoint under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """Atomically make `dst` a copy of the finished file `src` (a hard link when the file
-    system allows: no second write of a large file; later os.replace of `src` leaves it intact)."""
-    src, dst = Path(src), Path(dst)
+def _atomic_write(dst: Path, write_tmp) -> Path:
+    """Call write_tmp(tmp) on a temporary name beside dst, then os.replace it onto dst: a crash
+    mid-write never leaves a truncated file under the final name."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
+        write_tmp(tmp)
         os.replace(tmp, dst)
     finally:
         if tmp.exists():
             tmp.unlink()
     return dst
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> Path:
+    """torch.save atomically (temporary file + os.replace)."""
+    return _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def _link_or_copy(src: Path, tmp: Path) -> None:
+    try:
+        os.link(src, tmp)  # no second write of a large file
+    except OSError:
+        shutil.copyfile(src, tmp)
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Atomically make `dst` a copy of the finished file `src` (a hard link when the file
+    system allows; a later os.replace of `src` leaves it intact)."""
+    return _atomic_write(Path(dst), lambda tmp: _link_or_copy(Path(src), tmp))
 
 
 def capture_rng_state() -> dict:

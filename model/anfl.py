@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .basic_block import LinearBlock, cosine_classifier, init_linear_normal
+from .basic_block import LinearBlock, au_specific_features, cosine_classifier, init_linear_normal
 
 METRICS = ("dots", "cosine", "l1")
 
@@ -77,7 +77,7 @@ class Head(nn.Module):
 
     def au_features(self, x: torch.Tensor) -> torch.Tensor:
         """AFG: (B, D, C) global tokens -> (B, N, D, C) AU-specific tokens f_u."""
-        return torch.stack([layer(x) for layer in self.class_linears], dim=1)
+        return au_specific_features(self.class_linears, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f_v = self.au_features(x).mean(dim=-2)  # (B, N, C)

@@ -41,3 +41,8 @@ def cosine_classifier(node_features: torch.Tensor, class_vectors: torch.Tensor) 
     sc = nn.functional.normalize(torch.relu(class_vectors), p=2, dim=-1)
     v = nn.functional.normalize(node_features, p=2, dim=-1)
     return (v * sc.unsqueeze(0)).sum(-1)
+
+
+def au_specific_features(class_linears: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    """AFG: one LinearBlock per AU on the (B, D, C) global tokens -> (B, N, D, C) AU tokens f_u."""
+    return torch.stack([layer(x) for layer in class_linears], dim=1)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .basic_block import LinearBlock, cosine_classifier, init_linear_normal
+from .basic_block import LinearBlock, au_specific_features, cosine_classifier, init_linear_normal
 
 
 class CrossAttn(nn.Module):
@@ -188,7 +188,7 @@ class Head(nn.Module):
 
     def au_features(self, x: torch.Tensor) -> torch.Tensor:
         """AFG: (B, D, C) global tokens -> (B, N, D, C) AU-specific tokens f_u."""
-        return torch.stack([layer(x) for layer in self.class_linears], dim=1)
+        return au_specific_features(self.class_linears, x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f_u = self.au_features(x)  # (B, N, D, C)

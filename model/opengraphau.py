@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import anfl
-from .basic_block import LinearBlock, cosine_classifier, init_linear_normal
+from .basic_block import LinearBlock, au_specific_features, cosine_classifier, init_linear_normal
 from .mefl import GEM, gated_graph_step
 
 MAIN_AUS = ("1", "2", "4", "5", "6", "7", "9", "10", "11", "12", "13", "14", "15", "16", "17",
@@ -57,7 +57,7 @@ class _OpenGraphAUHead(nn.Module):
 
     def au_features(self, x: torch.Tensor) -> torch.Tensor:
         """AFG: (B, D, C) global tokens -> (B, 27, D, C) main-AU token features f_u."""
-        return torch.stack([layer(x) for layer in self.main_class_linears], dim=1)
+        return au_specific_features(self.main_class_linears, x)
 
     def classify(self, f_v: torch.Tensor) -> torch.Tensor:
         """Node features (B, 27, C) -> probabilities (B, 41): 27 main AUs, then L1 R1 ... L14 R14."""
