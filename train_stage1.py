@@ -221,6 +221,7 @@ def run_training(args, stage: int) -> dict:
         log.info("initialised from %s", args.resume)
     elif stage == 2 and not args.resume_training:
         warnings.warn("stage 2 without --resume: the paper starts stage 2 from a stage-1 checkpoint")
+    model.set_grad_checkpointing(args.grad_checkpointing)  # memory for time; same results
     model.to(args.device)
     net = model
     if args.distributed:

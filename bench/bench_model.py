@@ -7,12 +7,18 @@ For stage 2 the production GEM (model/mefl.py) and the straightforward reference
 so that noise from other processes hits both alike; the table gives their speed and memory
 ratios (reference / fast: > 1 means the fast form is faster or smaller).
 
+Forms: `fast` is the production model; `fast+gcK` the same with gradient checkpointing of the
+backbone's first K stages (--grad-checkpointing K of the training scripts: memory for time;
+eval passes do not recompute, so only train rows differ); `reference` the straightforward GEM.
+
 Peak memory: on CPU the peak RSS (VmHWM; ru_maxrss off Linux) of a fresh child process per configuration and
 form that builds the model and runs the same steps (the whole process: interpreter, torch,
 weights, optimizer, activations); on CUDA torch.cuda.max_memory_allocated around one step.
 
   python bench/bench_model.py --device cpu --threads 2 --batch-size 8 --arcs resnet50 \\
       --stages 1 2 --num-classes 12 27 --mode eval train --markdown
+  python bench/bench_model.py --device cpu --threads 2 --batch-size 8 --arcs resnet50 \\
+      --stages 2 --num-classes 12 --mode train --grad-checkpointing 0 2
   python bench/bench_model.py --device cuda --amp bf16 --channels-last --batch-size 64 \\
       --arcs resnet50 swin_transformer_base --stages 1 2 --num-classes 12 27 --mode eval train
 """
@@ -43,6 +49,16 @@ from bench.table import format_table  # noqa: E402
 from model import ARCHS, build_model  # noqa: E402
 
 EDGE_LOSS_WEIGHT = 0.05  # lam of the published BP4D command; the value does not change the cost
+REFERENCE = "reference"
+
+
+def variant_name(grad_checkpointing: int) -> str:
+    """The production form, with gradient checkpointing of the first K backbone stages if K > 0."""
+    return "fast" if grad_checkpointing == 0 else f"fast+gc{grad_checkpointing}"
+
+
+def grad_checkpointing_of(variant: str) -> int:
+    return int(variant.split("+gc", 1)[1]) if "+gc" in variant else 0
 
 
 @dataclass
@@ -51,7 +67,7 @@ class Config:
     stage: int
     num_classes: int
     mode: str  # eval | train
-    variant: str  # fast | reference
+    variant: str  # fast | fast+gcK | reference
     batch_size: int
     device: str
     amp: str  # none | bf16
@@ -97,9 +113,10 @@ class Workload:
         # K = 4 as for BP4D and OpenGraphAU (at most N for tiny test graphs)
         model = build_model(stage, arc, num_classes, neighbor_num=min(4, num_classes), pretrained=False)
         model = model.to(device, memory_format=memory_format)
-        self.models = {"fast": model}
-        if "reference" in variants:
-            self.models["reference"] = reference_stage2_model(model, share_weights=True)
+        # the fast forms are one model; step() sets its checkpointing per form
+        self.models = {variant: model for variant in variants if variant != REFERENCE}
+        if REFERENCE in variants:
+            self.models[REFERENCE] = reference_stage2_model(model, share_weights=True)
         # one optimizer for both forms: they share the parameters, so its state is counted once
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-8,
                                            weight_decay=5e-4)
@@ -116,6 +133,7 @@ class Workload:
 
     def step(self, variant: str, mode: str) -> None:
         model = self.models[variant]
+        model.set_grad_checkpointing(grad_checkpointing_of(variant))  # shared backbone: set every step
         if mode == "eval":
             model.eval()
             with torch.inference_mode(), self.autocast():
@@ -223,14 +241,18 @@ def benchmark(args: argparse.Namespace) -> list[Row]:
     for arc in args.arcs:
         for stage in args.stages:
             for num_classes in args.num_classes:
-                variants = ["fast", "reference"] if stage == 2 and not args.no_reference else ["fast"]
+                variants = [variant_name(k) for k in args.grad_checkpointing]
+                if stage == 2 and not args.no_reference:
+                    variants.append(REFERENCE)
                 work = Workload(arc, stage, num_classes, args.batch_size, device, args.amp,
                                 args.channels_last, variants)
                 for mode in args.mode:
+                    # evaluation never recomputes: the checkpointed forms would repeat the fast row
+                    forms = [v for v in variants if mode == "train" or grad_checkpointing_of(v) == 0]
                     failed: dict[str, str] = {}
-                    times = time_alternating(work, mode, variants, args.warmup, args.iters, failed)
+                    times = time_alternating(work, mode, forms, args.warmup, args.iters, failed)
                     group = []
-                    for variant in variants:
+                    for variant in forms:
                         row = Row(arc, stage, num_classes, mode, variant, error=failed.get(variant, ""))
                         if times[variant]:
                             median = statistics.median(times[variant])
@@ -251,8 +273,8 @@ def benchmark(args: argparse.Namespace) -> list[Row]:
                                 row.peak_mb, row.error = child_peak_rss_mb(config, args.memory_steps)
                                 row.memory_kind = "peak RSS of a fresh process"
                         group.append(row)
-                    if len(group) == 2:
-                        fast, ref = group
+                    ref = next((row for row in group if row.variant == REFERENCE), None)
+                    for fast in (row for row in group if ref is not None and row is not ref):
                         if fast.median_ms and ref.median_ms:
                             fast.speed_ratio = ref.median_ms / fast.median_ms
                             fast.best_speed_ratio = min(ref.times_ms) / min(fast.times_ms)
@@ -311,9 +333,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--iters", type=int, default=5, help="timed iterations per form")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per form")
-    parser.add_argument("--memory-steps", type=int, default=2, help="steps run by each CPU memory child")
+    parser.add_argument("--memory-steps", type=int, default=3,
+                        help="steps run by each CPU memory child (the peak settles after about 3)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference GEM in stage 2")
+    parser.add_argument("--grad-checkpointing", nargs="+", type=int, default=[0], metavar="K",
+                        help="fast forms to run: gradient checkpointing of the backbone's first K "
+                             "stages (0: none; e.g. 0 2 runs both)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--json", type=Path, help="also write rows and environment to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: memory child process
@@ -323,6 +349,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
+    if any(not 0 <= k <= 4 for k in args.grad_checkpointing) or \
+            len(set(args.grad_checkpointing)) != len(args.grad_checkpointing):
+        parser.error("--grad-checkpointing values must be distinct and in 0..4")
     if any(n < 2 for n in args.num_classes):
         parser.error("--num-classes values must be at least 2")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -11,6 +11,7 @@ a state-dict hook writes Microsoft's layout, and loading goes through timm's own
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from collections import OrderedDict
@@ -21,6 +22,7 @@ import torch
 import torchvision
 from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -71,6 +73,55 @@ def arc_spec(arc: str) -> ArcSpec:
     return ARCHS[arc]
 
 
+NUM_STAGES = 4  # residual stages of a ResNet, Swin stages
+
+
+def checkpoint_stages(stages: int | bool) -> int:
+    """Number of leading backbone stages to recompute: True = all, False = none."""
+    stages = NUM_STAGES if stages is True else int(stages)
+    if not 0 <= stages <= NUM_STAGES:
+        raise ValueError(f"gradient checkpointing covers 0..{NUM_STAGES} backbone stages, got {stages}")
+    return stages
+
+
+@contextlib.contextmanager
+def batchnorm_statistics_frozen(module: nn.Module):
+    """Within the block, BatchNorm layers under `module` still normalise with batch statistics
+    but leave their running statistics and batch counts as they were.
+
+    Momentum 0 keeps the buffers bit for bit (r = 1 * r + 0 * batch) while the same operation
+    runs with the same inputs, which torch's checkpointing verifies on recomputation."""
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
+def recompute_in_backward(function, x: torch.Tensor, norms_owner: nn.Module) -> torch.Tensor:
+    """function(x) through torch's (non-reentrant) activation checkpointing: nothing inside is
+    stored for backward; it runs again there. The rerun must not update BatchNorm running
+    statistics a second time, so it runs with them frozen: the results, gradients and buffers
+    equal those of a plain call."""
+    calls = 0
+
+    def run(inputs: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return function(inputs)
+        with batchnorm_statistics_frozen(norms_owner):
+            return function(inputs)
+
+    return checkpoint(run, x, use_reentrant=False)
+
+
 class ResNetTokens(torchvision.models.ResNet):
     """torchvision ResNet without its classifier; returns layer4's map as tokens."""
 
@@ -80,11 +131,25 @@ class ResNetTokens(torchvision.models.ResNet):
         super().__init__(block, list(spec.resnet_layers))
         del self.fc  # the release's backbones have no classifier keys
         del self.avgpool
+        self.grad_checkpointing = 0  # leading residual stages recomputed in backward
+
+    def set_grad_checkpointing(self, stages: int | bool = True) -> None:
+        """Recompute each residual block of the first `stages` stages (the stem goes with the
+        first) in the backward pass instead of storing its activations (True: all four)."""
+        self.grad_checkpointing = checkpoint_stages(stages)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, 56, 56)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, C_in, 7, 7)
-        return x.flatten(2).transpose(1, 2)  # (B, 49, C_in)
+        # early stages hold most activations per FLOP: checkpointing them saves the most
+        # memory for the least recomputation
+        stages = self.grad_checkpointing if self.training and torch.is_grad_enabled() else 0
+        x = recompute_in_backward(self._stem, x, self.bn1) if stages else self._stem(x)
+        for index, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
+            for block in layer:
+                x = recompute_in_backward(block, x, block) if index < stages else block(x)
+        return x.flatten(2).transpose(1, 2)  # (B, 49, C_in) from (B, C_in, 7, 7)
 
 
 _TIMM_DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
@@ -141,6 +206,14 @@ class SwinTokens(SwinTransformer):
                          drop_path_rate=spec.drop_path_rate)
         self._register_state_dict_hook(SwinTokens._to_microsoft_layout)
         self._register_load_state_dict_pre_hook(SwinTokens._from_any_layout, with_module=True)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, stages: int | bool = True) -> None:
+        """timm's gradient checkpointing (each block of a stage recomputed in backward) for the
+        first `stages` stages (True: all four). Swin has no BatchNorm, so timm's own is exact."""
+        stages = checkpoint_stages(stages)
+        for index, stage in enumerate(self.layers):
+            stage.grad_checkpointing = index < stages
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)  # (B, 7, 7, C_in), after the final norm

@@ -63,6 +63,12 @@ class MEFARG(nn.Module):
         else:
             self.head = mefl.Head(self.out_channels, config.num_classes)
 
+    def set_grad_checkpointing(self, stages: int | bool = True) -> None:
+        """Trade time for memory in training: recompute the activations of the backbone's first
+        `stages` stages (0-4; True: all) in the backward pass instead of storing them. Outputs,
+        gradients and BatchNorm statistics are those of the plain model."""
+        self.backbone.set_grad_checkpointing(stages)
+
     def forward(self, x: torch.Tensor):
         x = self.global_linear(self.backbone(x))  # (B, 49, C)
         return self.head(x)

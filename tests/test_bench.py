@@ -25,6 +25,18 @@ def test_bench_model_tiny_in_process(capsys, tmp_path):
     assert all(r["speed_ratio"] > 0 for r in rows if r["stage"] == 2 and r["variant"] == "fast")
 
 
+def test_bench_model_grad_checkpointing_forms(tmp_path):
+    out_json = tmp_path / "model.json"
+    bench_model.main(["--arcs", "resnet18", "--batch-size", "2", "--iters", "1", "--warmup", "0", "--stages", "2",
+                      "--num-classes", "3", "--mode", "train", "--no-memory", "--grad-checkpointing", "0", "2",
+                      "--json", str(out_json)])
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["fast", "fast+gc2", "reference"]
+    assert all(r["speed_ratio"] > 0 for r in rows[:2]) and rows[2]["speed_ratio"] is None
+    with pytest.raises(SystemExit):
+        bench_model.parse_args(["--grad-checkpointing", "5"])
+
+
 def test_bench_model_bf16_channels_last(capsys):
     bench_model.main(["--arcs", "resnet18", "--batch-size", "2", "--iters", "1", "--warmup", "0", "--stages", "2",
                       "--num-classes", "3", "--mode", "train", "--amp", "bf16", "--channels-last", "--no-memory",

@@ -88,6 +88,20 @@ def test_seed_reproducibility_and_exact_resume(tiny_synth, tmp_path):
     assert rows[0].startswith("epoch,lr,train_loss,mean_f1,mean_acc,f1_AU1") and len(rows) == 3
 
 
+def test_grad_checkpointing_trains_to_the_same_weights(tiny_synth, tmp_path):
+    plain = _train(_argv(tiny_synth, tmp_path / "plain", epochs=1))
+    recomputed = _train(_argv(tiny_synth, tmp_path / "recomputed", "--grad-checkpointing", "4", epochs=1))
+    assert yaml.safe_load((recomputed["run_dir"] / "args.yaml").read_text())["grad_checkpointing"] == 4
+    a = _state(plain["run_dir"] / "last.pth")["state_dict"]
+    b = _state(recomputed["run_dir"] / "last.pth")["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:  # recomputation may reorder float sums; BN batch counts must match exactly
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert recomputed["history"][0]["f1"] == pytest.approx(plain["history"][0]["f1"], abs=1e-6)
+    with pytest.raises(SystemExit):
+        _train(_argv(tiny_synth, tmp_path / "bad", "--grad-checkpointing", "5", epochs=1))
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_synth, tmp_path, capsys):
     # 16 train images, batch 4 -> 4 steps per epoch: global step 5 is epoch 2, step 2
     argv = _argv(tiny_synth, tmp_path, "--inject-nan-step", "5")
