@@ -86,8 +86,9 @@ def test_distributed_predictions_and_f1_equal_single_process(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_training_two_processes_matches_single_process_test(tmp_path):
-    """torchrun, 2 Gloo ranks on CPU: train 2 epochs, then test.py (one process) on last.pth
-    reproduces the distributed run's test-fold F1 (gathered predictions, rank 0's BN statistics)."""
+    """torchrun, 2 Gloo ranks on CPU: train 2 epochs (with gradient checkpointing, which must work
+    under DDP), then test.py (one process) on last.pth reproduces the distributed run's test-fold
+    F1 (gathered predictions, rank 0's BN statistics)."""
     import subprocess
     import sys
 
@@ -102,7 +103,7 @@ def test_torchrun_training_two_processes_matches_single_process_test(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), str(conf.REPO_ROOT / "train_stage1.py"), *common, "--pretrained", "none", "-e", "2",
-           "--save-every", "0", "--exp-name", "ddp"]
+           "--save-every", "0", "--exp-name", "ddp", "--grad-checkpointing", "2"]  # DDP with recomputation
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world size 2" in proc.stdout
