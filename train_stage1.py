@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -169,6 +170,120 @@ def plot_curves(history: list[dict], path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Where a run stands after `epoch` epochs: what last.pth stores and --resume-training restores."""
+    epoch: int = 0
+    step: int = 0  # global optimisation step (drives the cosine schedule)
+    best_f1: float = -1.0
+    history: list = field(default_factory=list)  # one row per epoch (metrics.csv)
+
+
+def resume_training_state(args, model, optimizer, scaler) -> TrainState:
+    """Model, optimizer, scaler and RNG from args.resume_training (a last.pth / best.pth)."""
+    from model import load_checkpoint
+
+    ckpt = torch.load(args.resume_training, map_location="cpu", weights_only=True)
+    missing = [k for k in ("epoch", "step", "state_dict", "optimizer") if k not in ckpt]
+    if missing:
+        raise SystemExit(f"{args.resume_training} is not a last.pth/best.pth of this project "
+                         f"(missing {missing}); use --resume to start from weights only")
+    load_checkpoint(model, args.resume_training)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    state = TrainState(int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt.get("best_f1", -1.0)),
+                       list(ckpt.get("history", [])))
+    if ckpt.get("rng"):
+        utils.restore_rng_state(ckpt["rng"])
+    saved = ckpt.get("args", {})
+    for key in ("epochs", "batch_size", "learning_rate", "fold", "dataset_name", "world_size"):
+        if key in saved and saved[key] != getattr(args, key):
+            warnings.warn(f"--resume-training: {key} was {saved[key]!r}, now {getattr(args, key)!r}; "
+                          f"the continued run will differ from an uninterrupted one")
+    log.info("resumed %s after epoch %d (global step %d)", args.resume_training, state.epoch, state.step)
+    return state
+
+
+def train_one_epoch(args, net, loader, optimizer, scaler, criterion, state: TrainState, epoch: int,
+                    out_dir: Path, show_bar: bool) -> tuple[float, float]:
+    """One pass over `loader`, advancing state.step; returns (mean training loss over all ranks,
+    the last learning rate). Raises NonFiniteLossError on a NaN/inf loss, on every rank."""
+    from tqdm import tqdm
+
+    steps_per_epoch = len(loader)
+    total_steps = args.epochs * steps_per_epoch
+    net.train()
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=args.device)  # (sum of loss * n, n)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not show_bar,
+               dynamic_ncols=True, leave=False)
+    lr = args.learning_rate
+    for i, batch in enumerate(bar):
+        lr = utils.cosine_lr(state.step, total_steps, args.learning_rate)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = batch[0].to(args.device, non_blocking=True)
+        labels = batch[1].to(args.device, non_blocking=True)
+        with utils.autocast_context(args.device, args.amp):
+            out = net(images)
+        if not isinstance(out, tuple):  # stage 1, and OpenGraphAU's stage 2 (no edge classifier)
+            loss = criterion(out, labels)
+        else:
+            probs, edge_logits = out
+            relations = batch[2].to(args.device, non_blocking=True)
+            loss = criterion(probs, labels) + args.lam * utils.edge_loss(edge_logits, relations)
+        if args.inject_nan_step is not None and state.step == args.inject_nan_step:
+            loss = loss * float("nan")
+        finite = torch.isfinite(loss.detach()).to(torch.float32)
+        if args.distributed:  # every rank stops together
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not bool(finite):
+            last = out_dir / "last.pth"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            msg = (f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}/{steps_per_epoch} "
+                   f"(global step {state.step}, lr {lr:.3g}); training stopped, {kept}. Try a lower "
+                   f"--learning-rate or --amp none.")
+            log.error(msg)
+            raise NonFiniteLossError(msg)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        state.step += 1
+        loss_sum += torch.stack([loss.detach().double() * len(images),
+                                 torch.tensor(float(len(images)), dtype=torch.float64, device=args.device)])
+        if show_bar and i % 5 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+    bar.close()
+    if args.distributed:
+        torch.distributed.all_reduce(loss_sum)
+    return float(loss_sum[0] / loss_sum[1].clamp(min=1)), lr
+
+
+def save_epoch_checkpoints(args, model, optimizer, scaler, state: TrainState, au_names, out_dir: Path,
+                           improved: bool) -> None:
+    """last.pth (and best.pth when `improved`), the release's file names, metrics.csv, curves.png."""
+    from model import model_config_dict
+
+    epoch = state.epoch
+    ckpt = {"epoch": epoch, "step": state.step, "state_dict": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best_f1": state.best_f1,
+            "args": conf.serialisable_args(args), "rng": utils.capture_rng_state(),
+            "model_config": model_config_dict(model), "fold": int(args.fold), "history": state.history,
+            "au_names": au_names}
+    utils.save_checkpoint(ckpt, out_dir / "last.pth")
+    if improved:
+        utils.copy_checkpoint(out_dir / "last.pth", out_dir / "best.pth")
+    # the release's file names (with the right fold; its stage 2 used fold + 1)
+    release = {"epoch": epoch, "state_dict": ckpt["state_dict"], "optimizer": ckpt["optimizer"],
+               "fold": int(args.fold), "model_config": ckpt["model_config"]}
+    utils.save_checkpoint(release, out_dir / f"cur_model_fold{args.fold}.pth")
+    if args.save_every > 0 and epoch % args.save_every == 0:
+        utils.save_checkpoint(release, out_dir / f"epoch{epoch}_model_fold{args.fold}.pth")
+    write_history_csv(state.history, au_names, out_dir / "metrics.csv")
+    plot_curves(state.history, out_dir / "curves.png")
+
+
 def run_training(args, stage: int) -> dict:
     """Train stage `stage` (1 or 2) as configured by `args`; see the module docstring.
 
@@ -176,7 +291,7 @@ def run_training(args, stage: int) -> dict:
     NaN/inf loss (after keeping the last good checkpoint).
     """
     from dataset import AUDataset  # noqa: F401  (fail early with a clear ImportError)
-    from model import build_model, load_checkpoint, model_config_dict
+    from model import build_model, load_checkpoint
 
     if args.fold == "all":
         raise SystemExit("training takes one fold (--fold 1, 2 or 3); 'all' is for test.py")
@@ -233,36 +348,10 @@ def run_training(args, stage: int) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     criterion = utils.WeightedAsymmetricLoss(train_ds.class_weights).to(args.device)
 
-    start_epoch, step, best_f1, history = 0, 0, -1.0, []
-    if args.resume_training:
-        ckpt = torch.load(args.resume_training, map_location="cpu", weights_only=True)
-        missing = [k for k in ("epoch", "step", "state_dict", "optimizer") if k not in ckpt]
-        if missing:
-            raise SystemExit(f"{args.resume_training} is not a last.pth/best.pth of this project "
-                             f"(missing {missing}); use --resume to start from weights only")
-        load_checkpoint(model, args.resume_training)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler") and use_scaler:
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
-        best_f1 = float(ckpt.get("best_f1", -1.0))
-        history = list(ckpt.get("history", []))
-        if ckpt.get("rng"):
-            utils.restore_rng_state(ckpt["rng"])
-        saved = ckpt.get("args", {})
-        for key in ("epochs", "batch_size", "learning_rate", "fold", "dataset_name", "world_size"):
-            if key in saved and saved[key] != getattr(args, key):
-                warnings.warn(f"--resume-training: {key} was {saved[key]!r}, now {getattr(args, key)!r}; "
-                              f"the continued run will differ from an uninterrupted one")
-        log.info("resumed %s after epoch %d (global step %d)", args.resume_training, start_epoch, step)
-
-    steps_per_epoch = len(train_loader)
-    total_steps = args.epochs * steps_per_epoch
+    state = resume_training_state(args, model, optimizer, scaler) if args.resume_training else TrainState()
     last_metrics = None
     show_bar = main_proc and not args.no_progress
-    from tqdm import tqdm
-
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(state.epoch, args.epochs):
         if args.stop_after_epoch is not None and epoch >= args.stop_after_epoch:
             log.info("stopping after epoch %d as asked (--stop-after-epoch)", epoch)
             break
@@ -271,51 +360,8 @@ def run_training(args, stage: int) -> dict:
         utils.set_seed(seed)
         loader_gen.manual_seed(seed)
         train_sampler.set_epoch(epoch)
-        net.train()
-        loss_sum = torch.zeros(2, dtype=torch.float64, device=args.device)  # (sum of loss * n, n)
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not show_bar,
-                   dynamic_ncols=True, leave=False)
-        lr = args.learning_rate
-        for i, batch in enumerate(bar):
-            lr = utils.cosine_lr(step, total_steps, args.learning_rate)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = batch[0].to(args.device, non_blocking=True)
-            labels = batch[1].to(args.device, non_blocking=True)
-            with utils.autocast_context(args.device, args.amp):
-                out = net(images)
-            if not isinstance(out, tuple):  # stage 1, and OpenGraphAU's stage 2 (no edge classifier)
-                loss = criterion(out, labels)
-            else:
-                probs, edge_logits = out
-                relations = batch[2].to(args.device, non_blocking=True)
-                loss = criterion(probs, labels) + args.lam * utils.edge_loss(edge_logits, relations)
-            if args.inject_nan_step is not None and step == args.inject_nan_step:
-                loss = loss * float("nan")
-            finite = torch.isfinite(loss.detach()).to(torch.float32)
-            if args.distributed:  # every rank stops together
-                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-            if not bool(finite):
-                last = out_dir / "last.pth"
-                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-                msg = (f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}/{steps_per_epoch} "
-                       f"(global step {step}, lr {lr:.3g}); training stopped, {kept}. Try a lower "
-                       f"--learning-rate or --amp none.")
-                log.error(msg)
-                raise NonFiniteLossError(msg)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            loss_sum += torch.stack([loss.detach().double() * len(images),
-                                     torch.tensor(float(len(images)), dtype=torch.float64, device=args.device)])
-            if show_bar and i % 5 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-        bar.close()
-        if args.distributed:
-            torch.distributed.all_reduce(loss_sum)
-        train_loss = float(loss_sum[0] / loss_sum[1].clamp(min=1))
+        train_loss, lr = train_one_epoch(args, net, train_loader, optimizer, scaler, criterion, state, epoch,
+                                         out_dir, show_bar)
 
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "mean_f1": None, "mean_acc": None,
                "f1": None}
@@ -327,11 +373,12 @@ def run_training(args, stage: int) -> dict:
             row.update(mean_f1=last_metrics["mean_f1"], mean_acc=last_metrics["mean_acc"],
                        f1=[float(v) for v in last_metrics["f1"]])
         row["time_s"] = time.time() - t0
-        history.append(row)
+        state.history.append(row)
+        state.epoch = epoch + 1
 
-        improved = row["mean_f1"] is not None and row["mean_f1"] > best_f1
+        improved = row["mean_f1"] is not None and row["mean_f1"] > state.best_f1
         if improved:
-            best_f1 = row["mean_f1"]
+            state.best_f1 = row["mean_f1"]
         if main_proc:
             f1_text = "-" if row["mean_f1"] is None else f"{100 * row['mean_f1']:.2f}"
             acc_text = "-" if row["mean_acc"] is None else f"{100 * row['mean_acc']:.2f}"
@@ -340,30 +387,15 @@ def run_training(args, stage: int) -> dict:
                      "  (best)" if improved else "")
             if row["f1"] is not None:
                 log.info("\n%s", utils.format_au_table(au_names, last_metrics["f1"], last_metrics["acc"]))
-            ckpt = {"epoch": epoch + 1, "step": step, "state_dict": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best_f1": best_f1,
-                    "args": conf.serialisable_args(args), "rng": utils.capture_rng_state(),
-                    "model_config": model_config_dict(model), "fold": int(args.fold), "history": history,
-                    "au_names": au_names}
-            utils.save_checkpoint(ckpt, out_dir / "last.pth")
-            if improved:
-                utils.copy_checkpoint(out_dir / "last.pth", out_dir / "best.pth")
-            # the release's file names (with the right fold; its stage 2 used fold + 1)
-            release = {"epoch": epoch + 1, "state_dict": ckpt["state_dict"], "optimizer": ckpt["optimizer"],
-                       "fold": int(args.fold), "model_config": ckpt["model_config"]}
-            utils.save_checkpoint(release, out_dir / f"cur_model_fold{args.fold}.pth")
-            if args.save_every > 0 and (epoch + 1) % args.save_every == 0:
-                utils.save_checkpoint(release, out_dir / f"epoch{epoch + 1}_model_fold{args.fold}.pth")
-            write_history_csv(history, au_names, out_dir / "metrics.csv")
-            plot_curves(history, out_dir / "curves.png")
+            save_epoch_checkpoints(args, model, optimizer, scaler, state, au_names, out_dir, improved)
         utils.barrier()
 
     if main_proc and not (out_dir / "best.pth").exists() and (out_dir / "last.pth").exists():
         # never evaluated: best.pth is the last model, so stage 2 / test.py always find one
         utils.copy_checkpoint(out_dir / "last.pth", out_dir / "best.pth")
     log.info("done: best test mean F1 %s; checkpoints in %s",
-             "-" if best_f1 < 0 else f"{100 * best_f1:.2f}", out_dir)
-    return {"run_dir": out_dir, "best_f1": best_f1, "history": history, "last_metrics": last_metrics}
+             "-" if state.best_f1 < 0 else f"{100 * state.best_f1:.2f}", out_dir)
+    return {"run_dir": out_dir, "best_f1": state.best_f1, "history": state.history, "last_metrics": last_metrics}
 
 
 def main(args, stage: int = 1) -> dict:
