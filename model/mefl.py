@@ -16,7 +16,9 @@ from .basic_block import LinearBlock, au_specific_features, cosine_classifier, i
 
 
 class CrossAttn(nn.Module):
-    """Single-head cross-attention: queries from y, keys and values from x (keys as in the release)."""
+    """The weights of one single-head cross-attention block (keys as in the release): queries
+    linear_q(y), keys linear_k(x), values linear_v(x), scores scaled by (C/2)^-0.5. GEM applies
+    them to all AUs or all AU pairs at once rather than block by block, so there is no forward."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -27,11 +29,6 @@ class CrossAttn(nn.Module):
         init_linear_normal(self.linear_q, channels // 2)
         init_linear_normal(self.linear_k, channels // 2)
         init_linear_normal(self.linear_v, channels)
-
-    def forward(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """y: (..., Dq, C) queries; x: (..., Dk, C) keys/values -> (..., Dq, C)."""
-        return F.scaled_dot_product_attention(self.linear_q(y), self.linear_k(x), self.linear_v(x),
-                                              scale=self.scale)
 
 
 class GEM(nn.Module):
