@@ -81,7 +81,8 @@ def get_conf_parser() -> argparse.ArgumentParser:
                    help="write epoch{E}_model_fold{k}.pth every this many epochs (0: never)")
     g.add_argument("--eval-every", default=1, type=int, dest="eval_every",
                    help="evaluate on the test fold every this many epochs (and after the last)")
-    g.add_argument("--grad-checkpointing", default=0, type=int, dest="grad_checkpointing", metavar="STAGES",
+    g.add_argument("--grad-checkpointing", default=0, type=int, choices=range(5), dest="grad_checkpointing",
+                   metavar="STAGES",
                    help="training: recompute the first STAGES backbone stages (0-4) in the backward "
                         "pass instead of storing their activations; less memory, more time per step, "
                         "same results (default 0: off)")
@@ -127,8 +128,6 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, section: str | None =
     args.neighbor_num = int(cfg["neighbor_num"])
     if args.dataset_path is None:
         args.dataset_path = str(cfg["dataset_path"])
-    if not 0 <= args.grad_checkpointing <= 4:
-        parser.error(f"--grad-checkpointing must be in 0..4 (backbone stages), got {args.grad_checkpointing}")
     if isinstance(args.fold, int) and not 1 <= args.fold <= args.N_fold:
         parser.error(f"--fold must be in 1..{args.N_fold}, got {args.fold}")
     if args.gpu_ids and "CUDA_VISIBLE_DEVICES" not in os.environ and "RANK" not in os.environ:
