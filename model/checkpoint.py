@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,41 +27,61 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DDP, torch.co
 
 
 class CheckpointMismatchError(ValueError):
-    pass
+    """The file does not fit the model (keys, shapes) or contradicts what was asked for."""
+
+
+class CheckpointFileError(ValueError):
+    """The file is not a readable checkpoint (truncated, not a torch file, no state dict)."""
+
+
+class UnsafeCheckpointError(CheckpointFileError):
+    """The file needs full unpickling (it could run code); it is never loaded."""
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    """Returns (state_dict with wrapper prefixes removed, the whole checkpoint object)."""
+    """Returns (state_dict with wrapper prefixes removed, the whole checkpoint object).
+
+    The file is read with ``torch.load(weights_only=True)`` and nothing else: a checkpoint that
+    needs full unpickling (which can run arbitrary code) is refused, never loaded.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        if path.is_dir():
+            raise CheckpointFileError(f"{path}: is a folder, not a checkpoint file")
+        raise FileNotFoundError(f"checkpoint not found: {path} (checkpoints/checkpoints.txt lists the "
+                                f"published files and where to get them)")
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if "weights_only" not in str(exc):
-                raise
-            warnings.warn(f"{path} holds Python objects besides tensors; loading it with full "
-                          f"unpickling (only do this for files you trust)")
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise UnsafeCheckpointError(
+                f"{path}: refused, NOT loaded: the file holds Python objects besides tensors and plain "
+                f"values, and unpickling them could run code. Only load such a file in your own code, "
+                f"with torch.load(weights_only=False), if you trust its source.") from None
+        raise CheckpointFileError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
     except Exception as exc:  # truncated, or not a torch file at all
-        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise CheckpointFileError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                                  f"{_first_line(exc)})") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} is not a checkpoint: expected a dict, got {type(obj).__name__}")
+        raise CheckpointFileError(f"{path} is not a checkpoint: expected a dict, got {type(obj).__name__}")
     state_dict = obj
     for key in ("state_dict", "model"):
         if isinstance(obj.get(key), dict):
             state_dict = obj[key]
             break
     if not state_dict or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f"{path} holds no state dict (keys: {sorted(obj)[:10]})")
+        raise CheckpointFileError(f"{path} holds no state dict (keys: {sorted(map(str, obj))[:10]})")
     clean = {}
     for k, v in state_dict.items():
         for prefix in _WRAPPER_PREFIXES:
             k = k.removeprefix(prefix)
         clean[k] = v
     return clean, obj
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _count_blocks(state_dict: dict, prefix: str) -> int:
@@ -116,6 +136,11 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
     (fresh/skipped are non-empty only for a stage-1 checkpoint loaded into a stage-2 model).
     """
     state_dict, obj = read_checkpoint(path)
+    return load_state_dict_into(model, state_dict, obj, path)
+
+
+def load_state_dict_into(model: nn.Module, state_dict: dict, obj: dict, path: str | Path) -> dict:
+    """load_checkpoint for a file already read with read_checkpoint."""
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, SwinTokens) and "backbone.layers.0.downsample.reduction.weight" not in state_dict \
             and "backbone.layers.1.downsample.reduction.weight" in state_dict:
@@ -166,3 +191,106 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
         model.load_state_dict(state_dict, strict=True)
     return {"path": str(path), "epoch": obj.get("epoch"), "fresh_keys": fresh, "skipped_keys": skipped,
             "checkpoint_config": ckpt_cfg, "checkpoint": obj}
+
+
+# --------------------------------------------------------------------------------------------
+# one way from a file to a model
+# --------------------------------------------------------------------------------------------
+#: What a checkpoint can say about itself besides its weights (None where it does not say).
+FACT_KEYS = ("arc", "stage", "num_classes", "variant", "neighbor_num", "metric", "dataset",
+             "au_names", "au_descriptions", "crop_preset", "crop_size", "fold")
+
+
+def checkpoint_facts(obj: dict, state_dict: dict | None = None) -> dict:
+    """The facts a checkpoint carries: this project's files store them under 'facts' (older ones
+    under 'model_config', 'args', 'au_names', 'fold'); the release's files only have weights, so
+    the model's facts come from the keys (infer_config) and the rest is None."""
+    stored = obj.get("facts") if isinstance(obj.get("facts"), dict) else {}
+    model_cfg = obj.get("model_config") if isinstance(obj.get("model_config"), dict) else {}
+    args = obj.get("args") if isinstance(obj.get("args"), dict) else {}
+    found = infer_config(state_dict) if state_dict is not None else {}
+    legacy = {"dataset": args.get("dataset_name"), "au_names": obj.get("au_names"),
+              "crop_size": args.get("crop_size"), "fold": obj.get("fold")}
+    facts = {}
+    for key in FACT_KEYS:
+        # the weights themselves are the truth for the model's shape; then what the file stores
+        for source in (found, stored, model_cfg, legacy):
+            if source.get(key) is not None:
+                facts[key] = source[key]
+                break
+        else:
+            facts[key] = None
+    return facts
+
+
+@dataclass
+class LoadedModel:
+    """A model built from a checkpoint file and loaded strictly (eval mode, on the CPU).
+
+    facts: checkpoint_facts of the file, completed with what was used to build the model
+    (arc, stage, num_classes, variant, neighbor_num, metric); 'source' is the file's path.
+    info: load_checkpoint's return value (fresh/skipped keys, the whole checkpoint object).
+    """
+    model: nn.Module
+    facts: dict
+    info: dict = field(repr=False)
+
+    @property
+    def checkpoint(self) -> dict:
+        return self.info["checkpoint"]
+
+
+def _agree(path, what: str, flag: str, given, in_file):
+    """The file's value, unless a value was asked for that contradicts it (an error naming both)."""
+    if given is not None and in_file is not None and given != in_file:
+        raise CheckpointMismatchError(f"{flag} {given} contradicts {path}, which holds {what} {in_file}; "
+                                      f"drop {flag} (the file decides) or use a file that fits")
+    return in_file if in_file is not None else given
+
+
+def load_model(path: str | Path, *, arc: str | None = None, stage: int | None = None,
+               num_classes: int | None = None, variant: str | None = None, neighbor_num: int | None = None,
+               metric: str | None = None, stage1_into_stage2: bool = False) -> LoadedModel:
+    """Read a checkpoint, build the model it describes and load it strictly.
+
+    The file decides the backbone, stage, AU count and variant (from its keys) and, for this
+    project's files, the stage-1 graph's neighbor_num and metric. Anything passed here fills in
+    what the file does not say; a value that contradicts the file is a CheckpointMismatchError
+    naming both. `neighbor_num`/`metric` are defaults for files that do not store them (the
+    release's): pass the dataset's neighbor_num.
+
+    stage1_into_stage2: the training recipe's initialisation of stage 2 from a stage-1 file (the
+    shared keys load, the edge and graph parts start fresh). Otherwise a stage-1 file asked for
+    as stage 2 is refused (its graph head would be random).
+    """
+    from .megraphau import build_model
+
+    state_dict, obj = read_checkpoint(path)
+    facts = checkpoint_facts(obj, state_dict)
+    file_stage = facts["stage"]
+    if stage1_into_stage2 and file_stage == 1 and stage == 2:
+        build_stage = 2
+    else:
+        build_stage = _agree(path, "stage", "--stage", stage, file_stage)
+    build_arc = _agree(path, "the backbone", "--arc", arc, facts["arc"])
+    if build_arc is None:
+        raise CheckpointMismatchError(f"cannot tell the backbone of {path} from its keys; pass --arc")
+    n = facts["num_classes"]
+    if num_classes is not None and n is not None and num_classes != n:
+        raise CheckpointMismatchError(f"{path} predicts {n} AUs but the dataset asked for has {num_classes}: "
+                                      f"use it with the dataset it was trained on (or drop --dataset)")
+    if n is None:
+        raise CheckpointMismatchError(f"{path}: no AU classifier (head.sc / head.main_sc) in the state dict; "
+                                      f"not a ME-GraphAU or OpenGraphAU checkpoint")
+    build_variant = _agree(path, "the variant", "variant", variant, facts["variant"]) or "megraphau"
+    stored_cfg = obj.get("model_config") if isinstance(obj.get("model_config"), dict) else {}
+    stored_facts = obj.get("facts") if isinstance(obj.get("facts"), dict) else {}
+    k = stored_facts.get("neighbor_num", stored_cfg.get("neighbor_num", neighbor_num or 4))
+    build_metric = _agree(path, "the graph metric", "--metric", metric,
+                          stored_facts.get("metric", stored_cfg.get("metric"))) or "dots"
+    model = build_model(build_stage, build_arc, n, int(k), build_metric, pretrained=False, variant=build_variant)
+    info = load_state_dict_into(model, state_dict, obj, path)
+    model.eval()
+    facts.update(arc=build_arc, stage=build_stage, num_classes=n, variant=build_variant, neighbor_num=int(k),
+                 metric=build_metric, source=str(path))
+    return LoadedModel(model, facts, info)
