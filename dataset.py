@@ -8,8 +8,8 @@ Public API (stable; the training, test and demo scripts code against exactly thi
   path to a ``.yaml`` -> a validated dict.
 - :func:`build_transform`: the release's train / test transforms (SPEC §4) without the flip,
   on uint8 tensors.
-- :class:`AUDataset`: one split of one fold, from ``{dataset_path}/list/`` (written by
-  ``tool/prepare_lists.py``) and ``{dataset_path}/img/``.
+- :class:`AUDataset`: one split of one fold, from ``{dataset_path}/list/`` (the format of
+  lists.py, written by ``tool/prepare_lists.py``) and ``{dataset_path}/img/``.
 
 Labels are 0 / 1 and -1 for "unknown"; -1 entries are meant to be left out of the loss and
 the metrics (SPEC §7).
@@ -28,20 +28,17 @@ import yaml
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from lists import DatasetError, check_values, list_file, read_class_weights, read_int_matrix, read_lines
+from lists import relations_from_labels  # noqa: F401  (part of this module's API)
+
 REPO_ROOT = Path(__file__).resolve().parent
 CONFIG_DIR = REPO_ROOT / "config"
 NAMED_CONFIGS = ("BP4D", "DISFA", "SYNTH", "OpenGraphAU")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The release's BP4D lists keep the raw "not coded" value 9 (SPEC §6); it is read as unknown.
-RELEASE_UNCODED = 9
 
 __all__ = ["AUDataset", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "NAMED_CONFIGS",
            "build_transform", "load_dataset_config", "read_image", "relations_from_labels"]
-
-
-class DatasetError(ValueError):
-    """Bad dataset config, list file or image; the message names the file (and line)."""
 
 
 # ----------------------------------------------------------------------------- config
@@ -197,68 +194,6 @@ def read_image(path: Union[str, os.PathLike]) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[::-1]))  # (3, H, W) uint8
 
 
-def relations_from_labels(labels: torch.Tensor) -> torch.Tensor:
-    """AU-pair classes (..., N*N) long: 2*a_i + a_j at index i*N + j, -1 if a_i or a_j unknown."""
-    labels = labels.long()
-    a_i = labels.unsqueeze(-1)  # (..., N, 1)
-    a_j = labels.unsqueeze(-2)  # (..., 1, N)
-    rel = torch.where((a_i < 0) | (a_j < 0), -1, 2 * a_i + a_j)  # (..., N, N)
-    return rel.flatten(-2)  # (..., N*N)
-
-
-# ----------------------------------------------------------------------------- list files
-def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: list file not found (write the lists with "
-                           f"tool/prepare_lists.py, see data/README.md)")
-    lines = path.read_text().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()  # trailing blank lines
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise DatasetError(f"{path}:{i}: empty line")
-    if not lines:
-        raise DatasetError(f"{path}: empty list file")
-    return lines
-
-
-def _read_int_matrix(path: Path, width: int, what: str) -> np.ndarray:
-    """Rows of `width` whitespace-separated ints; DatasetError naming file:line on a bad row."""
-    lines = _read_lines(path)
-    try:  # fast path (numpy's C parser)
-        arr = np.loadtxt(lines, dtype=np.int64, ndmin=2)
-        if arr.shape == (len(lines), width):
-            return arr
-    except ValueError:
-        pass
-    for i, line in enumerate(lines, start=1):  # slow path: find the first bad line
-        fields = line.split()
-        if len(fields) != width:
-            raise DatasetError(f"{path}:{i}: {len(fields)} {what} values, expected {width}")
-        try:
-            [int(f) for f in fields]
-        except ValueError:
-            raise DatasetError(f"{path}:{i}: non-integer {what} value in {line.strip()!r:.80}") \
-                from None
-    raise DatasetError(f"{path}: cannot parse as rows of {width} integers")  # pragma: no cover
-
-
-def _check_values(path: Path, arr: np.ndarray, allowed_max: int, what: str) -> np.ndarray:
-    """Values must be -1..allowed_max; the release's "not coded" markers become -1 with a warning."""
-    bad = (arr < -1) | (arr > allowed_max)
-    if not bad.any():
-        return arr
-    # The release's BP4D lists hold 9 for "not coded": labels 9, relations 2*9+a or 2*a+9 (>= 9).
-    legacy = arr == RELEASE_UNCODED if what == "label" else arr >= RELEASE_UNCODED
-    if (bad & ~legacy).any():
-        r, c = np.argwhere(bad & ~legacy)[0]
-        raise DatasetError(f"{path}:{r + 1}: {what} value {arr[r, c]} in column {c + 1} is "
-                           f"not in -1..{allowed_max}")
-    warnings.warn(f"{path}: {int(bad.sum())} {what} values of 'not coded' (9, as in the "
-                  f"release's BP4D lists) are read as unknown (-1)", stacklevel=3)
-    return np.where(bad, -1, arr)
-
-
 class AUDataset(Dataset):
     """One split of one fold of an AU data set (BP4D / DISFA / SYNTH / OpenGraphAU lists).
 
@@ -297,33 +232,21 @@ class AUDataset(Dataset):
         self.transform = transform if transform is not None else build_transform(
             self.train, crop_size)
 
-        def list_file(kind: str, split_name: Optional[str] = split) -> Path:
-            middle = f"{split_name}_{kind}" if split_name else kind
-            return self.list_dir / f"{self.name}_{middle}_fold{self.fold}.txt"
-
-        img_file, label_file = list_file("img_path"), list_file("label")
-        weight_file, relation_file = list_file("weight", None), list_file("AU_relation", "train")
-        if config.get("synthetic") and not (img_file.is_file() and label_file.is_file()):
-            from tool.synth_faces import ensure_synthetic_dataset  # lazy: needs OpenCV drawing
-            ensure_synthetic_dataset(self.dataset_path)
+        img_file = list_file(self.list_dir, self.name, "img_path", self.fold, split)
+        label_file = list_file(self.list_dir, self.name, "label", self.fold, split)
+        weight_file = list_file(self.list_dir, self.name, "weight", self.fold)
+        relation_file = list_file(self.list_dir, self.name, "AU_relation", self.fold, "train")
 
         n = self.num_classes
-        self.img_paths = _read_lines(img_file)
-        labels = _read_int_matrix(label_file, n, "label")
-        self.labels = _check_values(label_file, labels, 1, "label")
+        self.img_paths = read_lines(img_file)
+        labels = read_int_matrix(label_file, n, "label")
+        self.labels = check_values(label_file, labels, 1, "label")
         if len(self.labels) != len(self.img_paths):
             raise DatasetError(f"{label_file}: {len(self.labels)} label rows but {img_file} has "
                                f"{len(self.img_paths)} image paths")
 
         if weight_file.is_file():
-            try:
-                weights = np.loadtxt(weight_file, dtype=np.float64).reshape(-1)
-            except ValueError as err:
-                raise DatasetError(f"{weight_file}: not a row of numbers ({err})") from None
-            if weights.shape != (n,) or not np.isfinite(weights).all() or (weights <= 0).any():
-                raise DatasetError(f"{weight_file}: expected {n} positive finite class weights, "
-                                   f"got {weights.size} values {weights.tolist()!s:.120}")
-            self.class_weights = torch.tensor(weights, dtype=torch.float32)
+            self.class_weights = torch.tensor(read_class_weights(weight_file, n), dtype=torch.float32)
         elif self.train:
             raise DatasetError(f"{weight_file}: class weight file not found (written by "
                                f"tool/prepare_lists.py with the lists)")
@@ -332,8 +255,8 @@ class AUDataset(Dataset):
 
         self.relations = None  # (M, N*N) int8 from the file, else computed per item
         if stage == 2 and self.train and relation_file.is_file():
-            rel = _read_int_matrix(relation_file, n * n, "relation")
-            rel = _check_values(relation_file, rel, 3, "relation")
+            rel = read_int_matrix(relation_file, n * n, "relation")
+            rel = check_values(relation_file, rel, 3, "relation")
             if len(rel) != len(self.img_paths):
                 raise DatasetError(f"{relation_file}: {len(rel)} relation rows but {img_file} "
                                    f"has {len(self.img_paths)} image paths")

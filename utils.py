@@ -1,16 +1,17 @@
-"""Training and evaluation utilities of ME-GraphAU (Luo et al., IJCAI-ECAI 2022).
+"""Shared plumbing of the scripts and the engine:
 
-- distributed set-up for torchrun (`init_distributed_mode`, `is_main_process`, ...);
-- the paper's weighted asymmetric loss and the stage-2 edge loss;
-- the per-step cosine learning rate;
-- per-AU F1 / accuracy, vectorised, and the paper's result table;
-- atomic checkpoint saving and RNG capture/restore (exact resumption);
-- distributed evaluation in which every test image counts exactly once.
+- distributed set-up for torchrun (`init_distributed_mode`, `is_main_process`, ...) and
+  gathering per-rank results so that every test image counts exactly once;
+- seeding, RNG capture/restore (exact resumption) and autocast;
+- atomic checkpoint writing;
+- user errors: one line and exit code 2 instead of a traceback.
+
+The loss lives in losses.py, the metrics in metrics.py, the training and evaluation loops in
+engine.py.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import shutil
@@ -20,7 +21,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger("megraphau")
@@ -101,107 +101,6 @@ def set_seed(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# losses and learning rate (SPEC §4)
-# --------------------------------------------------------------------------------------------
-class WeightedAsymmetricLoss(nn.Module):
-    """The paper's weighted asymmetric loss on probabilities p in [0, 1]:
-
-        L = -mean_{known (b, i)} w_i [ y log(max(p, eps)) + (1 - y) * sg(p) * log(max(1 - p, eps)) ]
-
-    sg(p) = p.detach(): the factor that down-weights easy negatives carries no gradient (the
-    release toggled autograd globally for it; detaching is the same maths without side effects).
-    Labels of -1 (unknown) are left out; the mean runs over the known entries only, so with
-    every label known it is the paper's mean over batch and AUs.
-    """
-
-    def __init__(self, weight: torch.Tensor | None = None, eps: float = 1e-8):
-        super().__init__()
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
-        self.eps = eps
-
-    def forward(self, probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        probs, labels = probs.float(), labels.float()  # (B, N) both
-        known = labels >= 0
-        y = labels.clamp(min=0)
-        pos = y * torch.log(probs.clamp(min=self.eps))
-        neg = (1 - y) * probs.detach() * torch.log((1 - probs).clamp(min=self.eps))
-        loss = -(pos + neg)
-        if self.weight is not None:
-            loss = loss * self.weight.to(loss.device)
-        loss = torch.where(known, loss, torch.zeros_like(loss))
-        return loss.sum() / known.sum().clamp(min=1)
-
-
-def edge_loss(edge_logits: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the stage-2 edge logits (B, N*N, 4) against the co-occurrence classes
-    2*a_i + a_j (B, N*N); -1 (an unknown AU in the pair) is ignored. 0 when nothing is known."""
-    logits = edge_logits.float().reshape(-1, edge_logits.shape[-1])  # (B*N*N, 4)
-    target = relations.long().reshape(-1)  # (B*N*N,)
-    if not bool((target >= 0).any()):
-        return logits.sum() * 0.0  # keeps the graph; CE would give nan here
-    return F.cross_entropy(logits, target, ignore_index=-1)
-
-
-def cosine_lr(step: int, total_steps: int, lr0: float) -> float:
-    """lr0 * (1 + cos(pi * t / T)) / 2: the release's per-step cosine schedule (no warm-up)."""
-    if total_steps <= 0:
-        return lr0
-    return lr0 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)) / 2.0
-
-
-# --------------------------------------------------------------------------------------------
-# metrics and tables (SPEC §1)
-# --------------------------------------------------------------------------------------------
-def _to_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def compute_au_metrics(probs, labels, threshold: float = 0.5) -> dict:
-    """Per-AU F1 and accuracy over a whole test fold, vectorised.
-
-    probs (M, N) in [0, 1]; labels (M, N) in {0, 1, -1} (-1 = unknown, left out).
-    Occurrence is p >= threshold. F1_i = 2 TP / (2 TP + FP + FN) with TP/FP/FN summed over all
-    frames; an AU with TP + FP + FN = 0 (never present, never predicted) gets F1 = 0, like
-    scikit-learn's f1_score with zero_division=0. Accuracy = correct / known frames (0 when an AU
-    has no known frame). Returns {'f1': (N,), 'acc': (N,), 'mean_f1', 'mean_acc'} in [0, 1].
-    """
-    p, y = _to_numpy(probs), _to_numpy(labels)
-    if p.shape != y.shape or p.ndim != 2:
-        raise ValueError(f"probs {p.shape} and labels {y.shape} must both be (M, N)")
-    known = y >= 0
-    pred = p >= threshold
-    pos = y == 1
-    tp = (pred & pos).sum(0)
-    fp = (pred & known & ~pos).sum(0)
-    fn = (~pred & pos).sum(0)
-    correct = ((pred == pos) & known).sum(0)
-    denom = 2 * tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros(p.shape[1]), where=denom > 0)
-    n_known = known.sum(0)
-    acc = np.divide(correct, n_known, out=np.zeros(p.shape[1]), where=n_known > 0)
-    return {"f1": f1, "acc": acc, "mean_f1": float(f1.mean()), "mean_acc": float(acc.mean())}
-
-
-def format_au_table(au_names: Sequence[str], f1, acc=None, title: str | None = None) -> str:
-    """The paper's result table: one column per AU and 'Avg', F1 (and accuracy) in percent."""
-    f1 = np.asarray(f1, dtype=float) * 100
-    cols = list(au_names) + ["Avg"]
-    width = max(6, max(len(c) for c in cols) + 1)
-    rows = [("AU", cols), ("F1", [f"{v:.1f}" for v in f1] + [f"{f1.mean():.1f}"])]
-    if acc is not None:
-        acc = np.asarray(acc, dtype=float) * 100
-        rows.append(("Acc", [f"{v:.1f}" for v in acc] + [f"{acc.mean():.1f}"]))
-    lines = [title] if title else []
-    for name, cells in rows:
-        lines.append(f"{name:<4}|" + "".join(f"{c:>{width}}" for c in cells))
-        if name == "AU":
-            lines.append("-" * len(lines[-1]))
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
 # checkpoints and RNG
 # --------------------------------------------------------------------------------------------
 def _atomic_write(dst: Path, write_tmp) -> Path:
@@ -264,7 +163,7 @@ def restore_rng_state(state: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# evaluation (single process or distributed)
+# distributed evaluation and mixed precision
 # --------------------------------------------------------------------------------------------
 def gather_by_index(values: np.ndarray, indices: Iterable[int], num_items: int) -> np.ndarray:
     """Reassemble per-rank rows into the dataset order, each item exactly once.
@@ -296,32 +195,6 @@ def autocast_context(device: torch.device, amp: str = "none"):
     enabled = amp in ("bf16", "fp16") and device.type == "cuda"
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader, device: torch.device, amp: str = "none",
-            progress: bool = False, desc: str = "eval") -> np.ndarray:
-    """AU probabilities (M, N) for every item of loader.dataset, in dataset order.
-
-    Works with a plain loader or one whose sampler is a DistributedSampler(shuffle=False,
-    drop_last=False): the loader's order is the sampler's, and the rows of all ranks are
-    gathered by dataset index (see gather_by_index). The model is put in eval mode.
-    """
-    from tqdm import tqdm
-
-    model.eval()
-    sampler = getattr(loader, "sampler", None)
-    indices = list(iter(sampler)) if sampler is not None else list(range(len(loader.dataset)))
-    rows = []
-    for batch in tqdm(loader, desc=desc, disable=not (progress and is_main_process()), leave=False,
-                      dynamic_ncols=True):
-        images = batch[0].to(device, non_blocking=True)
-        with autocast_context(device, amp):
-            out = model(images)
-        probs = out[0] if isinstance(out, (tuple, list)) else out
-        rows.append(probs.float().cpu())
-    values = torch.cat(rows).numpy() if rows else np.zeros((0, 0))
-    return gather_by_index(values, indices, len(loader.dataset))
 
 
 def broadcast_buffers(model: nn.Module, src: int = 0) -> None:

@@ -1,5 +1,5 @@
 """Time to compute per-AU F1 and accuracy over one test fold (default 46,034 frames x 12 AUs, the
-size of BP4D fold 1) with random predictions: utils.compute_au_metrics (vectorised) against a
+size of BP4D fold 1) with random predictions: metrics.compute_au_metrics (vectorised) against a
 release-style loop that counts TP/FP/FN/TN in Python frame by frame and AU by AU (SPEC sections
 1 and 6), and whether the two agree.
 
@@ -53,11 +53,11 @@ def release_style_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def project_metrics():
-    """utils.compute_au_metrics, or None with the reason when it cannot be imported."""
+    """metrics.compute_au_metrics, or None with the reason when it cannot be imported."""
     try:
-        from utils import compute_au_metrics
+        from metrics import compute_au_metrics
     except Exception as error:  # noqa: BLE001 - report, do not crash the bench
-        return None, f"utils.compute_au_metrics unavailable: {type(error).__name__}: {error}"
+        return None, f"metrics.compute_au_metrics unavailable: {type(error).__name__}: {error}"
     return compute_au_metrics, ""
 
 
@@ -81,7 +81,7 @@ def benchmark(args: argparse.Namespace) -> tuple[list[dict], dict, str]:
     agreement = {}
     if function is not None:
         ours_ms, got = time_call(function, (probs, labels), args.repeats)
-        rows.append({"implementation": "utils.compute_au_metrics", "ms": ours_ms, "speedup": loop_ms / ours_ms})
+        rows.append({"implementation": "metrics.compute_au_metrics", "ms": ours_ms, "speedup": loop_ms / ours_ms})
         agreement = {key: float(np.max(np.abs(np.asarray(got[key], dtype=float) - expected[key])))
                      for key in ("f1", "acc", "mean_f1", "mean_acc")}
     return rows, agreement, note

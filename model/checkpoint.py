@@ -12,6 +12,7 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -197,7 +198,7 @@ def load_state_dict_into(model: nn.Module, state_dict: dict, obj: dict, path: st
 # one way from a file to a model
 # --------------------------------------------------------------------------------------------
 #: What a checkpoint can say about itself besides its weights (None where it does not say).
-FACT_KEYS = ("arc", "stage", "num_classes", "variant", "neighbor_num", "metric", "dataset",
+FACT_KEYS = ("arc", "stage", "num_classes", "variant", "neighbor_num", "metric", "dataset", "dataset_config",
              "au_names", "au_descriptions", "crop_preset", "crop_size", "fold")
 
 
@@ -209,7 +210,7 @@ def checkpoint_facts(obj: dict, state_dict: dict | None = None) -> dict:
     model_cfg = obj.get("model_config") if isinstance(obj.get("model_config"), dict) else {}
     args = obj.get("args") if isinstance(obj.get("args"), dict) else {}
     found = infer_config(state_dict) if state_dict is not None else {}
-    legacy = {"dataset": args.get("dataset_name"), "au_names": obj.get("au_names"),
+    legacy = {"dataset": args.get("dataset_name"), "dataset_config": args.get("dataset"), "au_names": obj.get("au_names"),
               "crop_size": args.get("crop_size"), "fold": obj.get("fold")}
     facts = {}
     for key in FACT_KEYS:
@@ -249,15 +250,17 @@ def _agree(path, what: str, flag: str, given, in_file):
 
 
 def load_model(path: str | Path, *, arc: str | None = None, stage: int | None = None,
-               num_classes: int | None = None, variant: str | None = None, neighbor_num: int | None = None,
-               metric: str | None = None, stage1_into_stage2: bool = False) -> LoadedModel:
+               num_classes: int | None = None, variant: str | None = None,
+               neighbor_num: int | Callable[[int], int] | None = None, metric: str | None = None,
+               stage1_into_stage2: bool = False) -> LoadedModel:
     """Read a checkpoint, build the model it describes and load it strictly.
 
     The file decides the backbone, stage, AU count and variant (from its keys) and, for this
     project's files, the stage-1 graph's neighbor_num and metric. Anything passed here fills in
     what the file does not say; a value that contradicts the file is a CheckpointMismatchError
     naming both. `neighbor_num`/`metric` are defaults for files that do not store them (the
-    release's): pass the dataset's neighbor_num.
+    release's): pass the dataset's neighbor_num, or a function of the file's AU count that
+    returns it (e.g. 3 for DISFA's 8 AUs, 4 otherwise).
 
     stage1_into_stage2: the training recipe's initialisation of stage 2 from a stage-1 file (the
     shared keys load, the edge and graph parts start fresh). Otherwise a stage-1 file asked for
@@ -285,6 +288,8 @@ def load_model(path: str | Path, *, arc: str | None = None, stage: int | None = 
     build_variant = _agree(path, "the variant", "variant", variant, facts["variant"]) or "megraphau"
     stored_cfg = obj.get("model_config") if isinstance(obj.get("model_config"), dict) else {}
     stored_facts = obj.get("facts") if isinstance(obj.get("facts"), dict) else {}
+    if callable(neighbor_num):
+        neighbor_num = neighbor_num(n)
     k = stored_facts.get("neighbor_num", stored_cfg.get("neighbor_num", neighbor_num or 4))
     build_metric = _agree(path, "the graph metric", "--metric", metric,
                           stored_facts.get("metric", stored_cfg.get("metric"))) or "dots"

@@ -8,7 +8,7 @@ import pytest
 from tool.crop_faces import (NO_FACE_FILE, CropError, crop_image_tree, crop_videos,
                              find_disfa_videos, main)
 from tool.face_detection import FaceDetector
-from tool.synth_faces import neutral_params, render_face
+from synth import neutral_params, render_face
 
 ZERO = [0] * 12
 

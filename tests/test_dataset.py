@@ -1,5 +1,4 @@
 """Tests of dataset.py: configs, transforms, AUDataset items, flips and list validation."""
-import sys
 import types
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import yaml
 
 from dataset import (AUDataset, DatasetError, IMAGENET_MEAN, IMAGENET_STD, build_transform,
                      load_dataset_config, read_image, relations_from_labels)
-from tool.prepare_lists import compute_relations, write_fold_lists
+from lists import relations_from_labels as compute_relations
+from lists import write_fold_lists
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,25 +137,31 @@ def test_items_deterministic_under_seed(tiny):
     torch.testing.assert_close(a, b)
 
 
-def test_synthetic_config_generates_missing_lists(tmp_path, monkeypatch):
+def test_synthetic_set_is_generated_by_the_engine_not_the_dataset(tmp_path, monkeypatch):
+    """AUDataset only reads; engine.build_datasets generates a synthetic set whose lists are
+    missing (once), as the training and test scripts ask for it."""
+    import engine
+    import synth
+
     calls = []
 
     def ensure_synthetic_dataset(path):
         calls.append(Path(path))
-        (Path(path) / "img" / "s1").mkdir(parents=True)
         for part in PARTS:
             for rel, _ in part:
                 (Path(path) / "img" / rel).parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(Path(path) / "img" / rel), np.zeros((8, 8, 3), np.uint8))
         write_fold_lists(Path(path) / "list", "TINY", PARTS)
 
-    fake = types.ModuleType("tool.synth_faces")
-    fake.ensure_synthetic_dataset = ensure_synthetic_dataset
-    monkeypatch.setitem(sys.modules, "tool.synth_faces", fake)
+    monkeypatch.setattr(synth, "ensure_synthetic_dataset", ensure_synthetic_dataset)
     cfg = load_dataset_config(_write_config(tmp_path / "s.yaml", tmp_path / "S", synthetic=True))
-    ds = AUDataset(cfg, fold=3, split="test", crop_size=8)
+    with pytest.raises(DatasetError, match="list file not found"):
+        AUDataset(cfg, fold=3, split="test", crop_size=8)
+    assert calls == []
+    args = types.SimpleNamespace(dataset_config=cfg, dataset_path=str(tmp_path / "S"), fold=3, crop_size=8)
+    ds = engine.build_datasets(args, stage=1, splits=("test",))["test"]
     assert calls == [tmp_path / "S"] and len(ds) == 2
-    AUDataset(cfg, fold=3, split="train", crop_size=8)
+    engine.build_datasets(args, stage=2)
     assert len(calls) == 1  # lists exist now: not generated again
 
 
@@ -367,8 +373,9 @@ def test_dataloader_workers_reproducible(tiny):
 
 
 def test_synth_set_end_to_end(tmp_path):
-    """The generated SYNTH set (tool/synth_faces.py, tiny here) loads with the SYNTH config."""
-    synth = pytest.importorskip("tool.synth_faces")
+    """The generated SYNTH set (synth.py, tiny here) loads with the SYNTH config."""
+    import synth
+
     synth.generate_synthetic_dataset(tmp_path, subjects_per_part=1, tasks=1, frames=4, size=64)
     ds = AUDataset("SYNTH", fold=1, split="train", stage=2, crop_size=56, dataset_path=tmp_path)
     image, labels, relation = ds[0]

@@ -10,6 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+import engine
+import metrics
 import utils
 
 NUM_ITEMS = 7  # odd: with 2 ranks the sampler repeats one item to pad
@@ -58,7 +60,7 @@ def _worker(rank: int, world_size: int, port: int, out_path: str):
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.running_mean.add_(1.0)
         utils.broadcast_buffers(model)
-        probs = utils.predict(model, loader, torch.device("cpu"))
+        probs = engine.predict(model, loader, torch.device("cpu"))
         if rank == 0:
             np.save(out_path, probs)
     finally:
@@ -72,12 +74,12 @@ def test_distributed_predictions_and_f1_equal_single_process(tmp_path):
     dist_probs = np.load(out)
 
     ds = TinyImages()
-    single = utils.predict(_model(), DataLoader(ds, batch_size=2), torch.device("cpu"))
+    single = engine.predict(_model(), DataLoader(ds, batch_size=2), torch.device("cpu"))
     assert dist_probs.shape == single.shape == (NUM_ITEMS, 4)
     np.testing.assert_allclose(dist_probs, single, rtol=0, atol=1e-5)
     threshold = float(np.median(single))  # a threshold giving non-trivial F1 for this random model
-    m_single = utils.compute_au_metrics(single, ds.labels, threshold)
-    m_dist = utils.compute_au_metrics(dist_probs, ds.labels, threshold)
+    m_single = metrics.compute_au_metrics(single, ds.labels, threshold)
+    m_dist = metrics.compute_au_metrics(dist_probs, ds.labels, threshold)
     print(f"single-process mean F1 {m_single['mean_f1']:.4f}, distributed {m_dist['mean_f1']:.4f}")
     assert 0 < m_single["mean_f1"] < 1
     np.testing.assert_array_equal(m_dist["f1"], m_single["f1"])
@@ -93,9 +95,8 @@ def test_torchrun_training_two_processes_matches_single_process_test(tmp_path):
     import sys
 
     import conf
-    import train_stage1
+    import synth as synth_faces
 
-    synth_faces = pytest.importorskip("tool.synth_faces")
     root = synth_faces.generate_synthetic_dataset(tmp_path / "synth", subjects_per_part=1, tasks=2, frames=4,
                                                   seed=0, size=64)
     common = ["--dataset", "SYNTH", "--dataset-path", str(root), "--output-dir", str(tmp_path / "out"),
@@ -110,7 +111,8 @@ def test_torchrun_training_two_processes_matches_single_process_test(tmp_path):
     last = tmp_path / "out" / "ddp" / "bs_4_seed_0_lr_0.001" / "last.pth"
     history = torch.load(last, weights_only=True)["history"]
 
-    test_mod = train_stage1.load_test_module()
+    import test as test_mod
+
     res = test_mod.main(conf.parse_args(test_mod.get_args_parser(), common + ["--resume", str(last)], "test"))
     assert res["num_images"] == 8
     np.testing.assert_allclose(res["f1"], np.array(history[-1]["f1"]) * 100, atol=1e-3)

@@ -7,7 +7,7 @@ import pytest
 
 from tool.face_detection import (Face, FaceDetectionError, FaceDetector, align_crop, align_matrix,
                                  centre_crop)
-from tool.synth_faces import landmarks, neutral_params, render_face, sample_labels, sample_params
+from synth import landmarks, neutral_params, render_face, sample_labels, sample_params
 
 ZERO = [0] * 12
 

@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tool.prepare_lists import (BP4D_AUS, BP4D_PARTS, BP4D_TASKS, DISFA_AUS, DISFA_PARTS,
-                                ListPreparationError, compute_class_weights, compute_relations,
-                                read_bp4d_parts, read_disfa_parts, write_fold_lists)
+from lists import DatasetError, compute_class_weights, write_fold_lists
+from lists import relations_from_labels as compute_relations
+from tool.prepare_lists import (BP4D_AUS, BP4D_PARTS, BP4D_TASKS, DISFA_AUS, DISFA_PARTS, ListPreparationError,
+                                read_bp4d_parts, read_disfa_parts)
 from tool.prepare_lists import main as prepare_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_weights_formula_random():
 def test_au_never_present_is_an_error(tmp_path):
     parts = _tiny_parts()
     parts = [[(p, [l[0], l[1], 0]) for p, l in part] for part in parts]
-    with pytest.raises(ListPreparationError, match="never present"):
+    with pytest.raises(DatasetError, match="never present"):
         write_fold_lists(tmp_path, "TINY", parts)
     assert not list(tmp_path.iterdir())  # nothing half-written
 
@@ -94,9 +95,9 @@ def test_au_never_present_is_an_error(tmp_path):
 def test_bad_label_value_and_part_count(tmp_path):
     parts = _tiny_parts()
     parts[0][0] = ("a/0.jpg", [1, 9, 0])
-    with pytest.raises(ListPreparationError, match="a/0.jpg"):
+    with pytest.raises(DatasetError, match="a/0.jpg"):
         write_fold_lists(tmp_path, "TINY", parts)
-    with pytest.raises(ListPreparationError, match="3 subject parts"):
+    with pytest.raises(DatasetError, match="3 subject parts"):
         write_fold_lists(tmp_path, "TINY", _tiny_parts()[:2])
 
 

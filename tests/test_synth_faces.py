@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tool.synth_faces import (AU_REGIONS, MARKER_NAME, SYNTH_AUS, ensure_synthetic_dataset,
-                              generate_synthetic_dataset, main, neutral_params, render_face,
-                              sample_identity, sample_labels, sample_params)
+from synth import (AU_REGIONS, MARKER_NAME, SYNTH_AUS, ensure_synthetic_dataset,
+                   generate_synthetic_dataset, neutral_params, render_face,
+                   sample_identity, sample_labels, sample_params)
+from tool.synth_faces import main  # noqa: E402  (the command line)
 
 ZERO = np.zeros(12, dtype=int)
 TINY = dict(subjects_per_part=1, tasks=2, frames=4, size=96)
@@ -159,7 +160,7 @@ def test_concurrent_ensure_generates_once(tmp_path):
     """Two processes asking for the same set (as distributed ranks do) both get a complete set."""
     import subprocess
     import sys
-    code = ("import sys; from tool.synth_faces import ensure_synthetic_dataset as e; "
+    code = ("import sys; from synth import ensure_synthetic_dataset as e; "
             "e(sys.argv[1], subjects_per_part=1, tasks=1, frames=3, size=64)")
     root = str(tmp_path / "SYNTH")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))

@@ -16,10 +16,12 @@ import torch
 import yaml
 
 import conf
+import engine
+import losses
+import synth as synth_faces
+import test as test_mod
 import train_stage1
 import train_stage2
-
-synth_faces = pytest.importorskip("tool.synth_faces")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,41 @@ def _argv(root, out, *extra, epochs=2):
 def _train(argv, stage=1):
     module = train_stage1 if stage == 1 else train_stage2
     args = conf.parse_args(module.get_args_parser(), argv, section=f"stage{stage}")
-    return module.main(args) if stage == 2 else module.main(args, 1)
+    return module.main(args)
+
+
+def _run_dir(argv, stage=1):
+    module = train_stage1 if stage == 1 else train_stage2
+    return conf.run_dir(conf.parse_args(module.get_args_parser(), argv, section=f"stage{stage}"))
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL after an epoch's checkpoints are written."""
+
+
+def kill_after_epoch(monkeypatch, epoch):
+    """The run dies right after writing epoch `epoch`'s checkpoints (a test hook outside the parser)."""
+    save = engine.save_epoch_checkpoints
+
+    def save_then_die(args, model, optimizer, scaler, state, *rest):
+        save(args, model, optimizer, scaler, state, *rest)
+        if state.epoch >= epoch:
+            raise Killed
+
+    monkeypatch.setattr(engine, "save_epoch_checkpoints", save_then_die)
+
+
+def nan_loss_at_step(monkeypatch, step):
+    """The training loss of global step `step` (0-based) becomes NaN."""
+    class NaNAtStep(losses.WeightedAsymmetricLoss):
+        calls = 0
+
+        def forward(self, probs, labels):
+            loss = super().forward(probs, labels)
+            NaNAtStep.calls += 1
+            return loss * float("nan") if NaNAtStep.calls == step + 1 else loss
+
+    monkeypatch.setattr(engine, "WeightedAsymmetricLoss", NaNAtStep)
 
 
 def _state(path):
@@ -52,37 +88,47 @@ def _assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_seed_reproducibility_and_exact_resume(tiny_synth, tmp_path):
+def test_seed_reproducibility_and_exact_resume(tiny_synth, tmp_path, monkeypatch):
     full = _train(_argv(tiny_synth, tmp_path / "full", "--save-every", "1"))
-    # a second run with the same seed, "killed" after epoch 1 (same schedule: --epochs 2) ...
-    part = _train(_argv(tiny_synth, tmp_path / "resumed", "--stop-after-epoch", "1"))
-    assert len(part["history"]) == 1 and _state(part["run_dir"] / "last.pth")["epoch"] == 1
+    # a second run with the same seed, killed after epoch 1 (same schedule: --epochs 2) ...
+    argv = _argv(tiny_synth, tmp_path / "resumed")
+    with monkeypatch.context() as patch:
+        kill_after_epoch(patch, 1)
+        with pytest.raises(Killed):
+            _train(argv)
+    part_dir = _run_dir(argv)
+    part = _state(part_dir / "last.pth")
+    assert part["epoch"] == 1 and len(part["history"]) == 1 and "optimizer" in part
     # ... is identical to the first run so far (seed reproducibility) ...
     assert part["history"][0]["train_loss"] == full["history"][0]["train_loss"]
     assert part["history"][0]["f1"] == full["history"][0]["f1"]
-    _assert_same_weights(_state(full["run_dir"] / "epoch1_model_fold1.pth")["state_dict"],
-                         _state(part["run_dir"] / "last.pth")["state_dict"])
-    # ... and, resumed from last.pth, ends with exactly the uninterrupted run's weights
-    resumed = _train(_argv(tiny_synth, tmp_path / "resumed", "--resume-training",
-                           str(part["run_dir"] / "last.pth")))
+    _assert_same_weights(_state(full["run_dir"] / "epoch1_model_fold1.pth")["state_dict"], part["state_dict"])
+    # ... and, resumed from last.pth, ends with exactly the uninterrupted run's weights (which
+    # needs the optimizer's moments and the RNG restored exactly)
+    resumed = _train(argv + ["--resume-training", str(part_dir / "last.pth")])
     ck_full = _state(full["run_dir"] / "last.pth")
     ck_res = _state(resumed["run_dir"] / "last.pth")
-    assert ck_res["epoch"] == ck_full["epoch"] == 2 and ck_res["step"] == ck_full["step"]
+    assert ck_res["epoch"] == ck_full["epoch"] == 2
     _assert_same_weights(ck_full["state_dict"], ck_res["state_dict"])
-    for a, b in zip(ck_full["optimizer"]["state"].values(), ck_res["optimizer"]["state"].values()):
-        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
     assert [h["f1"] for h in resumed["history"]] == [h["f1"] for h in full["history"]]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
 
-    # the run folder holds everything the brief lists
+    # the run folder holds everything the README lists; a finished run keeps no optimizer state
     run = full["run_dir"]
     for name in ("args.yaml", "train.log", "metrics.csv", "curves.png", "last.pth", "best.pth",
                  "cur_model_fold1.pth", "epoch1_model_fold1.pth", "epoch2_model_fold1.pth"):
         assert (run / name).is_file(), name
-    ck = _state(run / "best.pth")
-    assert {"epoch", "step", "state_dict", "optimizer", "scaler", "best_f1", "args", "rng", "model_config",
-            "fold"} <= ck.keys()
-    assert ck["fold"] == 1 and ck["model_config"]["arc"] == "resnet18"
+    assert (run / "cur_model_fold1.pth").stat().st_ino == (run / "last.pth").stat().st_ino
+    for name in ("last.pth", "best.pth", "epoch1_model_fold1.pth"):
+        ck = _state(run / name)
+        assert {"epoch", "state_dict", "facts", "model_config", "fold", "args", "history"} <= ck.keys(), name
+        assert "optimizer" not in ck and "rng" not in ck, name
+    facts = _state(run / "best.pth")["facts"]
+    assert facts["fold"] == 1 and facts["arc"] == "resnet18" and facts["dataset"] == "SYNTH"
+    assert facts["au_names"][:3] == ["AU1", "AU2", "AU4"] and facts["crop_size"] == 48
+    assert facts["au_descriptions"][0] == "inner brow raiser"
+    with pytest.raises(SystemExit, match="finished run"):
+        _train(argv + ["--resume-training", str(run / "last.pth")])
     assert yaml.safe_load((run / "args.yaml").read_text())["crop_size"] == 48
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,lr,train_loss,mean_f1,mean_acc,f1_AU1") and len(rows) == 3
@@ -90,8 +136,12 @@ def test_seed_reproducibility_and_exact_resume(tiny_synth, tmp_path):
 
 def test_grad_checkpointing_trains_to_the_same_weights(tiny_synth, tmp_path):
     plain = _train(_argv(tiny_synth, tmp_path / "plain", epochs=1))
-    recomputed = _train(_argv(tiny_synth, tmp_path / "recomputed", "--grad-checkpointing", "4", epochs=1))
+    recomputed = _train(_argv(tiny_synth, tmp_path / "recomputed", "--grad-checkpointing", "4", "--log-every", "2",
+                              epochs=1))
     assert yaml.safe_load((recomputed["run_dir"] / "args.yaml").read_text())["grad_checkpointing"] == 4
+    # a progress line every --log-every steps in train.log (4 steps: steps 2 and 4)
+    progress = [line for line in (recomputed["run_dir"] / "train.log").read_text().splitlines() if "img/s" in line]
+    assert len(progress) == 2 and "step 2/4" in progress[0] and "ETA epoch" in progress[0] and "peak mem" in progress[0]
     a = _state(plain["run_dir"] / "last.pth")["state_dict"]
     b = _state(recomputed["run_dir"] / "last.pth")["state_dict"]
     assert a.keys() == b.keys()
@@ -102,30 +152,36 @@ def test_grad_checkpointing_trains_to_the_same_weights(tiny_synth, tmp_path):
         _train(_argv(tiny_synth, tmp_path / "bad", "--grad-checkpointing", "5", epochs=1))
 
 
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_synth, tmp_path, capsys):
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_synth, tmp_path, capsys, monkeypatch):
     # 16 train images, batch 4 -> 4 steps per epoch: global step 5 is epoch 2, step 2
-    argv = _argv(tiny_synth, tmp_path, "--inject-nan-step", "5")
-    assert train_stage1.cli(1, train_stage1.get_args_parser(), argv) == 3
+    argv = _argv(tiny_synth, tmp_path)
+    with monkeypatch.context() as patch:
+        nan_loss_at_step(patch, 5)
+        assert engine.train_cli(train_stage1.get_args_parser(), 1, argv) == 3
     out = capsys.readouterr().out
     assert "non-finite loss (nan) at epoch 2, step 2/4" in out and "last good checkpoint" in out
-    run = conf.run_dir(conf.parse_args(train_stage1.get_args_parser(), argv, "stage1"))
-    assert _state(run / "last.pth")["epoch"] == 1
+    last = _state(_run_dir(argv) / "last.pth")
+    assert last["epoch"] == 1 and "optimizer" in last  # an unfinished run keeps its training state
     # a diverging learning rate is caught the same way (no injected NaN)
-    assert train_stage1.cli(1, train_stage1.get_args_parser(),
+    assert engine.train_cli(train_stage1.get_args_parser(), 1,
                             _argv(tiny_synth, tmp_path / "lr", "-lr", "1e10", epochs=1)) == 3
     assert "non-finite loss" in capsys.readouterr().out
 
 
 def test_evaluate_flag_and_fold_warning(tiny_synth, tmp_path):
     run = _train(_argv(tiny_synth, tmp_path / "s1", "--eval-every", "0", epochs=1))["run_dir"]
-    assert (run / "best.pth").is_file()  # never evaluated: best.pth is the last model
-    test_mod = train_stage1.load_test_module()
+    assert (run / "best.pth").stat().st_ino == (run / "last.pth").stat().st_ino  # never evaluated: the last model
     argv = ["--dataset", "SYNTH", "--dataset-path", str(tiny_synth), "--output-dir", str(tmp_path / "t"),
             "--crop-size", "48", "-b", "4", "-j", "0", "--no-progress", "--resume", str(run / "best.pth"),
             "--fold", "2"]
     with pytest.warns(UserWarning, match="trained on fold 1 but is tested on fold 2"):
         res = test_mod.main(conf.parse_args(test_mod.get_args_parser(), argv, "test"))
     assert res["fold"] == 2 and res["arc"] == "resnet18" and res["stage"] == 1
+    # the checkpoint names its dataset: test.py needs no --dataset for it
+    no_dataset = [a for a in argv if a not in ("--dataset", "SYNTH")]
+    with pytest.warns(UserWarning, match="tested on fold 2"):
+        res = test_mod.main(conf.parse_args(test_mod.get_args_parser(), no_dataset, "test"))
+    assert res["dataset"] == "SYNTH" and res["au_names"][3] == "AU5"
     # --fold all: {fold} in --resume, the per-AU table averaged over the folds
     for k in (1, 2, 3):
         shutil.copyfile(run / "best.pth", tmp_path / f"m_fold{k}.pth")
@@ -164,7 +220,6 @@ def test_end_to_end_stage1_stage2_test_beats_all_positive_baseline(learn_synth, 
     s1 = _train(common + ["--exp-name", "s1", "--pretrained", "none", "-e", "8", "-lr", "0.001"])
     s2 = _train(common + ["--exp-name", "s2", "-e", "2", "-lr", "0.0003", "--lam", "0.05",
                           "--resume", str(s1["run_dir"] / "best.pth")], stage=2)
-    test_mod = train_stage1.load_test_module()
     res = test_mod.main(conf.parse_args(test_mod.get_args_parser(), common + [
         "--exp-name", "test", "--resume", str(s2["run_dir"] / "best.pth")], "test"))
     saved = json.loads((Path(res["run_dir"]) / "results.json").read_text())

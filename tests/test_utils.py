@@ -1,4 +1,5 @@
-"""Unit tests of utils.py (loss, lr, metrics, table, checkpoints, RNG) and conf.py (flags)."""
+"""Unit tests of losses.py, metrics.py, the recipe in engine.py (lr), utils.py (checkpoints, RNG)
+and conf.py (flags)."""
 import math
 import random
 from pathlib import Path
@@ -10,6 +11,9 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score
 
 import conf
+import engine
+import losses
+import metrics
 import utils
 
 
@@ -27,7 +31,7 @@ def _probs_labels(m=40, n=5, unknown=0.2, seed=0):
 def test_asymmetric_loss_matches_formula_and_masks_unknown():
     probs, labels = _probs_labels()
     weight = torch.linspace(0.5, 2.0, probs.shape[1])
-    loss = utils.WeightedAsymmetricLoss(weight)(probs, labels)
+    loss = losses.WeightedAsymmetricLoss(weight)(probs, labels)
     expected, count = 0.0, 0
     for b in range(probs.shape[0]):
         for i in range(probs.shape[1]):
@@ -43,14 +47,14 @@ def test_asymmetric_loss_all_known_is_mean_over_batch_and_aus():
     probs, labels = _probs_labels(unknown=0.0)
     w = torch.rand(probs.shape[1]) + 0.5
     term = w * (labels * torch.log(probs) + (1 - labels) * probs * torch.log(1 - probs))
-    assert utils.WeightedAsymmetricLoss(w)(probs, labels).item() == pytest.approx(-term.mean().item(), rel=1e-6)
+    assert losses.WeightedAsymmetricLoss(w)(probs, labels).item() == pytest.approx(-term.mean().item(), rel=1e-6)
 
 
 def test_asymmetric_loss_gradient_treats_p_factor_as_constant():
     probs, labels = _probs_labels()
     w = torch.rand(probs.shape[1]) + 0.5
     p = probs.clone().requires_grad_(True)
-    utils.WeightedAsymmetricLoss(w)(p, labels).backward()
+    losses.WeightedAsymmetricLoss(w)(p, labels).backward()
     known = (labels >= 0).float()
     y = labels.clamp(min=0)
     # d/dp of -w [y log p + (1-y) c log(1-p)] with c = p held constant
@@ -64,7 +68,7 @@ def test_asymmetric_loss_gradient_treats_p_factor_as_constant():
 def test_asymmetric_loss_leaves_autograd_mode_alone():
     probs, labels = _probs_labels()
     with torch.no_grad():
-        utils.WeightedAsymmetricLoss()(probs, labels)
+        losses.WeightedAsymmetricLoss()(probs, labels)
         assert not torch.is_grad_enabled()
     assert torch.is_grad_enabled()
 
@@ -76,18 +80,18 @@ def test_edge_loss_ignores_unknown_and_is_zero_when_nothing_known():
     rel[0, :5] = -1
     keep = rel.reshape(-1) >= 0
     expected = F.cross_entropy(logits.reshape(-1, 4)[keep], rel.reshape(-1)[keep])
-    assert utils.edge_loss(logits, rel).item() == pytest.approx(expected.item(), rel=1e-6)
-    zero = utils.edge_loss(logits.requires_grad_(True), torch.full((3, 16), -1))
+    assert losses.edge_loss(logits, rel).item() == pytest.approx(expected.item(), rel=1e-6)
+    zero = losses.edge_loss(logits.requires_grad_(True), torch.full((3, 16), -1))
     assert zero.item() == 0.0 and torch.isfinite(zero)
     zero.backward()
 
 
 def test_cosine_lr():
-    assert utils.cosine_lr(0, 100, 1e-4) == pytest.approx(1e-4)
-    assert utils.cosine_lr(50, 100, 1e-4) == pytest.approx(5e-5)
-    assert utils.cosine_lr(100, 100, 1e-4) == pytest.approx(0.0, abs=1e-20)
-    assert utils.cosine_lr(25, 100, 2.0) == pytest.approx((1 + math.cos(math.pi / 4)))
-    values = [utils.cosine_lr(t, 10, 1.0) for t in range(11)]
+    assert engine.cosine_lr(0, 100, 1e-4) == pytest.approx(1e-4)
+    assert engine.cosine_lr(50, 100, 1e-4) == pytest.approx(5e-5)
+    assert engine.cosine_lr(100, 100, 1e-4) == pytest.approx(0.0, abs=1e-20)
+    assert engine.cosine_lr(25, 100, 2.0) == pytest.approx((1 + math.cos(math.pi / 4)))
+    values = [engine.cosine_lr(t, 10, 1.0) for t in range(11)]
     assert all(a > b for a, b in zip(values, values[1:]))
 
 
@@ -98,7 +102,7 @@ def test_metrics_match_sklearn_per_au_with_unknown_labels():
     probs, labels = _probs_labels(m=300, n=6, unknown=0.15, seed=3)
     labels[:, 5] = torch.where(labels[:, 5] >= 0, torch.zeros_like(labels[:, 5]), labels[:, 5])
     probs[:, 5] = 0.1  # AU never present, never predicted: TP + FP + FN = 0 -> F1 0
-    out = utils.compute_au_metrics(probs, labels)
+    out = metrics.compute_au_metrics(probs, labels)
     p, y = probs.numpy(), labels.numpy()
     for i in range(p.shape[1]):
         known = y[:, i] >= 0
@@ -109,9 +113,9 @@ def test_metrics_match_sklearn_per_au_with_unknown_labels():
     assert out["mean_f1"] == pytest.approx(out["f1"].mean())
     assert out["mean_acc"] == pytest.approx(out["acc"].mean())
     # numpy and torch inputs agree; the threshold is inclusive (p >= 0.5)
-    np_out = utils.compute_au_metrics(p, y)
+    np_out = metrics.compute_au_metrics(p, y)
     np.testing.assert_allclose(np_out["f1"], out["f1"])
-    edge = utils.compute_au_metrics(np.array([[0.5], [0.49]]), np.array([[1], [0]]))
+    edge = metrics.compute_au_metrics(np.array([[0.5], [0.49]]), np.array([[1], [0]]))
     assert edge["f1"][0] == 1.0 and edge["acc"][0] == 1.0
 
 
@@ -119,7 +123,7 @@ def test_metrics_full_fold_size_runs_vectorised():
     rng = np.random.default_rng(0)
     probs = rng.random((46034, 12), dtype=np.float32)
     labels = (rng.random((46034, 12)) < 0.3).astype(np.int64)
-    out = utils.compute_au_metrics(probs, labels)
+    out = metrics.compute_au_metrics(probs, labels)
     assert out["f1"].shape == (12,) and 0 <= out["mean_f1"] <= 1
     for i in (0, 11):
         assert out["f1"][i] == pytest.approx(f1_score(labels[:, i], probs[:, i] >= 0.5))
@@ -127,11 +131,11 @@ def test_metrics_full_fold_size_runs_vectorised():
 
 def test_metrics_reject_bad_shapes():
     with pytest.raises(ValueError, match="must both be"):
-        utils.compute_au_metrics(np.zeros((4, 3)), np.zeros((4, 2)))
+        metrics.compute_au_metrics(np.zeros((4, 3)), np.zeros((4, 2)))
 
 
 def test_format_au_table():
-    table = utils.format_au_table(["AU1", "AU2", "AU4"], [0.5, 0.25, 1.0], [0.9, 0.8, 0.7], title="fold 1")
+    table = metrics.format_au_table(["AU1", "AU2", "AU4"], [0.5, 0.25, 1.0], [0.9, 0.8, 0.7], title="fold 1")
     lines = table.splitlines()
     assert lines[0] == "fold 1"
     assert "AU1" in lines[1] and "Avg" in lines[1]
@@ -191,14 +195,15 @@ def _parser():
 
 
 def test_release_flag_defaults():
-    args = _parser().parse_args([])
+    args = conf.parse_args(_parser(), [])  # no --dataset and no --resume: the release's BP4D
     assert (args.dataset, args.fold, args.N_fold, args.batch_size, args.learning_rate, args.epochs) == \
         ("BP4D", 1, 3, 64, 1e-4, 20)
     assert (args.num_workers, args.weight_decay, args.optimizer_eps, args.crop_size, args.evaluate) == \
         (4, 5e-4, 1e-8, 224, False)
     assert (args.arc, args.metric, args.lam, args.gpu_ids, args.seed, args.exp_name, args.resume) == \
         ("swin_transformer_base", "dots", 0.001, "0", 0, "Test", "")
-    assert (args.device, args.amp, args.output_dir, args.eval_every, args.save_every) == ("auto", "none", "results", 1, 1)
+    # per-epoch files only when asked for (--save-every E)
+    assert (args.device, args.amp, args.output_dir, args.eval_every, args.save_every) == ("auto", "none", "results", 1, 0)
 
 
 def test_release_short_and_long_flags_parse():
@@ -226,7 +231,8 @@ def test_scripts_expose_parsers():
 
     assert train_stage1.get_args_parser().parse_args([]).learning_rate == 1e-4
     assert train_stage2.get_args_parser().parse_args([]).learning_rate == 1e-5  # SPEC §4 stage 2
-    test_mod = train_stage1.load_test_module()
+    import test as test_mod  # tests/ runs with the repository first on sys.path
+
     assert test_mod.get_args_parser().parse_args([]).arc is None  # the checkpoint decides
 
 

@@ -23,7 +23,7 @@ Outputs in --list-dir (default data/{DATASET}/list), for k = 1, 2, 3 and D = BP4
 Fold k trains on two subject parts and tests on the third: fold1 = part1+part2 / part3,
 fold2 = part1+part3 / part2, fold3 = part2+part3 / part1.
 
-Library use (e.g. for a synthetic data set): ``write_fold_lists(list_dir, prefix, parts)``.
+The list format itself (file names, relations, class weights, writing) lives in lists.py.
 """
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lists import FOLD_PARTS, DatasetError, write_fold_lists  # noqa: E402
 
 BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 DISFA_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
@@ -48,8 +53,6 @@ DISFA_PARTS = (
     "SN013 SN018 SN011 SN028 SN012 SN006 SN031 SN021 SN024".split(),
     "SN003 SN029 SN023 SN025 SN008 SN005 SN007 SN017 SN004".split(),
 )
-# (train parts, test part) per fold, 0-based part indices, in the protocol's order.
-FOLD_PARTS = {1: ((0, 1), 2), 2: ((0, 2), 1), 3: ((1, 2), 0)}
 BP4D_UNCODED = 9
 DISFA_OCCURRENCE_THRESHOLD = 2
 
@@ -62,124 +65,8 @@ KNOWN_FOLD1 = {
 }
 
 
-class ListPreparationError(ValueError):
+class ListPreparationError(DatasetError):
     """Bad or missing raw label data; the message names the file (and line)."""
-
-
-# ----------------------------------------------------------------------------- list maths
-def compute_class_weights(labels: np.ndarray, source: str = "training labels") -> np.ndarray:
-    """Class weights of the release: w_i = (1/r_i) / sum_j(1/r_j) * N.
-
-    r_i is the fraction of frames with AU i present among the frames where AU i is KNOWN
-    (entries -1 are left out). An AU that is never present (or never known) has no finite
-    weight: that is a ListPreparationError naming `source`.
-    """
-    labels = np.asarray(labels)
-    known = labels >= 0
-    positives = (labels == 1).sum(axis=0)
-    known_counts = known.sum(axis=0)
-    bad = np.flatnonzero(positives == 0)
-    if bad.size:
-        raise ListPreparationError(
-            f"{source}: AU column(s) {bad.tolist()} (0-based) never present among "
-            f"{labels.shape[0]} training frames; its class weight 1/r would be infinite")
-    rate = positives / known_counts
-    inverse = 1.0 / rate
-    return inverse / inverse.sum() * labels.shape[1]
-
-
-def compute_relations(labels: np.ndarray) -> np.ndarray:
-    """AU-pair relation classes (M, N*N): 2*a_i + a_j at index i*N + j, -1 if either is unknown."""
-    labels = np.asarray(labels, dtype=np.int64)
-    m, n = labels.shape
-    a_i = labels[:, :, None]  # (M, N, 1)
-    a_j = labels[:, None, :]  # (M, 1, N)
-    rel = 2 * a_i + a_j  # (M, N, N)
-    rel = np.where((a_i < 0) | (a_j < 0), -1, rel)
-    return rel.reshape(m, n * n)  # (M, N*N), pair (i, j) at i*N + j
-
-
-def _as_label_array(part: Sequence, part_index: int, prefix: str) -> tuple[list[str], np.ndarray]:
-    paths, rows = [], []
-    for item in part:
-        path, labels = item
-        paths.append(str(path))
-        rows.append([int(v) for v in labels])
-    if not rows:
-        return paths, np.zeros((0, 0), dtype=np.int64)
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise ListPreparationError(
-            f"{prefix} part{part_index + 1}: label rows of different lengths {sorted(widths)}")
-    arr = np.asarray(rows, dtype=np.int64)
-    bad = ~np.isin(arr, (-1, 0, 1))
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise ListPreparationError(
-            f"{prefix} part{part_index + 1}, frame {r} ({paths[r]}): label {arr[r, c]} "
-            f"in column {c} is not 0, 1 or -1")
-    return paths, arr
-
-
-def _write_lines(path: Path, lines: Iterable[str]) -> None:
-    with open(path, "w") as f:
-        for line in lines:
-            f.write(line)
-            f.write("\n")
-
-
-def _write_int_rows(path: Path, rows: np.ndarray) -> None:
-    if rows.shape[0] == 0:
-        path.write_text("")
-        return
-    np.savetxt(path, rows.reshape(rows.shape[0], -1), fmt="%d", delimiter=" ")
-
-
-def write_fold_lists(list_dir, prefix: str, parts: Sequence[Sequence]) -> None:
-    """Write the 3-fold list files of SPEC §2 into `list_dir` (created if needed).
-
-    parts: exactly 3 lists (part1, part2, part3) of (rel_image_path, labels) in protocol order;
-    labels are ints in {0, 1, -1} (-1 = unknown), the same count N for every frame.
-    For k = 1..3 writes {prefix}_{train|test}_img_path_fold{k}.txt,
-    {prefix}_{train|test}_label_fold{k}.txt, {prefix}_weight_fold{k}.txt and
-    {prefix}_train_AU_relation_fold{k}.txt (see the module docstring).
-    """
-    if len(parts) != 3:
-        raise ListPreparationError(f"{prefix}: expected 3 subject parts, got {len(parts)}")
-    converted = [_as_label_array(part, i, prefix) for i, part in enumerate(parts)]
-    widths = {arr.shape[1] for _, arr in converted if arr.shape[0]}
-    if len(widths) != 1:
-        raise ListPreparationError(f"{prefix}: parts have different AU counts {sorted(widths)}"
-                                   if widths else f"{prefix}: all three parts are empty")
-    num_aus = widths.pop()
-    list_dir = Path(list_dir)
-    list_dir.mkdir(parents=True, exist_ok=True)
-
-    def gather(indices):
-        paths = [p for i in indices for p in converted[i][0]]
-        arrays = [converted[i][1] for i in indices if converted[i][1].shape[0]]
-        labels = np.concatenate(arrays) if arrays else np.zeros((0, num_aus), dtype=np.int64)
-        return paths, labels
-
-    # Compute every fold before writing anything, so an error leaves no half-written set.
-    folds = {}
-    for k, (train_idx, test_idx) in FOLD_PARTS.items():
-        train_paths, train_labels = gather(train_idx)
-        test_paths, test_labels = gather((test_idx,))
-        weights = compute_class_weights(
-            train_labels, f"{prefix} fold{k} training labels (parts "
-                          f"{'+'.join(str(i + 1) for i in train_idx)})")
-        folds[k] = (train_paths, train_labels, test_paths, test_labels, weights)
-
-    for k, (train_paths, train_labels, test_paths, test_labels, weights) in folds.items():
-        _write_lines(list_dir / f"{prefix}_train_img_path_fold{k}.txt", train_paths)
-        _write_lines(list_dir / f"{prefix}_test_img_path_fold{k}.txt", test_paths)
-        _write_int_rows(list_dir / f"{prefix}_train_label_fold{k}.txt", train_labels)
-        _write_int_rows(list_dir / f"{prefix}_test_label_fold{k}.txt", test_labels)
-        _write_lines(list_dir / f"{prefix}_weight_fold{k}.txt",
-                     ["\t".join(f"{w:f}" for w in weights)])
-        _write_int_rows(list_dir / f"{prefix}_train_AU_relation_fold{k}.txt",
-                        compute_relations(train_labels))
 
 
 # ----------------------------------------------------------------------------- raw label readers
@@ -355,7 +242,7 @@ def check_against_known(list_dir, dataset: str, tol: float = 2e-6,
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1].rsplit("\n\nLibrary use", 1)[0],
+        epilog=__doc__.split("\n\n", 1)[1].rsplit("\n\nThe list format", 1)[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=("BP4D", "DISFA"))
     parser.add_argument("--label-dir", required=True,
@@ -384,7 +271,7 @@ def main(argv=None) -> int:
                 print("note: --drop-uncoded has no effect on DISFA (every frame is coded)")
             parts, stats = read_disfa_parts(args.label_dir)
         write_fold_lists(list_dir, args.dataset, parts)
-    except ListPreparationError as err:
+    except DatasetError as err:  # raw label problems and list-format problems alike
         print(f"error: {err}", file=sys.stderr)
         return 2
     sizes = [len(p) for p in parts]

@@ -1,0 +1,649 @@
+"""The engine behind train_stage1.py, train_stage2.py and test.py (ME-GraphAU, Luo et al.,
+IJCAI-ECAI 2022): data, the training recipe, the training loop with resume, NaN stop and
+checkpoints, and evaluation.
+
+A training run (`run_training`) follows the paper's recipe: the fold's class weights in the
+weighted asymmetric loss (losses.py), plus --lam x the edge loss in stage 2; AdamW (betas
+0.9/0.999, --optimizer-eps, weight decay on all parameters); a cosine learning rate set before
+every step; an evaluation on the test fold every --eval-every epochs. Outputs go to the run
+folder results/{exp-name}/bs_{b}_seed_{s}_lr_{lr}/: train.log, args.yaml, metrics.csv,
+curves.png, last.pth (the training state, resumable with --resume-training), best.pth and the
+release's cur_model_fold{k}.pth / epoch{E}_model_fold{k}.pth.
+
+Testing (`test_checkpoints`, used by test.py and by --evaluate) evaluates one checkpoint per fold
+with `evaluate_checkpoint`, averages the folds as the papers do (metrics.average_folds) and
+writes results.json / results.csv. Under torchrun every rank trains / tests its share; every
+test image counts exactly once (utils.gather_by_index).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+import conf
+import utils
+from losses import WeightedAsymmetricLoss, edge_loss
+from metrics import average_folds, compute_au_metrics, format_au_table
+from utils import log
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stops, the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------------------------
+# logging
+# --------------------------------------------------------------------------------------------
+def setup_logging(folder: Path | None, filename: str) -> None:
+    """Log to stdout and folder/filename on rank 0; only warnings elsewhere."""
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    log.propagate = False
+    main = utils.is_main_process()
+    log.setLevel(logging.INFO if main else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    log.addHandler(stream)
+    if main and folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(folder / filename)
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+    # the model package logs stage-1 -> stage-2 loading; show it in the same places
+    model_log = logging.getLogger("model")
+    model_log.handlers = list(log.handlers)
+    model_log.setLevel(log.level)
+    model_log.propagate = False
+
+
+def check_amp(args) -> None:
+    if args.amp != "none" and args.device.type != "cuda":
+        warnings.warn(f"--amp {args.amp} applies to CUDA only; running in float32 on {args.device}")
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+def prepare_data(args, folds) -> None:
+    """Generate the synthetic set when the run names it and its lists are missing (rank 0 does,
+    the others wait). Real data sets are prepared by the tools (data/README.md)."""
+    from lists import list_file
+
+    cfg = args.dataset_config
+    if not cfg.get("synthetic"):
+        return
+    list_dir = Path(args.dataset_path) / "list"
+    needed = [list_file(list_dir, cfg["name"], "label", k, split) for k in folds for split in ("train", "test")]
+    if utils.is_main_process() and not all(p.is_file() for p in needed):
+        from synth import ensure_synthetic_dataset
+
+        log.info("generating the synthetic data set %s in %s (once)", cfg["name"], args.dataset_path)
+        ensure_synthetic_dataset(args.dataset_path)
+    utils.barrier()
+
+
+def build_datasets(args, stage: int, splits=("train", "test"), fold=None) -> dict:
+    """AUDataset objects of the fold (the test split always stage 1: images and labels)."""
+    from dataset import AUDataset
+
+    fold = args.fold if fold is None else fold
+    prepare_data(args, [fold])
+    return {split: AUDataset(args.dataset_config, fold, split, stage=stage if split == "train" else 1,
+                             crop_size=args.crop_size, dataset_path=args.dataset_path)
+            for split in splits}
+
+
+def build_train_loader(dataset, args) -> tuple[DataLoader, DistributedSampler, torch.Generator]:
+    """Shuffled loader over this rank's share; reseed the generator and set the sampler's epoch
+    before each epoch (run_training does) for the same order with or without interruption."""
+    sampler = DistributedSampler(dataset, num_replicas=args.world_size, rank=args.rank, shuffle=True,
+                                 seed=args.seed, drop_last=False)
+    generator = torch.Generator()
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                        pin_memory=args.device.type == "cuda", drop_last=False, generator=generator)
+    return loader, sampler, generator
+
+
+def build_eval_loader(dataset, args) -> DataLoader:
+    """Test-fold loader; under DDP each rank takes a strided share (see utils.gather_by_index)."""
+    sampler = None
+    if utils.is_dist_initialized():
+        sampler = DistributedSampler(dataset, num_replicas=utils.get_world_size(), rank=utils.get_rank(),
+                                     shuffle=False, drop_last=False)
+    return DataLoader(dataset, batch_size=args.batch_size, shuffle=False, sampler=sampler,
+                      num_workers=args.num_workers, pin_memory=args.device.type == "cuda")
+
+
+# --------------------------------------------------------------------------------------------
+# models and the facts a checkpoint carries
+# --------------------------------------------------------------------------------------------
+def fold_of_file_name(path: str | Path) -> int | None:
+    """The fold a release-style file name states (MEFARG_resnet50_BP4D_fold2.pth -> 2)."""
+    match = re.search(r"fold(\d+)", Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def warn_if_other_fold(path, saved_fold, fold: int, testing: bool) -> None:
+    """A checkpoint of fold k used on another fold mixes training and test subjects."""
+    if saved_fold is None or int(saved_fold) == int(fold):
+        return
+    if testing:
+        warnings.warn(f"{path} was trained on fold {saved_fold} but is tested on fold {fold}: the "
+                      f"test subjects of fold {fold} were training data for it, so the numbers are wrong")
+    else:
+        warnings.warn(f"{path} was trained on fold {saved_fold} but this run trains fold {fold}: its "
+                      f"test subjects were training data there")
+
+
+def pretrained_arg(args):
+    """What build_model's `pretrained` gets: no ImageNet file when a checkpoint follows."""
+    if args.pretrained is not None and args.pretrained.lower() == "none":
+        return False
+    if args.resume or args.resume_training:
+        return False
+    return args.pretrained
+
+
+def dataset_reference(args) -> str:
+    """How a checkpoint names its dataset config: a built-in name, or the .yaml's absolute path."""
+    from dataset import CONFIG_DIR
+
+    path = Path(args.dataset_config["config_path"]).resolve()
+    return path.stem if path.parent == CONFIG_DIR.resolve() else str(path)
+
+
+def run_facts(args, model) -> dict:
+    """The facts every checkpoint of a run carries (model.checkpoint_facts reads them back):
+    the model's configuration, the dataset, its AU names and descriptions, crop preset and
+    size, and the fold."""
+    from model import model_config_dict
+
+    cfg = args.dataset_config
+    return {**model_config_dict(model), "dataset": args.dataset_name, "dataset_config": dataset_reference(args),
+            "au_names": list(cfg["au_names"]), "au_descriptions": cfg.get("au_descriptions"),
+            "crop_preset": cfg.get("crop_preset"), "crop_size": int(args.crop_size), "fold": int(args.fold)}
+
+
+def build_training_model(args, stage: int):
+    """The model a training run starts from: ImageNet backbone, or --resume (a stage-1 file
+    initialises stage 2: shared keys load, the graph head starts fresh)."""
+    from model import build_model, load_model
+
+    variant = args.dataset_config.get("variant", "megraphau")  # OpenGraphAU: 41 AUs
+    if args.resume and not args.resume_training:
+        loaded = load_model(args.resume, arc=args.arc, stage=stage, num_classes=args.num_classes,
+                            variant=variant, neighbor_num=args.neighbor_num, metric=args.metric,
+                            stage1_into_stage2=True)
+        warn_if_other_fold(args.resume, loaded.facts["fold"], args.fold, testing=False)
+        log.info("initialised from %s", args.resume)
+        return loaded.model
+    if stage == 2 and not args.resume_training:
+        warnings.warn("stage 2 without --resume: the paper starts stage 2 from a stage-1 checkpoint")
+    return build_model(stage, args.arc, args.num_classes, args.neighbor_num, args.metric,
+                       pretrained=pretrained_arg(args), variant=variant)
+
+
+# --------------------------------------------------------------------------------------------
+# the recipe
+# --------------------------------------------------------------------------------------------
+def cosine_lr(step: int, total_steps: int, lr0: float) -> float:
+    """lr0 * (1 + cos(pi * t / T)) / 2: the release's per-step cosine schedule (no warm-up)."""
+    if total_steps <= 0:
+        return lr0
+    return lr0 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)) / 2.0
+
+
+def build_optimizer(args, model) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(0.9, 0.999),
+                             eps=args.optimizer_eps, weight_decay=args.weight_decay)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Every epoch reseeds all RNGs from (seed, epoch, rank): data order, augmentation and any
+    model randomness are then the same whether or not a run was interrupted before it."""
+    return (seed * 1_000_003 + epoch * 1009 + rank) % 2**31
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Where a run stands after `epoch` epochs: what last.pth stores and --resume-training restores."""
+    epoch: int = 0
+    step: int = 0  # global optimisation step (drives the cosine schedule)
+    best_f1: float = -1.0
+    history: list = field(default_factory=list)  # one row per epoch (metrics.csv)
+
+
+def resume_training_state(args, model, optimizer, scaler) -> TrainState:
+    """Model, optimizer, scaler and RNG from args.resume_training (a last.pth)."""
+    from model import load_checkpoint, read_checkpoint
+
+    _, ckpt = read_checkpoint(args.resume_training)
+    missing = [k for k in ("epoch", "step", "state_dict", "optimizer") if k not in ckpt]
+    if missing:
+        finished = "history" in ckpt and "state_dict" in ckpt
+        raise SystemExit(
+            f"{args.resume_training} holds no training state (missing {missing}): "
+            + ("it is a finished run's model file (a run that completes keeps only the model); "
+               if finished else "it is not a last.pth of this project; ")
+            + "to train further start from its weights with --resume")
+    load_checkpoint(model, args.resume_training)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    state = TrainState(int(ckpt["epoch"]), int(ckpt["step"]), float(ckpt.get("best_f1", -1.0)),
+                       list(ckpt.get("history", [])))
+    if ckpt.get("rng"):
+        utils.restore_rng_state(ckpt["rng"])
+    saved = ckpt.get("args", {})
+    for key in ("epochs", "batch_size", "learning_rate", "fold", "dataset_name", "world_size"):
+        if key in saved and saved[key] != getattr(args, key):
+            warnings.warn(f"--resume-training: {key} was {saved[key]!r}, now {getattr(args, key)!r}; "
+                          f"the continued run will differ from an uninterrupted one")
+    log.info("resumed %s after epoch %d (global step %d)", args.resume_training, state.epoch, state.step)
+    return state
+
+
+class ProgressLog:
+    """A line in the log every `every` steps, as torchvision's MetricLogger prints: step, loss,
+    learning rate, images/s, ETA of the epoch and of the run, peak memory. It goes to
+    train.log as well, so a run without a terminal can be followed."""
+
+    def __init__(self, every: int, epoch: int, epochs: int, steps_per_epoch: int, device: torch.device):
+        self.every, self.epoch, self.epochs, self.steps = every, epoch, epochs, steps_per_epoch
+        self.device = device
+        self.start = time.perf_counter()
+        self.images = 0
+
+    def step(self, i: int, images: int, loss: float, lr: float) -> None:
+        self.images += images
+        if self.every <= 0 or (i + 1) % self.every:
+            return
+        elapsed = time.perf_counter() - self.start
+        per_step = elapsed / (i + 1)
+        left_epoch = per_step * (self.steps - i - 1)
+        left_run = left_epoch + per_step * self.steps * (self.epochs - self.epoch - 1)
+        log.info("epoch %d/%d step %d/%d  loss %.4f  lr %.3g  %.1f img/s  ETA epoch %s, run %s  peak mem %s",
+                 self.epoch + 1, self.epochs, i + 1, self.steps, loss, lr, self.images / max(elapsed, 1e-9),
+                 _duration(left_epoch), _duration(left_run), _peak_memory(self.device))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _peak_memory(device: torch.device) -> str:
+    """Peak GPU memory allocated, or the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (GPU)"
+    try:
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        return f"{kib / 2**20:.2f} GiB (RSS)"
+    except (ImportError, OSError):
+        return "n/a"
+
+
+def train_one_epoch(args, net, loader, optimizer, scaler, criterion, state: TrainState, epoch: int,
+                    out_dir: Path, show_bar: bool) -> tuple[float, float]:
+    """One pass over `loader`, advancing state.step; returns (mean training loss over all ranks,
+    the last learning rate). Raises NonFiniteLossError on a NaN/inf loss, on every rank."""
+    from tqdm import tqdm
+
+    steps_per_epoch = len(loader)
+    total_steps = args.epochs * steps_per_epoch
+    net.train()
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=args.device)  # (sum of loss * n, n)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not show_bar,
+               dynamic_ncols=True, leave=False)
+    progress = ProgressLog(getattr(args, "log_every", 0), epoch, args.epochs, steps_per_epoch, args.device)
+    lr = args.learning_rate
+    for i, batch in enumerate(bar):
+        lr = cosine_lr(state.step, total_steps, args.learning_rate)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images = batch[0].to(args.device, non_blocking=True)
+        labels = batch[1].to(args.device, non_blocking=True)
+        with utils.autocast_context(args.device, args.amp):
+            out = net(images)
+        if not isinstance(out, tuple):  # stage 1, and OpenGraphAU's stage 2 (no edge classifier)
+            loss = criterion(out, labels)
+        else:
+            probs, edge_logits = out
+            relations = batch[2].to(args.device, non_blocking=True)
+            loss = criterion(probs, labels) + args.lam * edge_loss(edge_logits, relations)
+        finite = torch.isfinite(loss.detach()).to(torch.float32)
+        if args.distributed:  # every rank stops together
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not bool(finite):
+            last = out_dir / "last.pth"
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            msg = (f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}/{steps_per_epoch} "
+                   f"(global step {state.step}, lr {lr:.3g}); training stopped, {kept}. Try a lower "
+                   f"--learning-rate or --amp none.")
+            log.error(msg)
+            raise NonFiniteLossError(msg)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        state.step += 1
+        loss_sum += torch.stack([loss.detach().double() * len(images),
+                                 torch.tensor(float(len(images)), dtype=torch.float64, device=args.device)])
+        if show_bar and i % 5 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        progress.step(i, len(images) * args.world_size, float(loss.detach()), lr)
+    bar.close()
+    if args.distributed:
+        torch.distributed.all_reduce(loss_sum)
+    return float(loss_sum[0] / loss_sum[1].clamp(min=1)), lr
+
+
+def write_history_csv(history: list[dict], au_names, path: Path) -> None:
+    """metrics.csv: one row per epoch (epoch, lr, train loss, mean F1/accuracy, F1 per AU, time)."""
+    fields = ["epoch", "lr", "train_loss", "mean_f1", "mean_acc"] + [f"f1_{n}" for n in au_names] + ["time_s"]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for row in history:
+            out = {k: row.get(k, "") for k in fields if not k.startswith("f1_")}
+            for name, value in zip(au_names, row.get("f1") or [""] * len(au_names)):
+                out[f"f1_{name}"] = value
+            writer.writerow(out)
+    tmp.replace(path)
+
+
+def model_file(model, state: TrainState, facts: dict, args) -> dict:
+    """What best.pth, epoch files and a finished run's last.pth hold: the weights, the facts, the
+    run's arguments and history; no optimizer state."""
+    return {"epoch": state.epoch, "state_dict": model.state_dict(), "model_config": facts_model_config(facts),
+            "facts": facts, "fold": facts["fold"], "best_f1": state.best_f1, "args": conf.serialisable_args(args),
+            "history": state.history}
+
+
+def save_epoch_checkpoints(args, model, optimizer, scaler, state: TrainState, facts: dict, out_dir: Path,
+                           improved: bool) -> None:
+    """After an epoch: last.pth (the whole training state, for --resume-training) and its release
+    name cur_model_fold{k}.pth (a hard link), best.pth when `improved` and
+    epoch{E}_model_fold{k}.pth every --save-every epochs (model files: no optimizer state),
+    metrics.csv and curves.png. Every file is written atomically."""
+    from plots import plot_curves
+
+    weights = model_file(model, state, facts, args)
+    training = {**weights, "step": state.step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "rng": utils.capture_rng_state()}
+    utils.save_checkpoint(training, out_dir / "last.pth")
+    # the release's name for the current model (its files held the optimizer too)
+    utils.copy_checkpoint(out_dir / "last.pth", out_dir / f"cur_model_fold{args.fold}.pth")
+    if improved:
+        utils.save_checkpoint(weights, out_dir / "best.pth")
+    if args.save_every > 0 and state.epoch % args.save_every == 0:
+        utils.save_checkpoint(weights, out_dir / f"epoch{state.epoch}_model_fold{args.fold}.pth")
+    write_history_csv(state.history, facts["au_names"], out_dir / "metrics.csv")
+    plot_curves(state.history, out_dir / "curves.png")
+
+
+def finish_run_files(args, model, state: TrainState, facts: dict, out_dir: Path) -> None:
+    """A run that has trained all its epochs has nothing left to resume: last.pth drops the
+    optimizer state (two thirds of an AdamW checkpoint) and keeps the model, facts and history;
+    best.pth becomes a hard link to it when the last epoch was the best (or was never
+    evaluated), and cur_model_fold{k}.pth stays its hard link."""
+    last = out_dir / "last.pth"
+    utils.save_checkpoint(model_file(model, state, facts, args), last)
+    utils.copy_checkpoint(last, out_dir / f"cur_model_fold{args.fold}.pth")
+    last_row = state.history[-1] if state.history else {}
+    if not (out_dir / "best.pth").exists() or (last_row.get("mean_f1") is not None
+                                               and last_row["mean_f1"] >= state.best_f1):
+        utils.copy_checkpoint(last, out_dir / "best.pth")
+
+
+def facts_model_config(facts: dict) -> dict:
+    """The model_config entry of a checkpoint (kept beside the facts for older readers)."""
+    return {k: facts[k] for k in ("stage", "arc", "num_classes", "neighbor_num", "metric", "variant")}
+
+
+def run_training(args, stage: int) -> dict:
+    """Train stage `stage` (1 or 2) as configured by `args`; see the module docstring.
+
+    Returns {'run_dir', 'best_f1', 'history', 'last_metrics'} ('--evaluate': test_checkpoints'
+    summary). Raises NonFiniteLossError on a NaN/inf loss (after keeping the last good checkpoint).
+    """
+    if args.fold == "all":
+        raise SystemExit("training takes one fold (--fold 1, 2 or 3); 'all' is for test.py")
+    out_dir = conf.run_dir(args)
+    main_proc = utils.is_main_process()
+    if main_proc:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        conf.write_args(args, out_dir)
+    setup_logging(out_dir, "train.log")
+    check_amp(args)
+    if args.evaluate:
+        if not args.resume:
+            raise SystemExit("--evaluate needs --resume CHECKPOINT")
+        return test_checkpoints(args, out_dir=out_dir, folds=[int(args.fold)])
+    log.info("stage %d training: dataset %s fold %d, --arc %s, device %s, world size %d, run folder %s",
+             stage, args.dataset_name, args.fold, args.arc, args.device, args.world_size, out_dir)
+
+    utils.set_seed(args.seed + args.rank)
+    data = build_datasets(args, stage)
+    train_ds, test_ds = data["train"], data["test"]
+    log.info("train images %d, test images %d, class weights %s", len(train_ds), len(test_ds),
+             " ".join(f"{w:.3f}" for w in train_ds.class_weights.tolist()))
+    train_loader, train_sampler, loader_gen = build_train_loader(train_ds, args)
+    test_loader = build_eval_loader(test_ds, args)
+
+    model = build_training_model(args, stage)
+    model.set_grad_checkpointing(args.grad_checkpointing)  # memory for time; same results
+    model.to(args.device)
+    facts = run_facts(args, model)
+    net = model
+    if args.distributed:
+        net = DistributedDataParallel(model, device_ids=[args.local_rank] if args.device.type == "cuda" else None)
+
+    optimizer = build_optimizer(args, model)
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp == "fp16" and args.device.type == "cuda")
+    criterion = WeightedAsymmetricLoss(train_ds.class_weights).to(args.device)
+
+    state = resume_training_state(args, model, optimizer, scaler) if args.resume_training else TrainState()
+    last_metrics = None
+    show_bar = main_proc and not args.no_progress
+    for epoch in range(state.epoch, args.epochs):
+        t0 = time.time()
+        seed = epoch_seed(args.seed, epoch, args.rank)
+        utils.set_seed(seed)
+        loader_gen.manual_seed(seed)
+        train_sampler.set_epoch(epoch)
+        train_loss, lr = train_one_epoch(args, net, train_loader, optimizer, scaler, criterion, state, epoch,
+                                         out_dir, show_bar)
+
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "mean_f1": None, "mean_acc": None,
+               "f1": None}
+        is_last = epoch + 1 == args.epochs
+        if args.eval_every > 0 and ((epoch + 1) % args.eval_every == 0 or is_last):
+            utils.broadcast_buffers(model)
+            probs = predict(model, test_loader, args.device, args.amp, progress=show_bar, desc="test fold")
+            last_metrics = compute_au_metrics(probs, test_ds.labels)
+            row.update(mean_f1=last_metrics["mean_f1"], mean_acc=last_metrics["mean_acc"],
+                       f1=[float(v) for v in last_metrics["f1"]])
+        row["time_s"] = time.time() - t0
+        state.history.append(row)
+        state.epoch = epoch + 1
+
+        improved = row["mean_f1"] is not None and row["mean_f1"] > state.best_f1
+        if improved:
+            state.best_f1 = row["mean_f1"]
+        if main_proc:
+            f1_text = "-" if row["mean_f1"] is None else f"{100 * row['mean_f1']:.2f}"
+            acc_text = "-" if row["mean_acc"] is None else f"{100 * row['mean_acc']:.2f}"
+            log.info("epoch %d/%d  lr %.3g  train loss %.5f  test mean F1 %s  mean acc %s  (%.1f s)%s",
+                     epoch + 1, args.epochs, lr, train_loss, f1_text, acc_text, row["time_s"],
+                     "  (best)" if improved else "")
+            if row["f1"] is not None:
+                log.info("\n%s", format_au_table(facts["au_names"], last_metrics["f1"], last_metrics["acc"]))
+            save_epoch_checkpoints(args, model, optimizer, scaler, state, facts, out_dir, improved)
+        utils.barrier()
+
+    if main_proc and state.epoch == args.epochs and state.history:
+        finish_run_files(args, model, state, facts, out_dir)
+    log.info("done: best test mean F1 %s; checkpoints in %s",
+             "-" if state.best_f1 < 0 else f"{100 * state.best_f1:.2f}", out_dir)
+    return {"run_dir": out_dir, "best_f1": state.best_f1, "history": state.history, "last_metrics": last_metrics}
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "none",
+            progress: bool = False, desc: str = "eval") -> np.ndarray:
+    """AU probabilities (M, N) for every item of loader.dataset, in dataset order.
+
+    Works with a plain loader or one whose sampler is a DistributedSampler(shuffle=False,
+    drop_last=False): the loader's order is the sampler's, and the rows of all ranks are
+    gathered by dataset index (see utils.gather_by_index). The model is put in eval mode.
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    sampler = getattr(loader, "sampler", None)
+    indices = list(iter(sampler)) if sampler is not None else list(range(len(loader.dataset)))
+    rows = []
+    for batch in tqdm(loader, desc=desc, disable=not (progress and utils.is_main_process()), leave=False,
+                      dynamic_ncols=True):
+        images = batch[0].to(device, non_blocking=True)
+        with utils.autocast_context(device, amp):
+            out = model(images)
+        probs = out[0] if isinstance(out, (tuple, list)) else out
+        rows.append(probs.float().cpu())
+    values = torch.cat(rows).numpy() if rows else np.zeros((0, 0))
+    return utils.gather_by_index(values, indices, len(loader.dataset))
+
+
+def checkpoint_for_fold(pattern: str, fold: int) -> str:
+    """--resume 'MEFARG_resnet50_BP4D_fold{fold}.pth' -> the file of one fold."""
+    return pattern.replace("{fold}", str(fold))
+
+
+def evaluate_checkpoint(args, fold: int, path: str) -> dict:
+    """Test one checkpoint on one fold; returns the fold's result dict (percentages)."""
+    from model import load_model
+
+    loaded = load_model(path, arc=args.arc, stage=getattr(args, "stage", None), num_classes=args.num_classes,
+                        neighbor_num=args.neighbor_num, metric=getattr(args, "metric", None))
+    facts = loaded.facts
+    saved_fold = facts["fold"] if facts["fold"] is not None else fold_of_file_name(path)
+    warn_if_other_fold(path, saved_fold, fold, testing=True)
+    model = loaded.model.to(args.device)
+    test_ds = build_datasets(args, stage=1, splits=("test",), fold=fold)["test"]
+    loader = build_eval_loader(test_ds, args)
+    probs = predict(model, loader, args.device, args.amp, progress=not args.no_progress, desc=f"test fold {fold}")
+    threshold = getattr(args, "threshold", 0.5)
+    metrics = compute_au_metrics(probs, test_ds.labels, threshold=threshold)
+    au_names = list(test_ds.au_names)
+    log.info("fold %d, %s (stage %d, --arc %s), %d images\n%s", fold, path, facts["stage"], facts["arc"],
+             len(test_ds), format_au_table(au_names, metrics["f1"], metrics["acc"]))
+    return {"dataset": args.dataset_name, "fold": int(fold), "arc": facts["arc"], "stage": facts["stage"],
+            "checkpoint": str(path), "au_names": au_names, "f1": [round(100 * float(v), 4) for v in metrics["f1"]],
+            "acc": [round(100 * float(v), 4) for v in metrics["acc"]],
+            "mean_f1": round(100 * metrics["mean_f1"], 4), "mean_acc": round(100 * metrics["mean_acc"], 4),
+            "num_images": len(test_ds), "threshold": threshold}
+
+
+def write_results(summary: dict, rows: list[dict], out_dir: Path) -> None:
+    """results.json (the summary) and results.csv (one row per fold, plus the mean)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "results.json", "w") as fh:
+        json.dump(summary, fh, indent=2)
+    names = summary["au_names"]
+    fields = ["fold", "checkpoint", "num_images", "mean_f1", "mean_acc"] + \
+        [f"f1_{n}" for n in names] + [f"acc_{n}" for n in names]
+    with open(out_dir / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            row = {k: r[k] for k in ("fold", "num_images", "mean_f1", "mean_acc")}
+            row["checkpoint"] = r["checkpoint"] if isinstance(r["checkpoint"], str) else ";".join(r["checkpoint"])
+            row.update({f"f1_{n}": v for n, v in zip(names, r["f1"])})
+            row.update({f"acc_{n}": v for n, v in zip(names, r["acc"])})
+            writer.writerow(row)
+
+
+def test_checkpoints(args, out_dir: Path, folds: list[int]) -> dict:
+    """Test --resume on each of `folds` ({fold} in the name is filled in), average over the
+    folds as the papers do, write results.json / results.csv to out_dir; returns the summary
+    (with 'run_dir')."""
+    if not args.resume:
+        raise SystemExit("test.py needs --resume CHECKPOINT (use {fold} in the name with --fold all)")
+    if len(folds) > 1 and "{fold}" not in args.resume:
+        warnings.warn(f"--fold all with one checkpoint ({args.resume}) tests it on every fold, "
+                      f"including the folds it was trained on; use a name with {{fold}}")
+    results = [evaluate_checkpoint(args, k, checkpoint_for_fold(args.resume, k)) for k in folds]
+    summary = results[0] if len(results) == 1 else average_folds(results)
+    if len(results) > 1:
+        log.info("mean over folds %s\n%s", folds,
+                 format_au_table(summary["au_names"], np.array(summary["f1"]) / 100, np.array(summary["acc"]) / 100))
+    if utils.is_main_process():
+        write_results(summary, results + ([summary] if len(results) > 1 else []), out_dir)
+        log.info("results written to %s", out_dir / "results.json")
+    summary["run_dir"] = str(out_dir)
+    return summary
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# what the scripts' main() and __main__ call
+# --------------------------------------------------------------------------------------------
+def train_main(args, stage: int) -> dict:
+    """Set up the process (torchrun or single), train stage `stage`, tear down."""
+    utils.init_distributed_mode(args)
+    try:
+        return run_training(args, stage)
+    finally:
+        utils.cleanup_distributed()
+
+
+def train_cli(parser, stage: int, argv=None) -> int:
+    """Command-line entry of the training scripts: parse (the dataset's defaults of section
+    stage{stage}), train; exit code 0, 2 (a user error: one line), 3 (non-finite loss)."""
+    args = conf.parse_args(parser, argv, section=f"stage{stage}")
+    try:
+        utils.exit_on_user_error(train_main, args, stage)
+    except NonFiniteLossError:
+        return 3
+    return 0
+
+
+def test_main(args) -> dict:
+    """test.py's main: the checkpoint(s) of --resume on --fold (or every fold with 'all')."""
+    utils.init_distributed_mode(args)
+    try:
+        out_dir = conf.run_dir(args)
+        if utils.is_main_process():
+            conf.write_args(args, out_dir)
+        setup_logging(out_dir, "test.log")
+        check_amp(args)
+        folds = list(range(1, args.N_fold + 1)) if args.fold == "all" else [int(args.fold)]
+        return test_checkpoints(args, out_dir, folds)
+    finally:
+        utils.cleanup_distributed()

@@ -1,0 +1,188 @@
+"""The Python API for AU detection on images and video frames with a ME-GraphAU / OpenGraphAU
+checkpoint (Luo et al., IJCAI-ECAI 2022):
+
+    from inference import AUDetector
+    detector = AUDetector("MEFARG_resnet50_BP4D_fold1.pth")      # or this project's best.pth
+    faces = detector.predict_image(image_bgr)                    # all faces, largest first
+    faces[0].probs, faces[0].labels, detector.au_names
+
+The checkpoint decides the model (model.load_model) and the AU set: a project checkpoint
+carries its dataset's AU names and descriptions; a released file's AU count picks them
+(12 -> BP4D, 8 -> DISFA, 41 -> OpenGraphAU), or `dataset=` names a config. Faces are found and
+cropped exactly like the training crops, put through the test transform (resize, centre crop,
+ImageNet normalisation) at the checkpoint's crop size, and classified in batches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from dataset import build_transform, load_dataset_config
+
+#: The AU set a checkpoint's output count stands for when the file does not name its AUs.
+KNOWN_AU_SETS = {12: "BP4D", 8: "DISFA", 41: "OpenGraphAU"}
+
+
+class InferenceError(RuntimeError):
+    """A problem with the detector's checkpoint, options or input; the message names the file."""
+
+
+@dataclass
+class FaceResult:
+    """One face: box (x, y, w, h) in the input image, probabilities (N,) and 0/1 labels (N,)."""
+    index: int
+    box: tuple
+    probs: np.ndarray
+    labels: np.ndarray
+    score: Optional[float] = None
+
+    def as_dict(self, au_names: Sequence[str]) -> dict:
+        return {"face": self.index, "box": [int(v) for v in self.box], "detector_score": self.score,
+                "probs": {n: round(float(p), 6) for n, p in zip(au_names, self.probs)},
+                "active": [n for n, a in zip(au_names, self.labels) if a]}
+
+
+def load_au_config(name_or_path: str) -> dict:
+    """A dataset config (config/{name}.yaml or a .yaml path) naming AUs; InferenceError if bad."""
+    try:
+        return load_dataset_config(name_or_path)
+    except ValueError as err:
+        raise InferenceError(str(err)) from None
+
+
+def neighbor_num_for(num_classes: int) -> int:
+    """The stage-1 graph's K of the known AU set of this size (BP4D 4, DISFA 3), else 4."""
+    name = KNOWN_AU_SETS.get(num_classes)
+    return int(load_au_config(name)["neighbor_num"]) if name else 4
+
+
+def resolve_au_set(facts: dict, dataset: Optional[str] = None) -> tuple[list, Optional[list]]:
+    """(au_names, au_descriptions) of a model: `dataset` when given (it must have as many AUs),
+    else the names the checkpoint carries, else the known set of its AU count."""
+    n, source = facts["num_classes"], facts.get("source")
+    if dataset:
+        cfg = load_au_config(dataset)
+        if len(cfg["au_names"]) != n:
+            raise InferenceError(f"--dataset {cfg.get('config_path', cfg.get('name'))} names "
+                                 f"{len(cfg['au_names'])} AUs but {source} predicts {n}")
+        return list(cfg["au_names"]), cfg.get("au_descriptions")
+    names = facts.get("au_names")
+    if names and len(names) == n:
+        descriptions = facts.get("au_descriptions")
+        if descriptions is None and n in KNOWN_AU_SETS:  # older project files: names only
+            known = load_au_config(KNOWN_AU_SETS[n])
+            descriptions = known.get("au_descriptions") if list(known["au_names"]) == list(names) else None
+        return list(names), descriptions
+    if n in KNOWN_AU_SETS:
+        cfg = load_au_config(KNOWN_AU_SETS[n])
+        return list(cfg["au_names"]), cfg.get("au_descriptions")
+    known = ", ".join(f"{k} ({v})" for k, v in KNOWN_AU_SETS.items())
+    raise InferenceError(f"{source} predicts {n} AUs, which matches no known AU set ({known}); pass "
+                         f"--dataset CONFIG whose au_names name them")
+
+
+class AUDetector:
+    """Face detection + AU recognition with one checkpoint.
+
+    checkpoint: a release-style or project checkpoint, or None with `arc`, `stage` and `dataset`
+        (a randomly initialised model, for timing only).
+    arc / stage / metric: checked against the checkpoint (a contradiction is an error naming
+        both); None: taken from the checkpoint.
+    dataset: a dataset config name/path whose au_names name the outputs (needed when the AU
+        count matches no known set and the file does not name them).
+    detect: False treats every image as one face crop (no detection).
+    """
+
+    def __init__(self, checkpoint: Optional[str | Path], arc: Optional[str] = None,
+                 stage: Optional[int] = None, device: str | torch.device = "cpu",
+                 dataset: Optional[str] = None, threshold: float = 0.5, detect: bool = True,
+                 max_faces: Optional[int] = None, batch_size: int = 16, metric: Optional[str] = None):
+        from model import build_model, load_model
+
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InferenceError(f"device {device}: CUDA is not available here (use cpu)")
+        self.threshold = float(threshold)
+        self.max_faces = max_faces
+        self.batch_size = max(1, int(batch_size))
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        if checkpoint is not None:
+            neighbor_num = (lambda n: int(load_au_config(dataset)["neighbor_num"])) if dataset else neighbor_num_for
+            loaded = load_model(checkpoint, arc=arc, stage=stage, metric=metric, neighbor_num=neighbor_num)
+            self.model, self.facts = loaded.model, loaded.facts
+        else:
+            if dataset is None or arc is None or stage is None:
+                raise InferenceError("without a checkpoint, give arc, stage and dataset (random weights)")
+            cfg = load_au_config(dataset)
+            n = int(cfg["num_classes"])
+            variant = cfg.get("variant") or ("opengraphau" if n == 41 else "megraphau")
+            self.model = build_model(int(stage), arc, n, int(cfg["neighbor_num"]), metric or "dots",
+                                     pretrained=False, variant=variant)
+            self.facts = {"arc": arc, "stage": int(stage), "num_classes": n, "variant": variant,
+                          "crop_size": None, "crop_preset": cfg.get("crop_preset"), "source": None}
+        self.au_names, self.au_descriptions = resolve_au_set(self.facts, dataset)
+        self.model.to(self.device).eval()
+        self.arc, self.stage, self.variant = self.facts["arc"], int(self.facts["stage"]), self.facts["variant"]
+        self.crop_size = int(self.facts.get("crop_size") or 224)  # the release trained at 224
+        self.transform = build_transform(False, crop_size=self.crop_size)
+        self.face_detector = None
+        if detect:
+            from tool.face_detection import FaceDetector
+
+            self.face_detector = FaceDetector()
+
+    # -- detection and cropping
+    def faces_and_crops(self, image_bgr: np.ndarray) -> tuple[list, list]:
+        """[(box, score)], [256 x 256 BGR crop] for each face, largest first."""
+        if self.face_detector is None:
+            h, w = image_bgr.shape[:2]
+            return [((0, 0, w, h), None)], [image_bgr]  # the transform resizes and centre-crops
+        from tool.face_detection import align_crop
+
+        faces = self.face_detector.detect(image_bgr)[: self.max_faces]
+        return ([(f.box, f.score) for f in faces], [align_crop(image_bgr, f, size=256) for f in faces])
+
+    def _to_tensor(self, crop_bgr: np.ndarray) -> torch.Tensor:
+        if crop_bgr.ndim == 2:
+            crop_bgr = cv2.cvtColor(crop_bgr, cv2.COLOR_GRAY2BGR)
+        rgb = np.ascontiguousarray(crop_bgr[:, :, 2::-1])  # BGR(A) -> RGB
+        return self.transform(torch.from_numpy(rgb).permute(2, 0, 1))  # (3, crop, crop)
+
+    @torch.inference_mode()
+    def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Face crops (BGR uint8) -> AU probabilities (len(crops), N), in batches."""
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            batch = torch.stack([self._to_tensor(c) for c in crops[start:start + self.batch_size]])
+            probs = self.model(batch.to(self.device))
+            probs = probs[0] if isinstance(probs, tuple) else probs  # stage 2: (probs, edge logits)
+            out.append(probs.float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.au_names)), np.float32)
+
+    def predict_images(self, images: Sequence[np.ndarray]) -> list[list[FaceResult]]:
+        """Faces of several images, classified together (one list of faces per image)."""
+        per_image, crops = [], []
+        for image in images:
+            boxes, image_crops = self.faces_and_crops(image)
+            per_image.append(boxes)
+            crops += image_crops
+        probs = self.classify(crops)
+        results, k = [], 0
+        for boxes in per_image:
+            faces = []
+            for i, (box, score) in enumerate(boxes):
+                p = probs[k]
+                faces.append(FaceResult(i, tuple(int(v) for v in box), p,
+                                        (p >= self.threshold).astype(np.uint8), score))
+                k += 1
+            results.append(faces)
+        return results
+
+    def predict_image(self, image_bgr: np.ndarray) -> list[FaceResult]:
+        """All faces of one BGR image, largest first (empty when no face is found)."""
+        return self.predict_images([image_bgr])[0]
