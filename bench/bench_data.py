@@ -27,11 +27,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-
-from bench.table import format_table  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
+
+from bench.table import format_table  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

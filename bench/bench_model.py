@@ -262,7 +262,8 @@ def benchmark(args: argparse.Namespace) -> list[Row]:
                         if not args.no_memory and not row.error:
                             if device.type == "cuda":
                                 try:
-                                    row.peak_mb, row.memory_kind = cuda_peak_mb(work, variant, mode), "cuda max allocated"
+                                    row.peak_mb = cuda_peak_mb(work, variant, mode)
+                                    row.memory_kind = "cuda max allocated"
                                 except RuntimeError as error:
                                     if not is_out_of_memory(error):
                                         raise
