@@ -27,11 +27,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-
-from bench.table import format_table  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
+
+from bench.table import format_table, script_argv  # noqa: E402
+from provenance import collect  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -166,7 +167,8 @@ def main(argv=None) -> None:
     print(render(rows, args.markdown))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"torch": torch.__version__, "note": note, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"provenance": collect("cpu", argv=script_argv(__file__, argv)),
+                                         "torch": torch.__version__, "note": note, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

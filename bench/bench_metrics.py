@@ -20,7 +20,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from bench.table import format_table  # noqa: E402
+from bench.table import format_table, script_argv  # noqa: E402
+from provenance import collect  # noqa: E402
 
 
 def release_style_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -120,7 +121,8 @@ def main(argv=None) -> None:
               f"({'agree' if worst <= 1e-9 else 'DISAGREE'}) over f1, acc, mean_f1, mean_acc")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"arguments": {k: str(v) if isinstance(v, Path) else v
+        args.json.write_text(json.dumps({"provenance": collect("cpu", argv=script_argv(__file__, argv)),
+                                         "arguments": {k: str(v) if isinstance(v, Path) else v
                                                        for k, v in vars(args).items()},
                                          "rows": rows, "agreement": agreement, "note": note}, indent=2))
 

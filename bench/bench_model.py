@@ -45,8 +45,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.reference_mefl import reference_stage2_model  # noqa: E402
-from bench.table import format_table  # noqa: E402
+from bench.table import format_table, script_argv  # noqa: E402
 from model import ARCHS, build_model  # noqa: E402
+from provenance import collect  # noqa: E402
 
 EDGE_LOSS_WEIGHT = 0.05  # lam of the published BP4D command; the value does not change the cost
 REFERENCE = "reference"
@@ -262,7 +263,8 @@ def benchmark(args: argparse.Namespace) -> list[Row]:
                         if not args.no_memory and not row.error:
                             if device.type == "cuda":
                                 try:
-                                    row.peak_mb, row.memory_kind = cuda_peak_mb(work, variant, mode), "cuda max allocated"
+                                    row.peak_mb = cuda_peak_mb(work, variant, mode)
+                                    row.memory_kind = "cuda max allocated"
                                 except RuntimeError as error:
                                     if not is_out_of_memory(error):
                                         raise
@@ -374,7 +376,8 @@ def main(argv=None) -> None:
     print(render_table(rows, args.markdown))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"environment": environment(args),
+        args.json.write_text(json.dumps({"provenance": collect(args.device, argv=script_argv(__file__, argv)),
+                                         "environment": environment(args),
                                          "arguments": {k: (str(v) if isinstance(v, Path) else v)
                                                        for k, v in vars(args).items() if k != "child"},
                                          "rows": [asdict(r) for r in rows]}, indent=2))

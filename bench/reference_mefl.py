@@ -34,7 +34,7 @@ class ReferenceGEM(nn.Module):
         self.FAM, self.ARM, self.edge_proj, self.bn = fast.FAM, fast.ARM, fast.edge_proj, fast.bn
 
     @classmethod
-    def sharing(cls, gem: GEM) -> "ReferenceGEM":
+    def sharing(cls, gem: GEM) -> ReferenceGEM:
         """A ReferenceGEM that uses `gem`'s own submodules (parameters and BN buffers shared)."""
         ref = cls.__new__(cls)
         nn.Module.__init__(ref)

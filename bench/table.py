@@ -1,5 +1,9 @@
-"""Plain-text or markdown tables for the bench scripts' printed results."""
+"""Shared by the bench scripts: plain-text or markdown tables, and the command line they record."""
 from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def format_table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
@@ -11,3 +15,13 @@ def format_table(header: list[str], rows: list[list[str]], markdown: bool) -> st
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+
+
+def script_argv(script: str, argv: list[str] | None) -> list[str] | None:
+    """The command a JSON result records (provenance.collect's argv): None for a command-line run
+    (sys.argv), else the script's path from the repository root followed by `argv` (main(argv)
+    called from Python, where sys.argv is the caller's)."""
+    if argv is None:
+        return None
+    path = Path(script).resolve()
+    return [str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path), *argv]

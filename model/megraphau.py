@@ -16,7 +16,6 @@ from . import anfl, mefl, opengraphau
 from .backbone import arc_spec, build_backbone, load_imagenet_weights
 from .basic_block import LinearBlock
 
-
 VARIANTS = ("megraphau", "opengraphau")
 
 

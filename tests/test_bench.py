@@ -110,3 +110,15 @@ def test_release_style_metrics_counts():
     result = bench_metrics.release_style_metrics(probs, labels)
     # AU 0: TP 1, FN 1, FP 1 -> F1 2/4; acc 1/3. AU 1: TP 1 -> F1 1; acc 1
     assert np.allclose(result["f1"], [0.5, 1.0]) and np.allclose(result["acc"], [1 / 3, 1.0])
+
+
+def test_bench_json_records_provenance(tmp_path):
+    import provenance
+
+    out_json = tmp_path / "metrics.json"
+    argv = ["--frames", "50", "--aus", "2", "--repeats", "1", "--json", str(out_json)]
+    bench_metrics.main(argv)
+    prov = json.loads(out_json.read_text())["provenance"]
+    assert prov["version"] == provenance.__version__ and prov["device"]["type"] == "cpu"
+    assert prov["command"] == provenance.command_line(["bench/bench_metrics.py", *argv])
+    assert prov["git"] == provenance.git_info()
