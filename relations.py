@@ -20,7 +20,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-__all__ = ["PAIR_CLASS_NAMES", "PairProbabilityMeter", "correlation_with", "cooccurrence_from_labels",
+__all__ = ["PAIR_CLASS_NAMES", "PairProbabilityMeter", "as_numpy", "correlation_with", "cooccurrence_from_labels",
            "excess_cooccurrence", "mean_pair_probabilities", "pair_probabilities", "permutation_p_value",
            "precision_recall_curves", "predicted_cooccurrence", "symmetrise"]
 
