@@ -229,9 +229,13 @@ def serialisable_args(args) -> dict:
     return out
 
 
-def write_args(args, folder: Path) -> Path:
+def write_args(args, folder: Path, provenance: dict | None = None) -> Path:
+    """args.yaml: the resolved arguments, and (when given) what produced the run (provenance.py)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "args.yaml"
+    values = serialisable_args(args)
+    if provenance is not None:
+        values["provenance"] = provenance
     with open(path, "w") as fh:
-        yaml.safe_dump(serialisable_args(args), fh, sort_keys=True)
+        yaml.safe_dump(values, fh, sort_keys=True)
     return path

@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 import conf
+import provenance
 import utils
 from losses import WeightedAsymmetricLoss, edge_loss
 from metrics import average_folds, compute_au_metrics, format_au_table
@@ -95,6 +96,24 @@ def prepare_data(args, folds) -> None:
         log.info("generating the synthetic data set %s in %s (once)", cfg["name"], args.dataset_path)
         ensure_synthetic_dataset(args.dataset_path)
     utils.barrier()
+
+
+def list_files_of_run(args, splits=("train", "test"), folds=None, stage: int = 1) -> dict:
+    """{label: path} of the list files a run of `args` reads (for the provenance record)."""
+    from lists import list_file
+
+    name, list_dir = args.dataset_config["name"], Path(args.dataset_path) / "list"
+    folds = [args.fold] if folds is None else folds
+    files = {}
+    for k in folds:
+        for split in splits:
+            for kind in ("img_path", "label"):
+                files[f"{split}_{kind}_fold{k}"] = list_file(list_dir, name, kind, k, split)
+        if "train" in splits:
+            files[f"weight_fold{k}"] = list_file(list_dir, name, "weight", k)
+            if stage == 2:
+                files[f"train_AU_relation_fold{k}"] = list_file(list_dir, name, "AU_relation", k, "train")
+    return {label: path for label, path in files.items() if path.is_file()}
 
 
 def build_datasets(args, stage: int, splits=("train", "test"), fold=None) -> dict:
@@ -375,10 +394,11 @@ def write_history_csv(history: list[dict], au_names, path: Path) -> None:
 
 def model_file(model, state: TrainState, facts: dict, args) -> dict:
     """What best.pth, epoch files and a finished run's last.pth hold: the weights, the facts, the
-    run's arguments and history; no optimizer state."""
-    return {"epoch": state.epoch, "state_dict": model.state_dict(), "model_config": facts_model_config(facts),
-            "facts": facts, "fold": facts["fold"], "best_f1": state.best_f1, "args": conf.serialisable_args(args),
-            "history": state.history}
+    run's arguments, history and provenance; no optimizer state."""
+    own = {k: v for k, v in facts.items() if k != "provenance"}
+    return {"epoch": state.epoch, "state_dict": model.state_dict(), "model_config": facts_model_config(own),
+            "facts": own, "fold": own["fold"], "best_f1": state.best_f1, "args": conf.serialisable_args(args),
+            "history": state.history, "provenance": facts.get("provenance")}
 
 
 def save_epoch_checkpoints(args, model, optimizer, scaler, state: TrainState, facts: dict, out_dir: Path,
@@ -451,11 +471,18 @@ def run_training(args, stage: int) -> dict:
              " ".join(f"{w:.3f}" for w in train_ds.class_weights.tolist()))
     train_loader, train_sampler, loader_gen = build_train_loader(train_ds, args)
     test_loader = build_eval_loader(test_ds, args)
+    files = list_files_of_run(args, stage=stage)
+    if args.resume and not args.resume_training:
+        files["init_checkpoint"] = Path(args.resume)
+    prov = provenance.collect(device=args.device, files=files)
+    if main_proc:
+        conf.write_args(args, out_dir, provenance=prov)
+    log.info("provenance: %s", provenance.header_line(prov))
 
     model = build_training_model(args, stage)
     model.set_grad_checkpointing(args.grad_checkpointing)  # memory for time; same results
     model.to(args.device)
-    facts = run_facts(args, model)
+    facts = {**run_facts(args, model), "provenance": prov}  # the checkpoints' own record
     net = model
     if args.distributed:
         net = DistributedDataParallel(model, device_ids=[args.local_rank] if args.device.type == "cuda" else None)
@@ -597,8 +624,13 @@ def test_checkpoints(args, out_dir: Path, folds: list[int]) -> dict:
     if len(folds) > 1 and "{fold}" not in args.resume:
         warnings.warn(f"--fold all with one checkpoint ({args.resume}) tests it on every fold, "
                       f"including the folds it was trained on; use a name with {{fold}}")
+    checkpoints = {f"checkpoint_fold{k}": Path(checkpoint_for_fold(args.resume, k)) for k in folds}
+    prepare_data(args, folds)  # the synthetic set's lists exist before they are hashed
+    prov = provenance.collect(device=args.device, files={**checkpoints, **list_files_of_run(args, ("test",), folds)})
+    log.info("provenance: %s", provenance.header_line(prov))
     results = [evaluate_checkpoint(args, k, checkpoint_for_fold(args.resume, k)) for k in folds]
     summary = results[0] if len(results) == 1 else average_folds(results)
+    summary["provenance"] = prov
     if len(results) > 1:
         log.info("mean over folds %s\n%s", folds,
                  format_au_table(summary["au_names"], np.array(summary["f1"]) / 100, np.array(summary["acc"]) / 100))
@@ -640,7 +672,7 @@ def test_main(args) -> dict:
     try:
         out_dir = conf.run_dir(args)
         if utils.is_main_process():
-            conf.write_args(args, out_dir)
+            conf.write_args(args, out_dir, provenance=provenance.collect(device=args.device))
         setup_logging(out_dir, "test.log")
         check_amp(args)
         folds = list(range(1, args.N_fold + 1)) if args.fold == "all" else [int(args.fold)]

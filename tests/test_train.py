@@ -18,6 +18,7 @@ import yaml
 import conf
 import engine
 import losses
+import provenance
 import synth as synth_faces
 import test as test_mod
 import train_stage1
@@ -205,6 +206,27 @@ def test_evaluate_flag_and_fold_warning(tiny_synth, tmp_path):
         test_mod.main(conf.parse_args(test_mod.get_args_parser(), argv[:-2] + ["--arc", "resnet50"], "test"))
 
 
+def check_provenance(prov, dataset_root, checkpoint):
+    """A run output's provenance names this checkout's commit, the package versions, the device and
+    the SHA-256 of every list file it read (and of the checkpoint), equal to hashing the files."""
+    import hashlib
+    import subprocess
+
+    head = subprocess.run(["git", "-C", str(conf.REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert prov["git"]["commit"] == head.stdout.strip()
+    assert prov["version"] == provenance.__version__ and prov["packages"]["torch"].startswith(torch.__version__[:3])
+    assert prov["device"]["type"] == "cpu" and "python" in prov["command"]
+    files = prov["files"]
+    lists = {k: v for k, v in files.items() if "fold1" in k and not k.startswith(("checkpoint", "init"))}
+    assert "test_label_fold1" in lists and all(Path(v["path"]).parent == dataset_root / "list" for v in lists.values())
+    for entry in lists.values():
+        assert entry["sha256"] == hashlib.sha256(Path(entry["path"]).read_bytes()).hexdigest()
+    ckpt = [v for k, v in files.items() if k.startswith(("checkpoint", "init"))]
+    assert len(ckpt) == 1 and Path(ckpt[0]["path"]) == checkpoint
+    assert ckpt[0]["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+
 @pytest.fixture(scope="module")
 def learn_synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_learn")
@@ -224,6 +246,9 @@ def test_end_to_end_stage1_stage2_test_beats_all_positive_baseline(learn_synth, 
         "--exp-name", "test", "--resume", str(s2["run_dir"] / "best.pth")], "test"))
     saved = json.loads((Path(res["run_dir"]) / "results.json").read_text())
     assert saved["mean_f1"] == res["mean_f1"] and saved["stage"] == 2 and saved["num_images"] == 160
+    check_provenance(saved["provenance"], learn_synth, s2["run_dir"] / "best.pth")
+    check_provenance(_state(s2["run_dir"] / "best.pth")["provenance"], learn_synth, s1["run_dir"] / "best.pth")
+    assert yaml.safe_load((s2["run_dir"] / "args.yaml").read_text())["provenance"]["version"] == provenance.__version__
     assert {"dataset", "fold", "arc", "checkpoint", "au_names", "f1", "acc", "mean_f1", "mean_acc",
             "num_images"} <= saved.keys()
 
