@@ -1,5 +1,6 @@
 """faces.py on a real face: the NASA portrait of Eileen Collins (tests/data/README), placed in
 camera-sized frames with known similarity transforms."""
+import json
 from pathlib import Path
 
 import cv2
@@ -191,14 +192,15 @@ def test_crop_of_a_moved_face_comes_back_to_the_template(detector, photo, photo_
     assert crop.shape == (256, 256, 3)
 
 
-@pytest.mark.parametrize("preset, tolerance_px", [("BP4D", 10.0), ("DISFA", 8.0),
+@pytest.mark.parametrize("preset, tolerance_px", [("BP4D", 10.0), ("DISFA", 9.0),
                                                   ("OpenGraphAU", 8.0)])
 def test_preset_crops_match_the_authors_crops(detector, photo, preset, tolerance_px):
     """Re-detected in the crop, the eyes and mouth sit where MTCNN found them in the authors'
-    crops: eye distance within 10%, eye and mouth midpoints within 8 px. BP4D gets 10 px: this
-    face's broad smile puts her mouth 14% closer to her eyes (relative to the eye distance) than
-    the BP4D sample's, so no similarity fits both midpoints within 8 px and the eye distance
-    within 10% (bench/bench_faces.py measures it)."""
+    crops: eye distance within 10%, eye and mouth midpoints within 8 px (BP4D 10 px, DISFA
+    9 px). Why more for those two: this face's broad smile puts her mouth corners 14% closer
+    to her eyes, relative to the eye distance, than the BP4D sample's (0.86 vs 1.08; DISFA
+    1.10), so no similarity puts both midpoints within 8 px with the eye distance within 10%;
+    bench/bench_faces.py measures the worst case over several placements."""
     frame, _ = place(photo, (1392, 1040), 3.0, 5.0, (500.0, 600.0))
     crop = align_crop(frame, detector.detect(frame)[0], preset)
     again = detector.detect(crop)
@@ -303,3 +305,14 @@ def test_tracker_follows_a_moving_face_and_redetects_when_lost(detector, photo, 
     assert tracker.full_detections == 6
     with pytest.raises(ValueError, match="redetect_every"):
         FaceTracker(detector, redetect_every=0)
+
+
+def test_bench_faces_tiny(capsys, tmp_path):
+    from bench import bench_faces
+    out = tmp_path / "faces.json"
+    bench_faces.main(["--rounds", "1", "--skip", "crop-tool", "--placements", "1", "--markdown",
+                      "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "| full MTCNN detection, 640x480" in printed and "tracker landmark stage" in printed
+    assert "preset OpenGraphAU: worst of 2 crops" in printed
+    assert set(json.loads(out.read_text())["presets"]) == set(CROP_PRESETS)
