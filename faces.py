@@ -20,7 +20,7 @@ landmarks, face probability from a 48x48 crop) on the previous frame's boxes, wh
 cheaper than the full image pyramid.
 
 Crop presets (``CROP_PRESETS``) are the five-point templates of the authors' own crops, measured
-with MTCNN on the release's sample images (see ``_MEASURED_LANDMARKS``): "BP4D" and "DISFA" for
+with MTCNN on the release's sample images (``MEASURED_LANDMARKS``): "BP4D" and "DISFA" for
 models trained on those datasets (12 and 8 AUs), "OpenGraphAU" for the 41-AU OpenGraphAU
 models; ``preset_for(num_classes)`` picks one for a model.
 
@@ -39,8 +39,9 @@ import cv2
 import numpy as np
 
 __all__ = ["Face", "FaceDetector", "FaceTracker", "FaceDetectionError", "CROP_PRESETS",
-           "PRESET_FOR_NUM_CLASSES", "CROP_SIZE", "FIT_WEIGHTS", "preset_for", "crop_template",
-           "similarity_transform", "align_matrix", "align_crop", "centre_crop"]
+           "MEASURED_LANDMARKS", "PRESET_FOR_NUM_CLASSES", "CROP_SIZE", "FIT_WEIGHTS",
+           "preset_for", "crop_template", "similarity_transform", "align_matrix", "align_crop",
+           "centre_crop"]
 
 #: Side of the crops the presets are defined for (the release's image size).
 CROP_SIZE = 256
@@ -48,7 +49,7 @@ CROP_SIZE = 256
 #: MTCNN landmarks (pixels of the 256x256 crop) measured on one crop of each of the authors'
 #: data: BP4D data/BP4D/img/F001/T1/2440.jpg and DISFA data/DISFA/img/SN001/0.png of the
 #: release, and OpenGraphAU's demo_imgs/1014.jpg (1024 px, resized to 256).
-_MEASURED_LANDMARKS: Dict[str, Tuple[Tuple[float, float], ...]] = {
+MEASURED_LANDMARKS: Dict[str, Tuple[Tuple[float, float], ...]] = {
     "BP4D": ((82.5, 75.3), (179.2, 73.6), (130.6, 128.3), (87.6, 178.3), (172.9, 179.3)),
     "DISFA": ((96.1, 72.9), (172.1, 77.2), (137.3, 123.5), (96.0, 155.7), (160.0, 160.8)),
     "OpenGraphAU": ((96.5, 122.2), (162.3, 124.2), (122.3, 169.6), (97.4, 186.0), (161.9, 189.1)),
@@ -81,7 +82,7 @@ def _level_and_symmetrise(points: np.ndarray) -> np.ndarray:
 #: landmarks, levelled and symmetrised (see ``_level_and_symmetrise``).
 CROP_PRESETS: Dict[str, np.ndarray] = {
     name: _level_and_symmetrise(np.array(points, np.float64))
-    for name, points in _MEASURED_LANDMARKS.items()}
+    for name, points in MEASURED_LANDMARKS.items()}
 for _template in CROP_PRESETS.values():
     _template.setflags(write=False)
 

@@ -11,7 +11,7 @@
   (BP4D 1040x1392, DISFA 1024x768) at several positions, scales and turns, cropped with each
   preset and detected again in the crop; the table gives the worst eye-distance ratio error and
   the worst distance of the eye and mouth midpoints from the authors' crops' (faces.py
-  _MEASURED_LANDMARKS; pass: 10%, 8 px).
+  MEASURED_LANDMARKS; pass: 10%, 8 px).
 
 Timings repeat ``--rounds`` times and print min-max (the machine may be shared).
 
@@ -174,7 +174,7 @@ def check_presets(photo, placements: int = 0) -> tuple[list[list[str]], dict]:
     placements_of = {d: p[:placements or None] for d, p in PLACEMENTS.items()}
     worst = {}
     for preset in faces.CROP_PRESETS:
-        table = np.array(faces._MEASURED_LANDMARKS[preset])
+        table = np.array(faces.MEASURED_LANDMARKS[preset])
         eye_ratio, eye_mid, mouth_mid, crops = 0.0, 0.0, 0.0, 0
         for dataset in PLACEMENTS:
             for frame_hw, scale, angle, (fx, fy) in placements_of[dataset]:

@@ -60,7 +60,7 @@ def compose(outer, inner):
 
 def test_presets_are_the_measured_landmarks_levelled_and_symmetric():
     for name, template in CROP_PRESETS.items():
-        measured = np.array(faces._MEASURED_LANDMARKS[name])
+        measured = np.array(faces.MEASURED_LANDMARKS[name])
         assert template.shape == (5, 2)
         eye_l, eye_r, nose, mouth_l, mouth_r = template
         assert eye_l[1] == pytest.approx(eye_r[1]) and mouth_l[1] == pytest.approx(mouth_r[1])
@@ -74,9 +74,9 @@ def test_presets_are_the_measured_landmarks_levelled_and_symmetric():
     np.testing.assert_allclose(crop_template("BP4D", 256), CROP_PRESETS["BP4D"])
     np.testing.assert_allclose(crop_template("DISFA", 512), (CROP_PRESETS["DISFA"] + 0.5) * 2 - 0.5)
     # The table's values (pixels of 256), as measured on the authors' crops.
-    np.testing.assert_allclose(faces._MEASURED_LANDMARKS["BP4D"][0], (82.5, 75.3))
-    np.testing.assert_allclose(faces._MEASURED_LANDMARKS["DISFA"][4], (160.0, 160.8))
-    np.testing.assert_allclose(faces._MEASURED_LANDMARKS["OpenGraphAU"][2], (122.3, 169.6))
+    np.testing.assert_allclose(faces.MEASURED_LANDMARKS["BP4D"][0], (82.5, 75.3))
+    np.testing.assert_allclose(faces.MEASURED_LANDMARKS["DISFA"][4], (160.0, 160.8))
+    np.testing.assert_allclose(faces.MEASURED_LANDMARKS["OpenGraphAU"][2], (122.3, 169.6))
     with pytest.raises(ValueError, match="BP4D, DISFA, OpenGraphAU"):
         crop_template("AffectNet")
     with pytest.raises(ValueError, match=r"\(5, 2\)"):
@@ -205,7 +205,7 @@ def test_preset_crops_match_the_authors_crops(detector, photo, preset, tolerance
     crop = align_crop(frame, detector.detect(frame)[0], preset)
     again = detector.detect(crop)
     assert again, preset
-    found, table = again[0].landmarks, np.array(faces._MEASURED_LANDMARKS[preset])
+    found, table = again[0].landmarks, np.array(faces.MEASURED_LANDMARKS[preset])
     eye_ratio = np.hypot(*(found[1] - found[0])) / np.hypot(*(table[1] - table[0]))
     assert abs(eye_ratio - 1) < 0.10, eye_ratio
     for pair in ((0, 1), (3, 4)):
