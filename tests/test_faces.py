@@ -233,6 +233,19 @@ def test_no_face_in_blank_noise_or_tiny_images(detector):
     assert detector.detect(np.zeros((20, 20, 3), np.uint8)) == []  # below the smallest face
 
 
+def test_finds_the_synthetic_faces_of_tool_synth_faces(detector):
+    """The generated SYNTH faces (and demo tests that draw them) are MTCNN faces too."""
+    from tool.synth_faces import landmarks, render_face, sample_labels, sample_params
+    rng = np.random.default_rng(11)
+    for _ in range(8):
+        labels, params = sample_labels(rng, 1)[0], sample_params(rng)
+        found = detector.detect(render_face(labels, params))
+        assert len(found) == 1
+        truth = landmarks(labels, params)
+        for mark, name in zip(found[0].landmarks, ("left_eye", "right_eye")):
+            assert np.hypot(*(mark - truth[name])) < 7, (name, mark, truth[name])
+
+
 def test_grey_bgra_and_float_images(detector, photo, photo_face):
     grey = detector.detect(cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))
     bgra = detector.detect(cv2.cvtColor(photo, cv2.COLOR_BGR2BGRA))
