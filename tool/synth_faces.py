@@ -29,7 +29,7 @@ scale, translation, lighting gradient, background colour and texture, sensor noi
 in :class:`FaceParams`, drawn by :func:`sample_params`. Labels are drawn with realistic
 co-occurrence by :func:`sample_labels`. :func:`generate_synthetic_dataset` writes a BP4D-style
 tree ``img/{subject}/{task}/{frame}.jpg`` plus the 3-fold lists of SPEC §2; the faces are
-detectable by :class:`tool.face_detection.FaceDetector`.
+detectable by :class:`faces.FaceDetector` (MTCNN).
 
 CLI::
 
