@@ -51,6 +51,7 @@ def load_dataset_config(name_or_path: Union[str, os.PathLike]) -> dict:
 
     Returned keys: name, dataset_path (absolute; relative paths are taken from the repo root),
     num_classes, neighbor_num, au_names, au_descriptions (list or None), lam (float or None),
+    crop_preset (a faces.CROP_PRESETS name or None: how demo.py crops faces for its models),
     flip_label_pairs (list of [i, j], default []), synthetic (bool, default False), defaults
     (mapping of parser defaults per script, default {}), plus any other keys unchanged.
     ``name`` falls back to a ``dataset`` key, then to the file name.
@@ -110,6 +111,13 @@ def _validate_config(cfg: dict, path: Path) -> dict:
                                f"label indices in 0..{n - 1}, each index in at most one pair")
         seen.update(pair)
     cfg["flip_label_pairs"] = [list(p) for p in pairs]
+    preset = cfg.get("crop_preset")
+    if preset is not None:
+        from faces import CROP_PRESETS
+
+        if preset not in CROP_PRESETS:
+            raise DatasetError(f"{path}: crop_preset {preset!r} is not one of {', '.join(CROP_PRESETS)}")
+    cfg["crop_preset"] = preset
     cfg["synthetic"] = bool(cfg.get("synthetic", False))
     defaults = cfg.get("defaults") or {}
     if not isinstance(defaults, dict):

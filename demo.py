@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 import torch
 
+import provenance
 from inference import AUDetector, FaceResult, InferenceError
 from model import CheckpointMismatchError
 from visualize import annotate, letterbox
@@ -179,8 +180,21 @@ def annotated_path(out_dir: Path, rel: Path) -> Path:
     return path
 
 
+def save_crops(crops_dir: Optional[Path], rel: Path, frame: Optional[int], faces: Sequence[FaceResult]) -> None:
+    """--save-crops: each face's 256x256 crop exactly as fed to the model's transform, named after
+    its CSV row: {file}[_frame{frame}]_face{face}.png under the input's relative path."""
+    if crops_dir is None:
+        return
+    stem = rel.with_suffix("").as_posix() + ("" if frame is None else f"_frame{frame}")
+    for face in faces:
+        path = crops_dir / f"{stem}_face{face.index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), face.crop)
+
+
 def process_images(detector: AUDetector, files: list[Path], root: Path, writer: ResultWriter,
-                   out_dir: Path, draw_text: bool, annotate_images: bool = True) -> None:
+                   out_dir: Path, draw_text: bool, annotate_images: bool = True,
+                   crops_dir: Optional[Path] = None) -> None:
     """Images in batches (faces of several images share one model batch); unreadable files are
     reported and skipped."""
     show = _progress(files, total=len(files), desc="images") if len(files) > 1 else files
@@ -193,9 +207,10 @@ def process_images(detector: AUDetector, files: list[Path], root: Path, writer: 
                 loaded.append((rel, read_bgr_image(path)))
             except DemoError as err:
                 writer.error(str(rel), str(err))
-        results = detector.predict_images([img for _, img in loaded])
+        results = detector.predict_images([img for _, img in loaded], keep_crops=crops_dir is not None)
         for (rel, image), faces in zip(loaded, results):
             writer.add(rel.as_posix(), None, faces)
+            save_crops(crops_dir, rel, None, faces)
             if annotate_images:
                 drawn = annotate(image, faces, detector.au_names,
                                  detector.au_descriptions if draw_text else None, detector.threshold)
@@ -203,7 +218,8 @@ def process_images(detector: AUDetector, files: list[Path], root: Path, writer: 
 
 
 def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_dir: Path,
-                  draw_text: bool, every_n: int = 1, annotate_video: bool = True) -> Optional[Path]:
+                  draw_text: bool, every_n: int = 1, annotate_video: bool = True,
+                  crops_dir: Optional[Path] = None) -> Optional[Path]:
     """Every every_n-th frame of a video; writes annotated/{stem}.mp4 (or .avi) unless
     annotate_video is False. Every frame of the annotated video has one size: the panel shows
     --max-faces face columns (default: as many faces as the first frames hold, at least one)."""
@@ -214,14 +230,19 @@ def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_di
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     cap.release()
     video_writer, video_path, size, columns = None, None, None, detector.max_faces
+    if detector.tracker is not None:
+        detector.tracker.reset()
     frames = _progress(video_frames(path, every_n), total=math.ceil(total / every_n) or None, desc="video")
     try:
         for chunk in _batched(frames, max(1, detector.batch_size)):
-            results = detector.predict_images([frame for _, frame in chunk])
+            # consecutive frames: the face tracker's landmark stage, a full detection every few frames
+            results = detector.predict_images([frame for _, frame in chunk], track=detector.tracker is not None,
+                                              keep_crops=crops_dir is not None)
             if columns is None:
                 columns = max(1, max(len(faces) for faces in results))
             for (index, frame), faces in zip(chunk, results):
                 writer.add(path.name, index, faces)
+                save_crops(crops_dir, Path(path.name), index, faces)
                 if not annotate_video:
                     continue
                 drawn = annotate(frame, faces, detector.au_names, detector.au_descriptions if draw_text else None,
@@ -286,6 +307,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="output folder (default: results/EXP_NAME)")
     p.add_argument("--exp-name", default="demo", help="the release's flag: output folder results/EXP_NAME")
     p.add_argument("--no-detect", action="store_true", help="inputs are face crops already: no detection")
+    p.add_argument("--preset", default=None, choices=("BP4D", "DISFA", "OpenGraphAU"),
+                   help="face crop geometry (faces.CROP_PRESETS; default: the one the checkpoint was trained "
+                        "for, else by AU count: 12 BP4D, 8 DISFA, 41 OpenGraphAU)")
+    p.add_argument("--save-crops", default=None, metavar="DIR",
+                   help="write each face's 256x256 crop, as fed to the model, to DIR as "
+                        "{file}[_frame{n}]_face{k}.png")
+    p.add_argument("--redetect-every", type=int, default=10, metavar="K",
+                   help="videos: a full face detection every K frames, MTCNN's landmark stage alone "
+                        "on the previous faces in between")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: CUDA when available, else the CPU")
     p.add_argument("-b", "--batch-size", type=int, default=16, help="faces per model batch")
@@ -312,6 +342,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.output = str(Path("results") / args.exp_name)
     if args.every_n < 1:
         p.error("--every-n must be at least 1")
+    if args.redetect_every < 1:
+        p.error("--redetect-every must be at least 1")
     if args.max_faces is not None and args.max_faces < 1:
         p.error("--max-faces must be at least 1")
     if args.batch_size < 1:
@@ -335,7 +367,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         detector = AUDetector(args.resume, arc=args.arc, stage=args.stage, device=args.device,
                               dataset=args.dataset, threshold=args.threshold, detect=not args.no_detect,
-                              max_faces=args.max_faces, batch_size=args.batch_size, metric=args.metric)
+                              max_faces=args.max_faces, batch_size=args.batch_size, metric=args.metric,
+                              preset=args.preset, redetect_every=args.redetect_every)
         kind, files = list_inputs(Path(args.input), exclude=Path(args.output))
     except (InferenceError, CheckpointMismatchError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -357,7 +390,11 @@ def main(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.output)
     summary = {"checkpoint": args.resume, "arc": detector.arc, "stage": detector.stage,
-               "variant": detector.variant, "input": str(args.input)}
+               "variant": detector.variant, "crop_preset": detector.crop_preset, "crop_size": detector.crop_size,
+               "input": str(args.input),
+               "provenance": provenance.collect(device=detector.device,
+                                                files={"checkpoint": args.resume} if args.resume else {})}
+    crops_dir = Path(args.save_crops) if args.save_crops else None
     try:
         writer = ResultWriter(out_dir, detector, summary)
     except OSError as err:
@@ -368,12 +405,12 @@ def main(args: argparse.Namespace) -> int:
         if kind == "video":
             try:
                 video_path = process_video(detector, files[0], writer, out_dir, args.draw_text, args.every_n,
-                                           not args.no_annotate)
+                                           not args.no_annotate, crops_dir)
             except DemoError as err:
                 writer.error(files[0].name, str(err))
         else:
             root = Path(args.input) if kind == "folder" else files[0].parent
-            process_images(detector, files, root, writer, out_dir, args.draw_text, not args.no_annotate)
+            process_images(detector, files, root, writer, out_dir, args.draw_text, not args.no_annotate, crops_dir)
     finally:
         writer.close()
     s = writer.json["summary"]

@@ -8,9 +8,11 @@ checkpoint (Luo et al., IJCAI-ECAI 2022):
 
 The checkpoint decides the model (model.load_model) and the AU set: a project checkpoint
 carries its dataset's AU names and descriptions; a released file's AU count picks them
-(12 -> BP4D, 8 -> DISFA, 41 -> OpenGraphAU), or `dataset=` names a config. Faces are found and
-cropped exactly like the training crops, put through the test transform (resize, centre crop,
-ImageNet normalisation) at the checkpoint's crop size, and classified in batches.
+(12 -> BP4D, 8 -> DISFA, 41 -> OpenGraphAU), or `dataset=` names a config. Faces are found with
+MTCNN (faces.py) and cropped exactly like the training crops: the five landmarks aligned to the
+crop preset the model was trained for (a project checkpoint records it; 12 AUs: BP4D, 8: DISFA,
+41: OpenGraphAU), 256x256; then the test transform (resize, centre crop, ImageNet normalisation)
+at the checkpoint's crop size, and classification in batches.
 """
 from __future__ import annotations
 
@@ -40,11 +42,17 @@ class FaceResult:
     probs: np.ndarray
     labels: np.ndarray
     score: Optional[float] = None
+    landmarks: Optional[np.ndarray] = None  # (5, 2) image pixels: eyes, nose, mouth corners
+    crop: Optional[np.ndarray] = None  # the 256x256 BGR crop fed to the model's transform
 
     def as_dict(self, au_names: Sequence[str]) -> dict:
-        return {"face": self.index, "box": [int(v) for v in self.box], "detector_score": self.score,
-                "probs": {n: round(float(p), 6) for n, p in zip(au_names, self.probs)},
-                "active": [n for n, a in zip(au_names, self.labels) if a]}
+        out = {"face": self.index, "box": [int(v) for v in self.box],
+               "detector_score": None if self.score is None else round(float(self.score), 6),
+               "probs": {n: round(float(p), 6) for n, p in zip(au_names, self.probs)},
+               "active": [n for n, a in zip(au_names, self.labels) if a]}
+        if self.landmarks is not None:
+            out["landmarks"] = [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks]
+        return out
 
 
 def load_au_config(name_or_path: str) -> dict:
@@ -96,12 +104,18 @@ class AUDetector:
     dataset: a dataset config name/path whose au_names name the outputs (needed when the AU
         count matches no known set and the file does not name them).
     detect: False treats every image as one face crop (no detection).
+    preset: the crop geometry (faces.CROP_PRESETS); default: the checkpoint's, else the one of
+        its AU count (12: BP4D, 8: DISFA, 41: OpenGraphAU).
+    redetect_every: videos (track()): a full face detection every this many frames, MTCNN's
+        landmark stage alone on the previous faces in between.
     """
 
     def __init__(self, checkpoint: Optional[str | Path], arc: Optional[str] = None,
                  stage: Optional[int] = None, device: str | torch.device = "cpu",
                  dataset: Optional[str] = None, threshold: float = 0.5, detect: bool = True,
-                 max_faces: Optional[int] = None, batch_size: int = 16, metric: Optional[str] = None):
+                 max_faces: Optional[int] = None, batch_size: int = 16, metric: Optional[str] = None,
+                 preset: Optional[str] = None, redetect_every: int = 10):
+        import faces
         from model import build_model, load_model
 
         self.device = torch.device(device)
@@ -130,22 +144,28 @@ class AUDetector:
         self.arc, self.stage, self.variant = self.facts["arc"], int(self.facts["stage"]), self.facts["variant"]
         self.crop_size = int(self.facts.get("crop_size") or 224)  # the release trained at 224
         self.transform = build_transform(False, crop_size=self.crop_size)
-        self.face_detector = None
-        if detect:
-            from tool.face_detection import FaceDetector
-
-            self.face_detector = FaceDetector()
+        self.crop_preset = preset or self.facts.get("crop_preset") or faces.preset_for(len(self.au_names))
+        if self.crop_preset not in faces.CROP_PRESETS:
+            raise InferenceError(f"crop preset {self.crop_preset!r} is not one of {', '.join(faces.CROP_PRESETS)}")
+        self.face_detector = faces.FaceDetector() if detect else None
+        self.tracker = faces.FaceTracker(self.face_detector, redetect_every=redetect_every) if detect else None
 
     # -- detection and cropping
-    def faces_and_crops(self, image_bgr: np.ndarray) -> tuple[list, list]:
-        """[(box, score)], [256 x 256 BGR crop] for each face, largest first."""
-        if self.face_detector is None:
-            h, w = image_bgr.shape[:2]
-            return [((0, 0, w, h), None)], [image_bgr]  # the transform resizes and centre-crops
-        from tool.face_detection import align_crop
+    def find_faces(self, image_bgr: np.ndarray, track: bool = False) -> list:
+        """faces.Face objects of an image, largest first, at most max_faces. track: the image is
+        the next frame of a video (the tracker's landmark stage instead of a full detection)."""
+        found = self.tracker.update(image_bgr) if track else self.face_detector.detect(image_bgr)
+        return list(found)[: self.max_faces]
 
-        faces = self.face_detector.detect(image_bgr)[: self.max_faces]
-        return ([(f.box, f.score) for f in faces], [align_crop(image_bgr, f, size=256) for f in faces])
+    def faces_and_crops(self, image_bgr: np.ndarray, track: bool = False) -> tuple[list, list]:
+        """[faces.Face], [256 x 256 BGR crop] for each face, largest first (without detection:
+        the whole image as one face)."""
+        if self.face_detector is None:
+            return [None], [image_bgr]  # the transform resizes and centre-crops
+        from faces import align_crop
+
+        found = self.find_faces(image_bgr, track)
+        return found, [align_crop(image_bgr, f, preset=self.crop_preset, size=256) for f in found]
 
     def _to_tensor(self, crop_bgr: np.ndarray) -> torch.Tensor:
         if crop_bgr.ndim == 2:
@@ -164,21 +184,28 @@ class AUDetector:
             out.append(probs.float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.au_names)), np.float32)
 
-    def predict_images(self, images: Sequence[np.ndarray]) -> list[list[FaceResult]]:
-        """Faces of several images, classified together (one list of faces per image)."""
+    def predict_images(self, images: Sequence[np.ndarray], track: bool = False,
+                       keep_crops: bool = False) -> list[list[FaceResult]]:
+        """Faces of several images, classified together (one list of faces per image). track: the
+        images are consecutive video frames; keep_crops: each FaceResult carries its crop."""
         per_image, crops = [], []
         for image in images:
-            boxes, image_crops = self.faces_and_crops(image)
-            per_image.append(boxes)
+            found, image_crops = self.faces_and_crops(image, track)
+            per_image.append((image, found, image_crops))
             crops += image_crops
         probs = self.classify(crops)
         results, k = [], 0
-        for boxes in per_image:
+        for image, found, image_crops in per_image:
             faces = []
-            for i, (box, score) in enumerate(boxes):
+            for i, (face, crop) in enumerate(zip(found, image_crops)):
                 p = probs[k]
-                faces.append(FaceResult(i, tuple(int(v) for v in box), p,
-                                        (p >= self.threshold).astype(np.uint8), score))
+                if face is None:  # no detection: the whole image
+                    h, w = image.shape[:2]
+                    box, score, landmarks = (0, 0, w, h), None, None
+                else:
+                    box, score, landmarks = tuple(int(round(v)) for v in face.box), face.score, face.landmarks
+                faces.append(FaceResult(i, box, p, (p >= self.threshold).astype(np.uint8), score, landmarks,
+                                        crop if keep_crops else None))
                 k += 1
             results.append(faces)
         return results

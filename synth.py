@@ -28,7 +28,8 @@ Faces vary by identity (skin tone, face shape, hair, feature sizes) and by frame
 scale, translation, lighting gradient, background colour and texture, sensor noise, gaze) — all
 in :class:`FaceParams`, drawn by :func:`sample_params`. Labels are drawn with realistic
 co-occurrence by :func:`sample_labels`. :func:`generate_synthetic_dataset` writes a BP4D-style
-tree ``img/{subject}/{task}/{frame}.jpg`` plus the 3-fold lists (lists.py).
+tree ``img/{subject}/{task}/{frame}.jpg`` plus the 3-fold lists (lists.py); MTCNN
+(:class:`faces.FaceDetector`) finds the drawn faces.
 :func:`ensure_synthetic_dataset` generates it once, on first use, for whoever asks (the engine
 when a run names the SYNTH config, or the command line).
 

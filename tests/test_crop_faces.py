@@ -1,29 +1,26 @@
-"""tool/crop_faces.py on a tmp tree of synthetic frames and a short MJPG video."""
-import dataclasses
+"""tool/crop_faces.py on a tmp tree of camera-like frames (the NASA astronaut portrait of
+tests/data, moved around) and short MJPG videos."""
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from faces import CROP_PRESETS, FaceDetector
 from tool.crop_faces import (NO_FACE_FILE, CropError, crop_image_tree, crop_videos,
-                             find_disfa_videos, main)
-from tool.face_detection import FaceDetector
-from synth import neutral_params, render_face
+                             find_disfa_videos, main, preview_presets)
 
-ZERO = [0] * 12
+PHOTO = cv2.imread(str(Path(__file__).resolve().parent / "data" / "astronaut.jpg"))
 
 
 def _frame(i, size=(240, 320)):
-    """A camera-like frame: a synthetic face (varying identity/pose) off-centre on a background."""
-    params = dataclasses.replace(neutral_params(), angle=(-4.0, 0.0, 5.0)[i % 3], noise_seed=i,
-                                 noise_sigma=2.0)
-    labels = list(ZERO)
-    labels[7] = i % 2  # AU12 on every other frame
-    face = cv2.resize(render_face(labels, params), (180, 180), interpolation=cv2.INTER_AREA)
-    frame = np.full(size + (3,), (90, 120, 140), np.uint8)
-    x = 30 + 20 * (i % 3)
-    frame[30:210, x:x + 180] = face
-    return frame
+    """A camera-like frame: the photo, scaled, turned and moved a little per frame."""
+    h, w = size
+    angle, scale = (-4.0, 0.0, 5.0)[i % 3], 0.8 + 0.05 * (i % 2)
+    matrix = cv2.getRotationMatrix2D((127.5, 127.5), angle, scale)
+    matrix[:, 2] += (w / 2 - 127.5 + 10 * (i % 3 - 1), h / 2 - 127.5 + 4 * (i % 2))
+    return cv2.warpAffine(PHOTO, matrix, (w, h), borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=(90, 120, 140))
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +28,15 @@ def detector():
     return FaceDetector()
 
 
-def _assert_face_crop(detector, path):
+def _assert_face_crop(detector, path, preset):
+    """A 256 crop whose face has its eyes where ``preset`` puts them (within 8 px)."""
     crop = cv2.imread(str(path))
     assert crop is not None and crop.shape == (256, 256, 3)
     faces = detector.detect(crop)
     assert faces, f"no face in {path}"
-    cx = faces[0].box[0] + faces[0].box[2] / 2
-    assert abs(cx - 128) < 30  # the face is centred in its crop
+    eyes = faces[0].landmarks[:2].mean(0)
+    expected = CROP_PRESETS[preset][:2].mean(0)
+    assert np.hypot(*(eyes - expected)) < 8, (path, preset, eyes, expected)
 
 
 def test_bp4d_tree_same_paths_no_face_and_rerun(tmp_path, detector, capsys):
@@ -52,7 +51,7 @@ def test_bp4d_tree_same_paths_no_face_and_rerun(tmp_path, detector, capsys):
     printed = capsys.readouterr().out
     assert "5 crops written" in printed and "1 frames without a detected face" in printed
     for rel in rels:
-        _assert_face_crop(detector, out / rel)
+        _assert_face_crop(detector, out / rel, "BP4D")
     assert (out / NO_FACE_FILE).read_text().split() == ["M002/T1/2.jpg"]
     blank = cv2.imread(str(out / "M002/T1/2.jpg"))
     assert blank.shape == (256, 256, 3)  # centre crop keeps the lists aligned
@@ -69,8 +68,10 @@ def test_skip_no_face_and_folder_mode(tmp_path, detector):
     cv2.imwrite(str(raw / "a" / "b" / "face.png"), _frame(1, size=(300, 300)))
     cv2.imwrite(str(raw / "a" / "empty.png"), np.zeros((200, 200, 3), np.uint8))
     (raw / "notes.txt").write_text("not an image, ignored")
-    summary = crop_image_tree(raw, out, detector=detector, skip_no_face=True, progress=False)
+    summary = crop_image_tree(raw, out, detector=detector, skip_no_face=True, progress=False,
+                              preset="OpenGraphAU")
     assert summary.written == 1 and summary.no_face == ["a/empty.png"]
+    _assert_face_crop(detector, out / "a" / "b" / "face.png", "OpenGraphAU")
     assert (out / "a" / "b" / "face.png").exists() and not (out / "a" / "empty.png").exists()
     assert (out / NO_FACE_FILE).read_text().split() == ["a/empty.png"]
 
@@ -96,7 +97,7 @@ def test_disfa_video_to_numbered_pngs(tmp_path, detector):
     written = sorted(p.name for p in (out / "SN001").iterdir())
     assert written == [f"{i}.png" for i in range(5)]
     for i in range(4):
-        _assert_face_crop(detector, out / "SN001" / f"{i}.png")
+        _assert_face_crop(detector, out / "SN001" / f"{i}.png", "DISFA")
     assert (out / NO_FACE_FILE).read_text().split() == ["SN001/4.png"]
     summary = crop_videos(videos, out, detector=detector, progress=False)  # re-run: all skipped
     assert (summary.written, summary.skipped) == (0, 5)
@@ -134,7 +135,9 @@ def test_workers_give_the_same_crops(tmp_path):
     assert (one.written, sorted(one.no_face)) == (two.written, sorted(two.no_face)) == expected
     for path in sorted((tmp_path / "one").rglob("*.png")):
         other = tmp_path / "two" / path.relative_to(tmp_path / "one")
-        assert path.read_bytes() == other.read_bytes(), path
+        # Same crops (torch's float sums may differ in the last bit between thread counts).
+        diff = np.abs(cv2.imread(str(path)).astype(int) - cv2.imread(str(other)))
+        assert diff.max() <= 2 and diff.mean() < 0.05, path
     videos = tmp_path / "videos"
     videos.mkdir()
     _write_video(videos / "SN003.avi", [_frame(0), _frame(1)])
@@ -143,3 +146,37 @@ def test_workers_give_the_same_crops(tmp_path):
     assert summary.written == 3 and summary.no_face == []
     written = sorted(p.relative_to(tmp_path / "vid").as_posix() for p in (tmp_path / "vid").rglob("*.png"))
     assert written == ["SN003/0.png", "SN003/1.png", "SN004/0.png"]
+
+
+def test_presets_on_the_command_line_and_tracking_in_videos(tmp_path, detector):
+    raw = tmp_path / "raw"
+    (raw / "F001" / "T1").mkdir(parents=True)
+    cv2.imwrite(str(raw / "F001" / "T1" / "1.jpg"), _frame(0, size=(480, 360)))
+    assert main(["--dataset", "BP4D", "--preset", "OpenGraphAU", "--input", str(raw),
+                 "--output", str(tmp_path / "og"), "--no-progress"]) == 0
+    _assert_face_crop(detector, tmp_path / "og" / "F001" / "T1" / "1.jpg", "OpenGraphAU")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    frames = [_frame(i) for i in range(6)]
+    frames[3] = np.full_like(frames[3], 60)  # the face is gone for one frame
+    _write_video(videos / "LeftVideoSN005_comp.avi", frames)
+    summary = crop_videos(videos, tmp_path / "tracked", progress=False, redetect_every=4)
+    assert summary.written == 6 and summary.no_face == ["SN005/3.png"]
+    for i in (0, 1, 2, 4, 5):
+        _assert_face_crop(detector, tmp_path / "tracked" / "SN005" / f"{i}.png", "DISFA")
+    with pytest.raises(CropError, match="unknown crop preset"):
+        crop_image_tree(raw, tmp_path / "x", preset="AffectNet", progress=False)
+    with pytest.raises(SystemExit):
+        main(["--dataset", "BP4D", "--preset", "AffectNet", "--input", str(raw), "--output", "x"])
+
+
+def test_preview_presets(tmp_path, detector):
+    preview = preview_presets(PHOTO, detector)
+    assert preview.shape == (256 + 28, 256 * len(CROP_PRESETS), 3)
+    out = tmp_path / "docs" / "presets.jpg"
+    assert main(["--preview-presets", str(out)]) == 0  # default photo: tests/data/astronaut.jpg
+    assert cv2.imread(str(out)).shape == preview.shape
+    with pytest.raises(CropError, match="no face"):
+        preview_presets(np.zeros((200, 200, 3), np.uint8), detector)
+    with pytest.raises(SystemExit):
+        main(["--input", "x"])  # neither a dataset run nor a preview

@@ -17,7 +17,7 @@ from inference import InferenceError
 from model import CheckpointMismatchError, build_model
 
 import synth  # noqa: E402
-from tool.face_detection import FaceDetector  # noqa: E402
+from faces import FaceDetector  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_api_and_au_sets(data):
     assert det.au_names == ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26"]
     assert det.model.config.neighbor_num == 3 and det.stage == 2 and det.arc == "resnet18"
     faces = det.predict_image(cv2.imread(str(data["two"])))
-    assert len(faces) == 2 and faces[0].probs.shape == (8,) and faces[0].box[2] > faces[1].box[2]
+    assert len(faces) == 2 and faces[0].probs.shape == (8,) and faces[0].box[2] * faces[0].box[3] > faces[1].box[2] * faces[1].box[3]
     assert det.predict_image(np.zeros((90, 90, 3), np.uint8)) == []
     bp = demo.AUDetector(data["bp1"], arc="resnet18", stage=1, detect=False)
     assert bp.au_names[-1] == "AU24" and len(bp.au_descriptions) == 12
@@ -214,3 +214,36 @@ def test_benchmark(data, capsys):
     assert demo.main(demo.parse_args(["--arc", "resnet18", "--stage", "2", "--dataset", "BP4D", "--input",
                       str(data["folder"] / "sub"), "--benchmark"])) == 0
     assert "frames/s" in capsys.readouterr().out
+
+
+def test_real_face_crops_follow_the_checkpoints_preset(data, tmp_path):
+    """On a real photograph (tests/data/astronaut.jpg in a 640x480 frame): each checkpoint gets
+    the crop geometry of the data it was trained on (12 AUs BP4D, 8 DISFA, 41 OpenGraphAU), or
+    --preset; --save-crops writes each face's crop, named after its CSV row, and MTCNN finds
+    the landmarks of the OpenGraphAU crop where the authors' OpenGraphAU input has them."""
+    import faces
+
+    photo = cv2.imread(str(REPO / "tests" / "data" / "astronaut.jpg"))
+    frame = np.full((480, 640, 3), 110, np.uint8)
+    frame[100:356, 200:456] = photo
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "astronaut_640x480.png"), frame)
+    presets = {key: demo.AUDetector(data[key], detect=False).crop_preset for key in ("bp1", "disfa2", "og2")}
+    assert presets == {"bp1": "BP4D", "disfa2": "DISFA", "og2": "OpenGraphAU"}
+    assert demo.AUDetector(data["og2"], detect=False, preset="DISFA").crop_preset == "DISFA"
+
+    out, crops = tmp_path / "out", tmp_path / "crops"
+    assert demo.main(demo.parse_args(["--resume", str(data["og2"]), "--input", str(folder), "--output", str(out),
+                                      "--save-crops", str(crops), "--no-annotate"])) == 0
+    (row,) = read_csv(out / "predictions.csv")
+    assert row["file"] == "astronaut_640x480.png" and row["face"] == "0"
+    assert json.loads((out / "predictions.json").read_text())["crop_preset"] == "OpenGraphAU"
+    crop = cv2.imread(str(crops / "astronaut_640x480_face0.png"))
+    assert crop.shape == (256, 256, 3) and not (out / "annotated").exists()
+    (again,) = faces.FaceDetector().detect(crop)
+    found, table = again.landmarks, np.array(faces.MEASURED_LANDMARKS["OpenGraphAU"])
+    eye_ratio = np.hypot(*(found[1] - found[0])) / np.hypot(*(table[1] - table[0]))
+    assert abs(eye_ratio - 1) < 0.10, eye_ratio
+    for pair in ((0, 1), (3, 4)):
+        assert np.hypot(*(found[list(pair)].mean(0) - table[list(pair)].mean(0))) < 8.0

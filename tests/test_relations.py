@@ -237,7 +237,7 @@ def test_pair_probabilities_of_a_stage2_model():
 
 def test_check_synth_relations_runs_on_an_untrained_model(tmp_path, capsys):
     """The bench script end to end on a tiny SYNTH set and a random stage-2 model (no quality check)."""
-    synth_faces = pytest.importorskip("tool.synth_faces")
+    import synth as synth_faces
     from bench import check_synth_relations
     from model import build_model
 
