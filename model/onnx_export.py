@@ -19,6 +19,7 @@ Importing this module needs neither onnx nor onnxruntime: export needs ``onnx`` 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -225,11 +226,13 @@ def export_onnx(loaded: LoadedModel | tuple, path: str | os.PathLike, opset: int
         facts['crop_size'] (the size the graph takes). Swin backbones take 224 only.
     provenance: any JSON-able dict, stored as it is under 'provenance'.
     tolerance: probabilities within `tolerance` absolute; edge logits within `tolerance` relative
-        to their scale, max|a - b| / max(1, max|a|).
+        to their scale, max|a - b| / max(1, max|a|). An output beyond it is checked against a
+        float64 copy of the model and passes if ONNX Runtime is about as close to it as PyTorch's
+        own float32 result (verify_onnx explains why and how).
 
     Returns {'path', 'bytes', 'opset', 'outputs', 'crop_size', 'batch_dynamic', 'export_s',
-    'verify_s', 'max_diff': {output: worst over batches}, 'batches': {batch: {output: diff}}}
-    ('max_diff' and 'batches' are empty when verify=False).
+    'verify_s', 'max_diff': {output: worst over batches}, 'batches': {batch: {output: diff}},
+    'fp64', 'accepted_by_fp64'} (verify_onnx's; the last four are empty when verify=False).
     """
     if _torch_version() < MIN_TORCH:
         raise MissingDependencyError(f"ONNX export needs torch >= {'.'.join(map(str, MIN_TORCH))} (its dynamo "
@@ -279,7 +282,7 @@ def export_onnx(loaded: LoadedModel | tuple, path: str | os.PathLike, opset: int
         export_s = time.perf_counter() - start
         result = {"path": str(path), "bytes": tmp.stat().st_size, "opset": used_opset, "outputs": names,
                   "crop_size": crop_size, "batch_dynamic": batch_dynamic, "export_s": export_s,
-                  "verify_s": 0.0, "max_diff": {}, "batches": {}}
+                  "verify_s": 0.0, "max_diff": {}, "batches": {}, "fp64": {}, "accepted_by_fp64": []}
         if verify:
             start = time.perf_counter()
             try:
@@ -306,27 +309,40 @@ def _remove(path: Path) -> None:
         pass
 
 
-def _differences(name: str, ours: np.ndarray, ref: np.ndarray) -> float:
-    """probs: max |a - b|; edge logits: max |a - b| / max(1, max |a|) (a: PyTorch's)."""
-    if ours.shape != ref.shape:
+def _differences(name: str, ours: np.ndarray, ref: np.ndarray, scale_of: np.ndarray | None = None) -> float:
+    """probs: max |a - b|; edge logits: max |a - b| / max(1, max |a|) (a: `scale_of`, by default
+    the reference b, PyTorch's)."""
+    if ours.shape != ref.shape or not np.isfinite(ours).all():
         return float("inf")
-    diff = float(np.abs(ours.astype(np.float64) - ref.astype(np.float64)).max()) if ref.size else 0.0
-    if not np.isfinite(ours).all():
-        return float("inf")
+    if not ref.size:
+        return 0.0
+    diff = float(np.abs(ours.astype(np.float64) - ref.astype(np.float64)).max())
     if name == "edge_logits":
-        diff /= max(1.0, float(np.abs(ref).max()) if ref.size else 0.0)
+        diff /= max(1.0, float(np.abs(ref if scale_of is None else scale_of).max()))
     return diff
 
 
 def verify_onnx(path: str | os.PathLike, model: nn.Module, crop_size: int,
                 batches: Sequence[int] = VERIFY_BATCHES, tolerance: float = TOLERANCE, seed: int = 0) -> dict:
     """Run the file with ONNX Runtime and `model` with PyTorch on the same random inputs (one per
-    batch size); OnnxVerificationError when any output differs by more than `tolerance`
-    (see export_onnx). Returns {'max_diff': {output: worst}, 'batches': {batch: {output: diff}}}."""
+    batch size) and compare (see export_onnx for the measures).
+
+    An output that differs by more than `tolerance` gets a second look against the exact result,
+    a float64 copy of the model on the same inputs: float32 rounding alone moves stage-2 edge
+    logits of a ResNet-50 by about 1e-4 of their scale, in PyTorch as in ONNX Runtime (their
+    attention softmaxes and BatchNorms amplify it), so two correct float32 results can differ by
+    twice that. The output passes when PyTorch's own float32 result is within 10 x tolerance of
+    float64 (else the model is not deterministic or not float32-stable, and nothing is
+    accepted) and ONNX Runtime's is within max(tolerance, 2 x PyTorch's error) of it.
+
+    Returns {'max_diff': {output: worst over batches}, 'batches': {batch: {output: diff}},
+    'fp64': {batch: {output: {'onnxruntime': err, 'pytorch': err}}} (only where the second look
+    ran), 'accepted_by_fp64': [outputs]}; OnnxVerificationError with these when an output fails.
+    """
     session = OnnxAUModel(path, require_metadata=False)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     generator = torch.Generator().manual_seed(seed)
-    per_batch, worst = {}, {}
+    per_batch, worst, runs = {}, {}, []
     was_training = model.training
     model.eval()
     try:
@@ -340,19 +356,50 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, crop_size: int,
                                             {"batches": per_batch})
             diffs = {name: _differences(name, o, r) for name, o, r in zip(session.output_names, ours, ref)}
             per_batch[batch] = diffs
+            runs.append((batch, images, ref, ours))
             for name, value in diffs.items():
                 worst[name] = max(worst.get(name, 0.0), value)
+        result = {"max_diff": worst, "batches": per_batch, "fp64": {}, "accepted_by_fp64": []}
+        bad = sorted(name for name, value in worst.items() if not value <= tolerance)
+        if bad:
+            result["fp64"] = _fp64_errors(model, session.output_names, runs, bad)
+            accepted = [name for name in bad if all(_fp64_accepts(d[name], tolerance) for d in result["fp64"].values())]
+            result["accepted_by_fp64"] = accepted
+            failing = [name for name in bad if name not in accepted]
+            if failing:
+                raise OnnxVerificationError(_failure_message(result, tolerance), result)
+        return result
     finally:
         model.train(was_training)
-    result = {"max_diff": worst, "batches": per_batch}
-    bad = {name: value for name, value in worst.items() if not value <= tolerance}
-    if bad:
-        measured = "; ".join(f"batch {b}: " + ", ".join(f"{n} {v:.3g}" for n, v in d.items())
-                             for b, d in per_batch.items())
-        raise OnnxVerificationError(
-            f"ONNX Runtime disagrees with PyTorch beyond {tolerance:g} "
-            f"(probs: max abs difference; edge_logits: relative to max(1, max |logit|)): {measured}", result)
-    return result
+
+
+def _fp64_errors(model: nn.Module, names: Sequence[str], runs: list, outputs: Sequence[str]) -> dict:
+    """{batch: {output: {'onnxruntime': err, 'pytorch': err}}}: each float32 result against a
+    float64 copy of the model (measured as _differences, the scale from the float64 result)."""
+    exact = copy.deepcopy(model).to("cpu", torch.float64).eval()
+    errors = {}
+    with torch.no_grad():
+        for batch, images, ref, ours in runs:
+            ref64 = [t.numpy() for t in _as_outputs(exact(images.double()))]
+            errors[batch] = {name: {"onnxruntime": _differences(name, o.astype(np.float64), r64, r64),
+                                    "pytorch": _differences(name, r.astype(np.float64), r64, r64)}
+                             for name, o, r, r64 in zip(names, ours, ref, ref64) if name in outputs}
+    del exact
+    return errors
+
+
+def _fp64_accepts(errors: dict, tolerance: float) -> bool:
+    return errors["pytorch"] <= 10 * tolerance and errors["onnxruntime"] <= max(tolerance, 2 * errors["pytorch"])
+
+
+def _failure_message(result: dict, tolerance: float) -> str:
+    measured = "; ".join(f"batch {b}: " + ", ".join(f"{n} {v:.3g}" for n, v in d.items())
+                         for b, d in result["batches"].items())
+    exact = "; ".join(f"batch {b}: " + ", ".join(f"{n} ONNX Runtime {e['onnxruntime']:.3g}, PyTorch {e['pytorch']:.3g}"
+                                                 for n, e in d.items())
+                      for b, d in result["fp64"].items())
+    return (f"ONNX Runtime disagrees with PyTorch beyond {tolerance:g} (probs: max abs difference; edge_logits: "
+            f"relative to max(1, max |logit|)): {measured}; against a float64 copy of the model: {exact}")
 
 
 # --------------------------------------------------------------------------------------------

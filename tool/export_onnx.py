@@ -6,8 +6,10 @@ exporter (input `images` (B, 3, S, S) ImageNet-normalised float32, dynamic batch
 and, for stage-2 ME-GraphAU, `edge_logits`), stores the model's facts (AU names, crop, stage,
 backbone, source file and sha256, versions) in the file's metadata, and runs the file with ONNX
 Runtime at batch 1 and 5 against PyTorch before it is written under its name: probabilities
-must agree within 1e-4, edge logits within 1e-4 of their scale. Prints one summary line; any
-error is one line on stderr with exit code 2.
+must agree within 1e-4, edge logits within 1e-4 of their scale (or, beyond that, be as close to
+a float64 run of the model as PyTorch's float32 result is: float32 rounding alone moves the edge
+logits of a ResNet-50 by about 1e-4). Prints one summary line; any error is one line on stderr
+with exit code 2.
 
 A release file carries no AU names: --dataset names them (its config's au_names,
 au_descriptions and, for stage-1 files, neighbor_num); without it a known AU count is assumed
@@ -142,6 +144,11 @@ def summary_line(report: dict, facts: dict, notes: Sequence[str] = ()) -> str:
             f"({batch}, 3, {report['crop_size']}, {report['crop_size']}) -> {', '.join(report['outputs'])}); "
             f"ONNX Runtime vs PyTorch at batch {batches}: {diffs}; export {report['export_s']:.1f} s, "
             f"verify {report['verify_s']:.1f} s")
+    for name in report.get("accepted_by_fp64", []):
+        errors = [e[name] for e in report["fp64"].values()]
+        notes = [f"{name} beyond 1e-4 of PyTorch but as close to a float64 run as PyTorch's float32 result "
+                 f"(ONNX Runtime {max(e['onnxruntime'] for e in errors):.2g}, PyTorch "
+                 f"{max(e['pytorch'] for e in errors):.2g})", *notes]
     return line + "".join(f"; {note}" for note in notes)
 
 
