@@ -21,7 +21,12 @@ def knn_adjacency(node_features: torch.Tensor, k: int, metric: str = "dots") -> 
         raise ValueError(f"unknown metric {metric!r}; choose one of {METRICS}")
     x = node_features.detach()  # the graph's topology carries no gradient
     if metric == "l1":
-        dist = torch.cdist(x, x, p=1)  # (B, N, N), smaller is closer
+        if torch.onnx.is_in_onnx_export():
+            # the same sum_c |x_ic - x_jc| (cdist has no ONNX translation); eager code keeps
+            # cdist, whose rounding (and so near-tie neighbour choices) trained models saw
+            dist = (x.unsqueeze(2) - x.unsqueeze(1)).abs().sum(-1)  # (B, N, N)
+        else:
+            dist = torch.cdist(x, x, p=1)  # (B, N, N), smaller is closer
         kth = dist.topk(k, dim=-1, largest=False).values[..., -1:]  # (B, N, 1)
         return (dist <= kth).to(x.dtype)
     if metric == "cosine":

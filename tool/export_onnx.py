@@ -1,0 +1,175 @@
+"""Export a ME-GraphAU or OpenGraphAU checkpoint to ONNX, verified against PyTorch.
+
+Reads any checkpoint of this project or of the public releases (ME-GraphAU stage 1 and 2, every
+backbone; OpenGraphAU stage 1 and 2) with model.load_model, exports it with torch's dynamo
+exporter (input `images` (B, 3, S, S) ImageNet-normalised float32, dynamic batch; outputs `probs`
+and, for stage-2 ME-GraphAU, `edge_logits`), stores the model's facts (AU names, crop, stage,
+backbone, source file and sha256, versions) in the file's metadata, and runs the file with ONNX
+Runtime at batch 1 and 5 against PyTorch before it is written under its name: probabilities
+must agree within 1e-4, edge logits within 1e-4 of their scale (or, beyond that, be as close to
+a float64 run of the model as PyTorch's float32 result is: float32 rounding alone moves the edge
+logits of a ResNet-50 by about 1e-4). Prints one summary line; any error is one line on stderr
+with exit code 2.
+
+A release file carries no AU names: --dataset names them (its config's au_names,
+au_descriptions and, for stage-1 files, neighbor_num); without it a known AU count is assumed
+(12: BP4D, 8: DISFA, 41: OpenGraphAU) and the summary says so.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from collections.abc import Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+EPILOG = """examples:
+  # a project checkpoint (it names its AUs and crop)
+  python tool/export_onnx.py --resume runs/bp4d_s2/MEFARG_resnet50_fold1.pth --output me_graphau.onnx
+  # a released ME-GraphAU file: name its AUs (and stage-1 neighbours) with the dataset
+  python tool/export_onnx.py --resume MEFARG_swin_base_DISFA_fold2.pth --dataset DISFA --output disfa.onnx
+  # a released OpenGraphAU file (41 AUs are recognised by their count)
+  python tool/export_onnx.py --resume OpenGprahAU-ResNet50_second_stage.pth --output opengraphau.onnx
+  # ResNets take other crop sizes; pick the opset
+  python tool/export_onnx.py --resume ckpt.pth --output small.onnx --crop-size 160 --opset 20
+
+then, in Python:
+  from model.onnx_export import OnnxAUModel
+  model = OnnxAUModel("me_graphau.onnx", threads=2)
+  probs, edge_logits = model(images)   # stage-2 ME-GraphAU; stage 1 / OpenGraphAU: probs only
+  model.facts["au_names"], model.crop_size
+
+"""
+
+KNOWN_AU_SETS = {12: "BP4D", 8: "DISFA", 41: "OpenGraphAU"}  # as demo.py
+
+
+class ExportError(ValueError):
+    """A problem with what was asked for (reported as one line, exit code 2)."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Export a ME-GraphAU / OpenGraphAU checkpoint to a verified ONNX file with its "
+                    "facts (AU names, crop, stage, backbone, source) in the metadata.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resume", required=True, metavar="CKPT", help="the checkpoint (.pth) to export")
+    parser.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=None,
+                        help="ONNX opset, 18 or newer (default: the exporter's, recorded in the file)")
+    parser.add_argument("--crop-size", type=int, default=None, metavar="S",
+                        help="input height and width (default: the checkpoint's, else 224; ResNets only "
+                             "take other sizes, at least 32)")
+    parser.add_argument("--static-batch", action="store_true",
+                        help="a graph for batch 1 only (default: dynamic batch axis)")
+    g = parser.add_argument_group("for files that do not say (the release's)")
+    g.add_argument("--arc", default=None, help="backbone, when it cannot be told from the keys")
+    g.add_argument("--dataset", default=None, metavar="NAME|YAML",
+                   help="dataset config naming the AUs (BP4D, DISFA, OpenGraphAU or a .yaml path); "
+                        "also gives a stage-1 release file its neighbor_num")
+    g.add_argument("--metric", default=None, choices=("dots", "cosine", "l1"),
+                   help="stage-1 graph metric of a release file trained with another than dots")
+    return parser
+
+
+def _au_config(args, facts: dict) -> tuple[dict | None, bool]:
+    """(dataset config for the AU names, whether it was assumed from the AU count)."""
+    from dataset import load_dataset_config
+
+    if args.dataset:
+        return load_dataset_config(args.dataset), False
+    if facts.get("au_names"):
+        return None, False
+    n = facts.get("num_classes")
+    if n in KNOWN_AU_SETS:
+        return load_dataset_config(KNOWN_AU_SETS[n]), True
+    raise ExportError(f"{args.resume} predicts {n} AUs and does not name them, and {n} matches no known AU "
+                      f"set ({', '.join(f'{k}: {v}' for k, v in KNOWN_AU_SETS.items())}); "
+                      f"pass --dataset CONFIG whose au_names name them")
+
+
+def _fill_from_config(facts: dict, cfg: dict, path) -> None:
+    """The config's AU names/descriptions/dataset where the file does not say; a contradiction is an error."""
+    names = list(cfg["au_names"])
+    if len(names) != facts["num_classes"]:
+        raise ExportError(f"--dataset {cfg.get('name')} names {len(names)} AUs but {path} predicts "
+                          f"{facts['num_classes']}")
+    if facts.get("au_names") and list(facts["au_names"]) != names:
+        raise ExportError(f"--dataset {cfg.get('name')} names the AUs {names} but {path} stores "
+                          f"{list(facts['au_names'])}; drop --dataset (the file decides)")
+    if not facts.get("au_names"):
+        facts["au_names"] = names
+        if not facts.get("au_descriptions"):
+            facts["au_descriptions"] = cfg.get("au_descriptions")
+    if not facts.get("dataset"):
+        facts["dataset"] = cfg.get("name")
+
+
+def run_export(args) -> tuple[dict, dict, list[str]]:
+    """(export_onnx's report, the exported facts, notes for the summary)."""
+    from model import checkpoint_facts, load_model, read_checkpoint
+    from model.onnx_export import export_onnx
+
+    path = Path(args.resume)
+    state_dict, obj = read_checkpoint(path)  # the file's own facts decide neighbor_num etc.
+    file_facts = checkpoint_facts(obj, state_dict)
+    del state_dict, obj
+    cfg, assumed = _au_config(args, file_facts)
+    loaded = load_model(path, arc=args.arc, metric=args.metric,
+                        neighbor_num=cfg.get("neighbor_num") if cfg else None)
+    facts = dict(loaded.facts)
+    notes = []
+    if cfg is not None:
+        _fill_from_config(facts, cfg, path)
+        if assumed:
+            notes.append(f"AU names of {cfg.get('name')} assumed from the AU count (--dataset to choose)")
+    report = export_onnx((loaded.model, facts), args.output, opset=args.opset,
+                         batch_dynamic=not args.static_batch, verify=True, crop_size=args.crop_size)
+    facts["crop_size"] = report["crop_size"]
+    return report, facts, notes
+
+
+def summary_line(report: dict, facts: dict, notes: Sequence[str] = ()) -> str:
+    size = report["bytes"] / 1e6
+    what = (f"{facts.get('arc')} stage {facts.get('stage')} {facts.get('num_classes')} AUs"
+            + (" OpenGraphAU" if facts.get("variant") == "opengraphau" else ""))
+    batch = "B" if report["batch_dynamic"] else "1"
+    diffs = ", ".join(
+        f"{name} max {'abs' if name == 'probs' else 'rel'} diff {value:.2g}"
+        for name, value in report["max_diff"].items())
+    batches = " and ".join(str(b) for b in report["batches"])
+    line = (f"wrote {report['path']} ({size:.1f} MB, opset {report['opset']}, {what}, input images "
+            f"({batch}, 3, {report['crop_size']}, {report['crop_size']}) -> {', '.join(report['outputs'])}); "
+            f"ONNX Runtime vs PyTorch at batch {batches}: {diffs}; export {report['export_s']:.1f} s, "
+            f"verify {report['verify_s']:.1f} s")
+    for name in report.get("accepted_by_fp64", []):
+        errors = [e[name] for e in report["fp64"].values()]
+        notes = [f"{name} beyond 1e-4 of PyTorch but as close to a float64 run as PyTorch's float32 result "
+                 f"(ONNX Runtime {max(e['onnxruntime'] for e in errors):.2g}, PyTorch "
+                 f"{max(e['pytorch'] for e in errors):.2g})", *notes]
+    return line + "".join(f"; {note}" for note in notes)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
+    if not isinstance(args, argparse.Namespace):
+        args = get_args_parser().parse_args(args)
+    from model.onnx_export import MissingDependencyError, OnnxVerificationError
+
+    try:
+        report, facts, notes = run_export(args)
+    except (FileNotFoundError, IsADirectoryError, ValueError, OnnxVerificationError,
+            MissingDependencyError) as err:  # checkpoint, config and verification errors
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    print(summary_line(report, facts, notes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
