@@ -54,12 +54,16 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        # torch names a global it refuses ("Unsupported global: GLOBAL builtins.print"): the file
+        # wants to import and call something; any other unpickling failure is a damaged file
+        if "Unsupported global" in str(exc) or "not an allowed global" in str(exc):
             raise UnsafeCheckpointError(
                 f"{path}: refused, NOT loaded: the file holds Python objects besides tensors and plain "
                 f"values, and unpickling them could run code. Only load such a file in your own code, "
                 f"with torch.load(weights_only=False), if you trust its source.") from None
-        raise CheckpointFileError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+        # torch's own text here suggests weights_only=False, which is exactly what must not be done
+        raise CheckpointFileError(f"{path}: not a readable checkpoint (damaged, truncated or not a torch "
+                                  f"file: the unpickler stopped)") from None
     except Exception as exc:  # truncated, or not a torch file at all
         raise CheckpointFileError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
                                   f"{_first_line(exc)})") from None

@@ -43,7 +43,6 @@ then, in Python:
 
 """
 
-KNOWN_AU_SETS = {12: "BP4D", 8: "DISFA", 41: "OpenGraphAU"}  # as demo.py
 
 
 class ExportError(ValueError):
@@ -77,6 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _au_config(args, facts: dict) -> tuple[dict | None, bool]:
     """(dataset config for the AU names, whether it was assumed from the AU count)."""
     from dataset import load_dataset_config
+    from inference import KNOWN_AU_SETS
 
     if args.dataset:
         return load_dataset_config(args.dataset), False
@@ -125,8 +125,15 @@ def run_export(args) -> tuple[dict, dict, list[str]]:
         _fill_from_config(facts, cfg, path)
         if assumed:
             notes.append(f"AU names of {cfg.get('name')} assumed from the AU count (--dataset to choose)")
+    if not facts.get("crop_preset"):  # the crops demo.py feeds a model of this AU count
+        from faces import preset_for
+
+        facts["crop_preset"] = preset_for(facts["num_classes"])
+    import provenance
+
     report = export_onnx((loaded.model, facts), args.output, opset=args.opset,
-                         batch_dynamic=not args.static_batch, verify=True, crop_size=args.crop_size)
+                         batch_dynamic=not args.static_batch, verify=True, crop_size=args.crop_size,
+                         provenance=provenance.collect(files={"checkpoint": path}))
     facts["crop_size"] = report["crop_size"]
     return report, facts, notes
 
