@@ -21,10 +21,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
+import itertools
 import json
 import logging
 import math
+import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -36,6 +41,7 @@ import torch
 import provenance
 from inference import AUDetector, FaceResult, InferenceError
 from model import CheckpointMismatchError
+from pipeline import STAGES, FrameResult, StageTimes, VideoPipeline
 from visualize import annotate, letterbox
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -112,44 +118,124 @@ def open_video_writer(path_stem: Path, fps: float, size: tuple[int, int]) -> tup
 
 
 # ----------------------------------------------------------------------------- outputs
-class ResultWriter:
-    """predictions.csv (one row per face or per face-less image/frame) and predictions.json."""
+def openface_au_name(name: str) -> str:
+    """An AU name the way OpenFace writes it: AU1 -> AU01, AUL1 -> AUL01 (OpenGraphAU's left and
+    right AUs keep their side letter before the zero-padded number); other names unchanged."""
+    match = re.fullmatch(r"AU([LR]?)(\d+)", name)
+    return f"AU{match[1]}{int(match[2]):02d}" if match else name
 
-    def __init__(self, out_dir: Path, detector: AUDetector, args_summary: dict):
+
+class ResultWriter:
+    """predictions.csv (one row per face, or per face-less image/frame), predictions.jsonl (one
+    JSON object per image/frame) and predictions.json (the run's settings, AU names, errors and
+    summary; for images also every result, as predictions.jsonl has them).
+
+    Rows are written as they are made: flush() (demo.py calls it after every batch) writes every
+    row added since, each file in one piece, so a run that is killed leaves complete rows of a
+    prefix of the frames. predictions.json is written at the start with "complete": false and
+    rewritten by close().
+
+    openface: OpenFace's column names (see OPENFACE_HELP) instead of this project's.
+    keep_results: also keep every result in memory for predictions.json (images); videos leave
+    them in predictions.jsonl only, so memory does not grow with the video's length.
+    """
+
+    def __init__(self, out_dir: Path, detector: AUDetector, args_summary: dict, openface: bool = False,
+                 keep_results: bool = True):
         self.out_dir = out_dir
         self.names = detector.au_names
+        self.threshold = detector.threshold
+        self.openface = openface
+        self.keep_results = keep_results
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.csv_file = open(out_dir / "predictions.csv", "w", newline="")
-        self.csv = csv.writer(self.csv_file)
-        self.csv.writerow(["file", "frame", "face", "x", "y", "w", "h", "no_face"]
-                          + [c for n in self.names for c in (f"{n}_prob", n)])
+        self.csv_file = open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8")
+        self.jsonl_file = open(out_dir / "predictions.jsonl", "w", encoding="utf-8")
+        self._csv_text, self._jsonl_text = io.StringIO(), io.StringIO()
+        self.csv = csv.writer(self._csv_text)
+        if openface:
+            codes = [openface_au_name(n) for n in self.names]
+            self.csv.writerow(["frame", "face_id", "timestamp", "confidence", "success"]
+                              + [f"{c}_c" for c in codes] + [f"{c}_p" for c in codes]
+                              + ["file", "box_x", "box_y", "box_w", "box_h"])
+        else:
+            self.csv.writerow(["file", "frame", "face", "x", "y", "w", "h", "no_face"]
+                              + [c for n in self.names for c in (f"{n}_prob", n)])
         self.json = {**args_summary, "au_names": list(self.names),
                      "au_descriptions": detector.au_descriptions, "threshold": detector.threshold,
-                     "results": [], "errors": []}
+                     "csv_columns": "openface" if openface else "demo", "results_file": "predictions.jsonl",
+                     "complete": False}
+        if keep_results:
+            self.json["results"] = []
+        self.json["errors"] = []
         self.n_items = self.n_faces = self.n_no_face = 0
+        self.flush()
+        self._write_json()
 
-    def add(self, file: str, frame: Optional[int], faces: Sequence[FaceResult]) -> None:
+    def add(self, file: str, frame: Optional[int], faces: Sequence[FaceResult],
+            timestamp: Optional[float] = None) -> None:
+        """One image (frame None) or video frame and its faces; timestamp: the frame's time in
+        seconds (OpenFace columns)."""
         self.n_items += 1
-        frame_text = "" if frame is None else frame
         if not faces:
             self.n_no_face += 1
-            self.csv.writerow([file, frame_text, "", "", "", "", "", 1] + [""] * (2 * len(self.names)))
+        if self.openface:
+            self._add_openface(file, frame, faces, timestamp)
+        else:
+            frame_text = "" if frame is None else frame
+            if not faces:
+                self.csv.writerow([file, frame_text, "", "", "", "", "", 1] + [""] * (2 * len(self.names)))
+            for face in faces:
+                values = [v for p, a in zip(face.probs, face.labels) for v in (f"{p:.6f}", int(a))]
+                self.csv.writerow([file, frame_text, face.index, *face.box, 0] + values)
+        self.n_faces += len(faces)
+        result = {"file": file, "frame": frame, "no_face": not faces,
+                  "faces": [f.as_dict(self.names) for f in faces]}
+        self._jsonl_text.write(json.dumps(result) + "\n")
+        if self.keep_results:
+            self.json["results"].append(result)
+
+    def _add_openface(self, file: str, frame: Optional[int], faces: Sequence[FaceResult],
+                      timestamp: Optional[float]) -> None:
+        # OpenFace numbers frames from 1 (images: their place in the listing) and writes zeros
+        # where no face was found (success 0)
+        number = (frame if frame is not None else self.n_items - 1) + 1
+        stamp = f"{timestamp if timestamp is not None else 0.0:.3f}"
+        if not faces:
+            self.csv.writerow([number, 0, stamp, 0, 0] + [0] * len(self.names) + ["0.000000"] * len(self.names)
+                              + [file, "", "", "", ""])
         for face in faces:
-            self.n_faces += 1
-            values = [v for p, a in zip(face.probs, face.labels) for v in (f"{p:.6f}", int(a))]
-            self.csv.writerow([file, frame_text, face.index, *face.box, 0] + values)
-        self.json["results"].append({"file": file, "frame": frame, "no_face": not faces,
-                                     "faces": [f.as_dict(self.names) for f in faces]})
+            confidence = 1.0 if face.score is None else face.score  # --no-detect: the image is the face
+            self.csv.writerow([number, face.index, stamp, f"{confidence:.4f}", 1]
+                              + [int(a) for a in face.labels] + [f"{p:.6f}" for p in face.probs]
+                              + [file, *face.box])
+
+    def flush(self) -> None:
+        """Write the rows added since the last flush, each file in one write, and flush them."""
+        for text, handle in ((self._csv_text, self.csv_file), (self._jsonl_text, self.jsonl_file)):
+            data = text.getvalue()
+            if data:
+                handle.write(data)
+                handle.flush()
+                text.seek(0)
+                text.truncate()
 
     def error(self, file: str, message: str) -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
         self.json["errors"].append({"file": file, "error": message})
 
+    def _write_json(self) -> None:
+        tmp = self.out_dir / ".predictions.json.tmp"
+        tmp.write_text(json.dumps(self.json, indent=1))
+        os.replace(tmp, self.out_dir / "predictions.json")
+
     def close(self) -> None:
+        self.flush()
         self.csv_file.close()
+        self.jsonl_file.close()
+        self.json["complete"] = True
         self.json["summary"] = {"items": self.n_items, "faces": self.n_faces,
                                 "no_face": self.n_no_face, "errors": len(self.json["errors"])}
-        (self.out_dir / "predictions.json").write_text(json.dumps(self.json, indent=1))
+        self._write_json()
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -215,71 +301,262 @@ def process_images(detector: AUDetector, files: list[Path], root: Path, writer: 
                 drawn = annotate(image, faces, detector.au_names,
                                  detector.au_descriptions if draw_text else None, detector.threshold)
                 cv2.imwrite(str(annotated_path(out_dir, rel)), drawn)
+        writer.flush()
+
+
+def video_info(path: Path) -> tuple[float, int, tuple[int, int]]:
+    """(frames per second, frame count as the container says (0: unknown), (width, height))."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise DemoError(f"{path}: cannot open video")
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    finally:
+        cap.release()
+    return fps, max(total, 0), size
+
+
+def sequential_results(detector: AUDetector, frames: Iterable[tuple[int, np.ndarray]], track: bool = True,
+                       keep_crops: bool = False, times: Optional[StageTimes] = None) -> Iterator[FrameResult]:
+    """FrameResults of (index, frame) pairs in one thread, batch by batch (--no-pipeline): the
+    reference the pipeline (pipeline.VideoPipeline) is tested against; the same steps as
+    AUDetector.predict_images, timed per stage."""
+    times = StageTimes() if times is None else times
+    track = track and detector.tracker is not None
+    if track:
+        detector.tracker.reset()
+    t_start = time.perf_counter()
+    it = iter(frames)
+    while True:
+        start = time.perf_counter()
+        chunk = list(itertools.islice(it, max(1, detector.batch_size)))
+        times.add("decode", time.perf_counter() - start)
+        if not chunk:
+            break
+        prepared, inputs = [], []
+        for index, frame in chunk:
+            start = time.perf_counter()
+            found = detector.find_faces(frame, track) if detector.face_detector is not None else [None]
+            middle = time.perf_counter()
+            crops = detector.crops(frame, found)
+            inputs.append(detector.model_inputs(crops))
+            times.add("detect", middle - start)
+            times.add("crop", time.perf_counter() - middle)
+            prepared.append((index, frame, found, crops if keep_crops else None))
+        start = time.perf_counter()
+        batch = np.concatenate(inputs)
+        probs = np.concatenate([detector.run_model(batch[k:k + detector.batch_size])
+                                for k in range(0, max(len(batch), 1), detector.batch_size)])
+        times.add("model", time.perf_counter() - start)
+        times.batches += math.ceil(len(batch) / detector.batch_size)
+        k = 0
+        for index, frame, found, crops in prepared:
+            faces = detector.face_results(frame, found, probs[k:k + len(found)], crops)
+            k += len(found)
+            times.frames += 1
+            times.faces += len(faces)
+            start = time.perf_counter()
+            yield FrameResult(index, frame, faces)
+            times.add("write", time.perf_counter() - start)
+    times.wall = time.perf_counter() - t_start
 
 
 def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_dir: Path,
                   draw_text: bool, every_n: int = 1, annotate_video: bool = True,
-                  crops_dir: Optional[Path] = None) -> Optional[Path]:
-    """Every every_n-th frame of a video; writes annotated/{stem}.mp4 (or .avi) unless
-    annotate_video is False. Every frame of the annotated video has one size: the panel shows
-    --max-faces face columns (default: as many faces as the first frames hold, at least one)."""
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise DemoError(f"{path}: cannot open video")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    cap.release()
+                  crops_dir: Optional[Path] = None, pipelined: bool = True, max_frames: Optional[int] = None,
+                  times: Optional[StageTimes] = None, progress: bool = True) -> Optional[Path]:
+    """Every every_n-th frame of a video (at most max_frames of them); writes annotated/{stem}.mp4
+    (or .avi) unless annotate_video is False. Every frame of the annotated video has one size:
+    the panel shows --max-faces face columns (default: as many faces as the first frame holds, at
+    least one).
+
+    pipelined: decoding, face detection + cropping and the model in their own threads
+    (pipeline.VideoPipeline), faces of consecutive frames batched together; False: one thread.
+    Rows are flushed to the output files after every batch of frames. times: a StageTimes that
+    receives each stage's busy time."""
+    fps, total, _ = video_info(path)
+    expected = math.ceil(total / every_n) if total else None
+    if max_frames is not None:
+        expected = min(expected, max_frames) if expected else max_frames
+    frames = video_frames(path, every_n)
+    if max_frames is not None:
+        frames = itertools.islice(frames, max_frames)
+    keep = crops_dir is not None
+    if pipelined:
+        results = VideoPipeline(detector, frames, track=True, keep_crops=keep)
+        if times is not None:
+            results.times = times
+    else:
+        results = sequential_results(detector, frames, track=True, keep_crops=keep, times=times)
     video_writer, video_path, size, columns = None, None, None, detector.max_faces
-    if detector.tracker is not None:
-        detector.tracker.reset()
-    frames = _progress(video_frames(path, every_n), total=math.ceil(total / every_n) or None, desc="video")
+    shown = _progress(results, total=expected, desc="video") if progress else results
+    flush_every = max(1, detector.batch_size)
     try:
-        for chunk in _batched(frames, max(1, detector.batch_size)):
-            # consecutive frames: the face tracker's landmark stage, a full detection every few frames
-            results = detector.predict_images([frame for _, frame in chunk], track=detector.tracker is not None,
-                                              keep_crops=crops_dir is not None)
+        for n, (index, frame, faces) in enumerate(shown, 1):
+            writer.add(path.name, index, faces, timestamp=index / fps)
+            save_crops(crops_dir, Path(path.name), index, faces)
+            if n % flush_every == 0:
+                writer.flush()
+            if not annotate_video:
+                continue
             if columns is None:
-                columns = max(1, max(len(faces) for faces in results))
-            for (index, frame), faces in zip(chunk, results):
-                writer.add(path.name, index, faces)
-                save_crops(crops_dir, Path(path.name), index, faces)
-                if not annotate_video:
-                    continue
-                drawn = annotate(frame, faces, detector.au_names, detector.au_descriptions if draw_text else None,
-                                 detector.threshold, panel_faces=columns)
-                if video_writer is None:
-                    # the first frame fixes the size; even sides keep every codec happy
-                    size = (drawn.shape[1] + drawn.shape[1] % 2, drawn.shape[0] + drawn.shape[0] % 2)
-                    (out_dir / "annotated").mkdir(parents=True, exist_ok=True)
-                    video_writer, video_path = open_video_writer(out_dir / "annotated" / path.stem,
-                                                                 max(1.0, fps / every_n), size)
-                video_writer.write(letterbox(drawn, size))
+                columns = max(1, len(faces))
+            drawn = annotate(frame, faces, detector.au_names, detector.au_descriptions if draw_text else None,
+                             detector.threshold, panel_faces=columns)
+            if video_writer is None:
+                # the first frame fixes the size; even sides keep every codec happy
+                size = (drawn.shape[1] + drawn.shape[1] % 2, drawn.shape[0] + drawn.shape[0] % 2)
+                (out_dir / "annotated").mkdir(parents=True, exist_ok=True)
+                video_writer, video_path = open_video_writer(out_dir / "annotated" / path.stem,
+                                                             max(1.0, fps / every_n), size)
+            video_writer.write(letterbox(drawn, size))
     finally:
+        if hasattr(shown, "close"):
+            shown.close()
+        if pipelined:
+            results.close()
+        writer.flush()
         if video_writer is not None:
             video_writer.release()
     return video_path
 
 
 # ----------------------------------------------------------------------------- benchmark
-def benchmark(detector: AUDetector, images: list[np.ndarray], repeats: int = 3) -> dict:
-    """Frames per second of detection + cropping, of the model alone, and of both, on `images`
-    (after one warm-up pass)."""
-    detector.predict_images(images[:1])  # warm-up (lazy init, allocator)
-    t0 = time.perf_counter()
-    crops = []
-    for _ in range(repeats):
-        crops = [c for img in images for c in detector.faces_and_crops(img)[1]]
-    t_detect = (time.perf_counter() - t0) / repeats
-    crops = crops or [cv2.resize(images[0], (256, 256))]
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        detector.classify(crops)
-    t_model = (time.perf_counter() - t0) / repeats
-    n = len(images)
-    return {"frames": n, "faces": len(crops), "detect_ms_per_frame": 1000 * t_detect / n,
-            "model_ms_per_face": 1000 * t_model / len(crops),
-            "frames_per_s": n / (t_detect + t_model),
-            "threads": torch.get_num_threads(), "device": str(detector.device)}
+ENGINE_NAMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
+
+
+def benchmark_frames(kind: str, files: list[Path], every_n: int, limit: int) -> tuple[str, object, int]:
+    """(description, frames, count) for --benchmark: a video's first `limit` (every_n-th) frames,
+    decoded during each timed pass (frames: a function returning a fresh iterator of (index,
+    frame) pairs), or the first `limit` images, read beforehand (a list)."""
+    if kind == "video":
+        path = files[0]
+        _, total, (w, h) = video_info(path)
+        count = min(limit, math.ceil(total / every_n)) if total else limit
+        frames = lambda: itertools.islice(video_frames(path, every_n), limit)  # noqa: E731
+        return f"{count} frames of {path.name}, {w}x{h}", frames, count
+    images = [read_bgr_image(f) for f in files[:limit]]
+    if not images:
+        raise DemoError(f"{files[0]}: no image to benchmark")
+    h, w = images[0].shape[:2]
+    return f"{len(images)} images, {w}x{h}", images, len(images)
+
+
+def time_run(detector: AUDetector, frames, track: bool, pipelined: bool, out_dir: Path,
+             annotate_frames: bool, openface: bool = False) -> tuple[StageTimes, list]:
+    """One timed pass over `frames` (a list of images, or a function returning an iterator of
+    (index, frame) pairs: a video decoded as it goes) as demo.py processes a video (outputs
+    written to out_dir): its StageTimes and every face's probabilities (to compare engines)."""
+    writer = ResultWriter(out_dir, detector, {}, openface=openface, keep_results=False)
+    times = StageTimes()
+    indexed = frames() if callable(frames) else list(enumerate(frames))
+    source = (VideoPipeline(detector, indexed, track=track) if pipelined
+              else sequential_results(detector, indexed, track=track, times=times))
+    if pipelined:
+        source.times = times
+    probs, video = [], None
+    start = time.perf_counter()
+    try:
+        for n, (index, frame, faces) in enumerate(source, 1):
+            writer.add("benchmark", index, faces, timestamp=index / 25.0)
+            probs += [f.probs for f in faces]
+            if n % detector.batch_size == 0:
+                writer.flush()
+            if annotate_frames:
+                drawn = annotate(frame, faces, detector.au_names, None, detector.threshold, panel_faces=1)
+                if video is None:
+                    size = (drawn.shape[1] + drawn.shape[1] % 2, drawn.shape[0] + drawn.shape[0] % 2)
+                    video, _ = open_video_writer(out_dir / "benchmark", 25.0, size)
+                video.write(letterbox(drawn, size))
+    finally:
+        if pipelined:
+            source.close()
+        if video is not None:
+            video.release()
+        writer.close()
+    times.wall = time.perf_counter() - start
+    return times, probs
+
+
+def onnx_for_benchmark(detector: AUDetector, args: argparse.Namespace, workdir: Path) -> Path:
+    """--benchmark-onnx, else the detector's model exported to a temporary file (not verified:
+    the benchmark compares the two engines' probabilities itself)."""
+    if args.benchmark_onnx:
+        return Path(args.benchmark_onnx)
+    from model.onnx_export import export_onnx
+
+    facts = {**detector.facts, "au_names": list(detector.au_names), "au_descriptions": detector.au_descriptions,
+             "crop_preset": detector.crop_preset, "crop_size": detector.crop_size}
+    path = workdir / "model.onnx"
+    start = time.perf_counter()
+    log.info("benchmark: exporting the model to ONNX (a temporary file)...")
+    export_onnx((detector.model, facts), path, verify=False, crop_size=detector.crop_size)
+    log.info("benchmark: exported in %.1f s", time.perf_counter() - start)
+    return path
+
+
+def benchmark(detectors: dict, frames: list, track: bool, pipelined: bool = True, repeats: int = 2,
+              annotate_frames: bool = False, workdir: Optional[Path] = None) -> dict:
+    """Frames per second and busy milliseconds per frame of each pipeline stage, per engine
+    ({name: AUDetector}), on `frames` processed like a video (outputs written to a temporary
+    folder). The engines alternate, their order flipping every repeat, after one warm-up
+    frame each; each engine's fastest pass is reported (the least disturbed on a shared machine).
+    Also the largest probability difference between the engines' results."""
+    with tempfile.TemporaryDirectory(prefix="demo_benchmark_", dir=workdir) as tmp:
+        first = [next(iter(frames()))[1]] if callable(frames) else frames[:1]
+        for name, det in detectors.items():  # warm-up: lazy initialisation, allocator, MTCNN
+            time_run(det, first, track, pipelined, Path(tmp) / f"warm_{name}", False)
+        runs = {name: [] for name in detectors}
+        probs = {}
+        order = list(detectors)
+        for r in range(repeats):
+            for name in (order if r % 2 == 0 else order[::-1]):
+                times, p = time_run(detectors[name], frames, track, pipelined, Path(tmp) / f"{name}_{r}",
+                                    annotate_frames)
+                runs[name].append(times)
+                probs.setdefault(name, p)
+    result = {"engines": {}}
+    for name, times in runs.items():
+        best = min(times, key=lambda t: t.wall)
+        result["engines"][name] = {**best.as_dict(), "frames_per_s_all": [t.frames / t.wall for t in times]}
+    if len(probs) == 2:
+        a, b = probs.values()
+        if len(a) == len(b) and a:
+            result["max_prob_diff"] = float(np.abs(np.stack(a) - np.stack(b)).max())
+        else:
+            result["max_prob_diff"] = None  # a different number of faces (detection is the same: should not happen)
+    return result
+
+
+def print_benchmark(result: dict, detectors: dict, what: str, args: argparse.Namespace, pipelined: bool) -> None:
+    det = next(iter(detectors.values()))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"benchmark: {what}; {det.arc} stage {det.stage}, {len(det.au_names)} AUs, batch {det.batch_size}, "
+          f"model threads {det.threads or torch.get_num_threads()}, MTCNN threads "
+          f"{det.face_detector.threads if det.face_detector else '-'}, "
+          f"{'pipelined' if pipelined else 'sequential'}, redetect every {args.redetect_every}, "
+          f"{'annotated video' if not args.no_annotate else 'no annotation'}; {os.cpu_count()} CPUs, "
+          f"load average {load:.1f}; best of {args.benchmark_repeats} passes, engines alternating")
+    header = ["engine", "frames/s", "decode", "detect", "crop", "model", "write", "model ms/face", "all passes"]
+    rows = []
+    for name, r in result["engines"].items():
+        ms = r["ms_per_frame"]
+        rows.append([ENGINE_NAMES[name], f"{r['frames_per_s']:.1f}", *(f"{ms[s]:.1f}" for s in STAGES),
+                     "-" if r["model_ms_per_face"] is None else f"{r['model_ms_per_face']:.1f}",
+                     " ".join(f"{v:.1f}" for v in r["frames_per_s_all"])])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print("(decode .. write: busy ms per frame of each stage; pipelined stages overlap, so frames/s can "
+          "exceed 1000 / their sum)")
+    if "max_prob_diff" in result:
+        diff = result["max_prob_diff"]
+        note = "" if diff is None or diff <= 1e-3 else "  (not the same model's weights?)"
+        print(f"max |probability difference| PyTorch vs ONNX Runtime: "
+              f"{'faces differ' if diff is None else f'{diff:.2g}'}{note}")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -289,8 +566,18 @@ EXAMPLES = """examples:
       --input photo.jpg --draw_text                               # the release's demo command
   python demo.py --resume checkpoints/MEFARG_resnet50_BP4D_fold1.pth --input frames/ --output results/demo
   python demo.py --resume model.pth --input clip.mp4 --every-n 5 --max-faces 1
-  python demo.py --resume model.pth --input frames/ --benchmark --threads 2
+  python demo.py --resume model.pth --input clip.mp4 --openface-columns --no-annotate
+  python tool/export_onnx.py --resume model.pth --output model.onnx    # then, on ONNX Runtime:
+  python demo.py --resume model.onnx --input clip.mp4
+  python demo.py --resume model.pth --input clip.mp4 --benchmark       # PyTorch vs ONNX Runtime
 """
+
+OPENFACE_HELP = ("write predictions.csv with OpenFace's column names, for tools that read OpenFace "
+                 "output: frame (from 1), face_id, timestamp (s), confidence (MTCNN's face "
+                 "probability), success (0: no face, then zeros), AU01_c ... (0/1 presence, OpenFace's "
+                 "_c; OpenGraphAU's left/right AUs as AUL01_c, AUR01_c ...), AU01_p ... (our "
+                 "occurrence probabilities; OpenFace's _r intensities are not predicted, so there "
+                 "are no _r columns), then file and the face box box_x, box_y, box_w, box_h")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -327,11 +614,39 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="stage-1 graph similarity (default: the checkpoint's, else dots)")
     p.add_argument("--max-faces", type=int, default=None, help="keep at most this many faces per image (largest)")
     p.add_argument("--every-n", type=int, default=1, help="videos: process every n-th frame")
-    p.add_argument("--no-annotate", action="store_true", help="write only predictions.csv/json")
-    p.add_argument("--benchmark", action="store_true",
-                   help="time detection and model on the input images instead of writing outputs")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-annotate", action="store_true", help="write only predictions.csv/jsonl/json")
+    p.add_argument("--openface-columns", action="store_true", help=OPENFACE_HELP)
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of the AU model: torch's intra-op threads, or ONNX Runtime's "
+                        f"(default: {default_threads()}, this machine's cores); MTCNN runs in one thread "
+                        "beside it")
+    p.add_argument("--detect-size", type=int, default=640, metavar="PX",
+                   help="full face detections run on the frame scaled to at most PX pixels on its longer "
+                        "side (0: full size); landmarks are always tracked at full size")
+    p.add_argument("--no-pipeline", action="store_true",
+                   help="videos: decode, detect and classify in one thread, batch by batch (default: "
+                        "decoding, face detection and the model overlap in their own threads)")
+    g = p.add_argument_group("benchmark")
+    g.add_argument("--benchmark", action="store_true",
+                   help="time the video path (decode, detect/track, crop, model, write) on the input's "
+                        "first frames with PyTorch and ONNX Runtime side by side, instead of writing outputs; "
+                        "a .pth is exported to a temporary .onnx (or see --benchmark-onnx)")
+    g.add_argument("--benchmark-onnx", default=None, metavar="FILE",
+                   help="the ONNX export of --resume to benchmark against it (skips the temporary export)")
+    g.add_argument("--benchmark-engine", default="both", choices=("both", "pytorch", "onnxruntime"),
+                   help="the engines to time")
+    g.add_argument("--benchmark-frames", type=int, default=200, metavar="N", help="frames (or images) to time")
+    g.add_argument("--benchmark-repeats", type=int, default=2, metavar="R",
+                   help="passes per engine, alternating engines; the fastest is reported")
     return p
+
+
+def default_threads() -> int:
+    """The CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -352,6 +667,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--threshold must be between 0 and 1, got {args.threshold}")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.detect_size < 0:
+        p.error("--detect-size must be 0 (full size) or more")
+    if args.benchmark_frames < 1 or args.benchmark_repeats < 1:
+        p.error("--benchmark-frames and --benchmark-repeats must be at least 1")
+    if args.benchmark_onnx and not Path(args.benchmark_onnx).is_file():
+        p.error(f"--benchmark-onnx {args.benchmark_onnx}: file not found")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
@@ -359,44 +680,73 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def make_detector(args: argparse.Namespace, checkpoint=None) -> AUDetector:
+    return AUDetector(checkpoint or args.resume, arc=args.arc, stage=args.stage, device=args.device,
+                      dataset=args.dataset, threshold=args.threshold, detect=not args.no_detect,
+                      max_faces=args.max_faces, batch_size=args.batch_size, metric=args.metric,
+                      preset=args.preset, redetect_every=args.redetect_every, threads=args.threads,
+                      detect_size=args.detect_size or None)
+
+
+def run_benchmark(args: argparse.Namespace, detector: AUDetector, kind: str, files: list[Path]) -> int:
+    """--benchmark: PyTorch and ONNX Runtime side by side on the input's first frames."""
+    what, frames, _ = benchmark_frames(kind, files, args.every_n, args.benchmark_frames)
+    with tempfile.TemporaryDirectory(prefix="demo_onnx_") as tmp:
+        detectors = {}
+        if detector.backend == "pytorch" and args.benchmark_engine in ("both", "pytorch"):
+            detectors["pytorch"] = detector
+        if args.benchmark_engine in ("both", "onnxruntime"):
+            if detector.backend == "onnxruntime":
+                detectors["onnxruntime"] = detector
+            else:
+                onnx_path = onnx_for_benchmark(detector, args, Path(tmp))
+                onnx_detector = make_detector(args, onnx_path)
+                if (onnx_detector.arc, onnx_detector.stage, onnx_detector.au_names) != \
+                        (detector.arc, detector.stage, detector.au_names):
+                    raise DemoError(f"--benchmark-onnx {onnx_path}: {onnx_detector.arc} stage {onnx_detector.stage} "
+                                    f"with {len(onnx_detector.au_names)} AUs, not the model of --resume")
+                detectors["onnxruntime"] = onnx_detector
+        if not detectors:
+            raise DemoError(f"--benchmark-engine {args.benchmark_engine}: {args.resume} is an ONNX file")
+        pipelined = not args.no_pipeline
+        result = benchmark(detectors, frames, track=kind == "video", pipelined=pipelined,
+                           repeats=args.benchmark_repeats, annotate_frames=not args.no_annotate)
+    print_benchmark(result, detectors, what, args, pipelined)
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the demo as `args` (from parse_args) say; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads is None:
+        args.threads = default_threads()
+    torch.set_num_threads(args.threads)
     try:
-        detector = AUDetector(args.resume, arc=args.arc, stage=args.stage, device=args.device,
-                              dataset=args.dataset, threshold=args.threshold, detect=not args.no_detect,
-                              max_faces=args.max_faces, batch_size=args.batch_size, metric=args.metric,
-                              preset=args.preset, redetect_every=args.redetect_every)
+        detector = make_detector(args)
         kind, files = list_inputs(Path(args.input), exclude=Path(args.output))
     except (InferenceError, CheckpointMismatchError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    log.info("model: %s stage %d (%s), %d AUs: %s", detector.arc, detector.stage, detector.variant,
-             len(detector.au_names), " ".join(detector.au_names))
+    log.info("model: %s stage %d (%s), %d AUs, %s: %s", detector.arc, detector.stage, detector.variant,
+             len(detector.au_names), ENGINE_NAMES[detector.backend], " ".join(detector.au_names))
 
     if args.benchmark:
-        if kind == "video":
-            images = [f for _, f in zip(range(16), (fr for _, fr in video_frames(files[0], args.every_n)))]
-        else:
-            images = [read_bgr_image(f) for f in files[:16]]
-        r = benchmark(detector, images)
-        print(f"benchmark {detector.arc} stage {detector.stage} on {r['device']} ({r['threads']} threads), "
-              f"{r['frames']} frames, {r['faces']} faces: detection {r['detect_ms_per_frame']:.1f} ms/frame, "
-              f"model {r['model_ms_per_face']:.1f} ms/face (batch {detector.batch_size}), "
-              f"total {r['frames_per_s']:.2f} frames/s")
-        return 0
+        try:
+            return run_benchmark(args, detector, kind, files)
+        except (InferenceError, CheckpointMismatchError, ValueError, ImportError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
 
     out_dir = Path(args.output)
-    summary = {"checkpoint": args.resume, "arc": detector.arc, "stage": detector.stage,
+    summary = {"checkpoint": args.resume, "engine": detector.backend, "arc": detector.arc, "stage": detector.stage,
                "variant": detector.variant, "crop_preset": detector.crop_preset, "crop_size": detector.crop_size,
                "input": str(args.input),
                "provenance": provenance.collect(device=detector.device,
                                                 files={"checkpoint": args.resume} if args.resume else {})}
     crops_dir = Path(args.save_crops) if args.save_crops else None
     try:
-        writer = ResultWriter(out_dir, detector, summary)
+        writer = ResultWriter(out_dir, detector, summary, openface=args.openface_columns,
+                              keep_results=kind != "video")
     except OSError as err:
         print(f"error: cannot write to {out_dir}: {err}", file=sys.stderr)
         return 2
@@ -405,7 +755,7 @@ def main(args: argparse.Namespace) -> int:
         if kind == "video":
             try:
                 video_path = process_video(detector, files[0], writer, out_dir, args.draw_text, args.every_n,
-                                           not args.no_annotate, crops_dir)
+                                           not args.no_annotate, crops_dir, pipelined=not args.no_pipeline)
             except DemoError as err:
                 writer.error(files[0].name, str(err))
         else:

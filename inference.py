@@ -8,7 +8,12 @@ checkpoint (Luo et al., IJCAI-ECAI 2022):
 
 The checkpoint decides the model (model.load_model) and the AU set: a project checkpoint
 carries its dataset's AU names and descriptions; a released file's AU count picks them
-(12 -> BP4D, 8 -> DISFA, 41 -> OpenGraphAU), or `dataset=` names a config. Faces are found with
+(12 -> BP4D, 8 -> DISFA, 41 -> OpenGraphAU), or `dataset=` names a config. An exported .onnx
+file (tool/export_onnx.py) runs on ONNX Runtime instead of PyTorch, with the facts (AU names,
+crop preset and size, stage, backbone) from its metadata:
+
+    detector = AUDetector("me_graphau.onnx", threads=2)          # same outputs as the .pth
+ Faces are found with
 MTCNN (faces.py) and cropped exactly like the training crops: the five landmarks aligned to the
 crop preset the model was trained for (a project checkpoint records it; 12 AUs: BP4D, 8: DISFA,
 41: OpenGraphAU), 256x256; then the test transform (resize, centre crop, ImageNet normalisation)
@@ -24,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from dataset import build_transform, load_dataset_config
+from dataset import IMAGENET_MEAN, IMAGENET_STD, build_transform, load_dataset_config, resize_for_crop
 
 #: The AU set a checkpoint's output count stands for when the file does not name its AUs.
 KNOWN_AU_SETS = {12: "BP4D", 8: "DISFA", 41: "OpenGraphAU"}
@@ -94,11 +99,35 @@ def resolve_au_set(facts: dict, dataset: Optional[str] = None) -> tuple[list, Op
                          f"--dataset CONFIG whose au_names name them")
 
 
+def _normalisation_table() -> np.ndarray:
+    """(3, 256) float32: ImageNet-normalised value of each uint8 level per RGB channel, computed
+    with the test transform's own float32 operations (x * (1/255) - mean) / std, so a table
+    look-up gives bit-identical model inputs."""
+    levels = torch.arange(256, dtype=torch.float32).expand(3, 256).clone()
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1)
+    return levels.mul_(1.0 / 255).sub_(mean).div_(std).numpy()
+
+
+_NORMALISE = _normalisation_table()
+
+
+def _check_fact(path, what: str, flag: str, given, in_file):
+    """An argument that contradicts the model file is an error naming both (as model.load_model)."""
+    from model import CheckpointMismatchError
+
+    if given is not None and in_file is not None and given != in_file:
+        raise CheckpointMismatchError(f"{flag} {given} contradicts {path}, which holds {what} {in_file}; "
+                                      f"drop {flag} (the file decides) or use a file that fits")
+
+
 class AUDetector:
     """Face detection + AU recognition with one checkpoint.
 
-    checkpoint: a release-style or project checkpoint, or None with `arc`, `stage` and `dataset`
-        (a randomly initialised model, for timing only).
+    checkpoint: a release-style or project checkpoint, an ONNX file exported by
+        tool/export_onnx.py (run by ONNX Runtime; its metadata gives the AU names, crop preset
+        and size, stage and backbone), or None with `arc`, `stage` and `dataset` (a randomly
+        initialised model, for timing only).
     arc / stage / metric: checked against the checkpoint (a contradiction is an error naming
         both); None: taken from the checkpoint.
     dataset: a dataset config name/path whose au_names name the outputs (needed when the AU
@@ -108,15 +137,22 @@ class AUDetector:
         its AU count (12: BP4D, 8: DISFA, 41: OpenGraphAU).
     redetect_every: videos (track()): a full face detection every this many frames, MTCNN's
         landmark stage alone on the previous faces in between.
+    threads: CPU threads of the AU model (torch.set_num_threads in the thread that runs it, or
+        ONNX Runtime's intra-op threads); None: leave torch's setting, ONNX Runtime's default.
+    detect_threads: torch threads of MTCNN (faces.FaceDetector; 1 is fastest on small CPUs).
+    detect_size: full face detections run on a copy of the frame at most this many pixels on its
+        longer side (faces.FaceDetector; landmarks are tracked at full resolution).
     """
 
     def __init__(self, checkpoint: Optional[str | Path], arc: Optional[str] = None,
                  stage: Optional[int] = None, device: str | torch.device = "cpu",
                  dataset: Optional[str] = None, threshold: float = 0.5, detect: bool = True,
                  max_faces: Optional[int] = None, batch_size: int = 16, metric: Optional[str] = None,
-                 preset: Optional[str] = None, redetect_every: int = 10):
+                 preset: Optional[str] = None, redetect_every: int = 10, threads: Optional[int] = None,
+                 detect_threads: Optional[int] = 1, detect_size: Optional[int] = 640):
         import faces
         from model import build_model, load_model
+        from model.onnx_export import is_onnx_file
 
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -124,8 +160,12 @@ class AUDetector:
         self.threshold = float(threshold)
         self.max_faces = max_faces
         self.batch_size = max(1, int(batch_size))
+        self.threads = None if threads is None else max(1, int(threads))
         self.checkpoint = None if checkpoint is None else str(checkpoint)
-        if checkpoint is not None:
+        self.backend = "pytorch"
+        if checkpoint is not None and Path(checkpoint).is_file() and is_onnx_file(checkpoint):
+            self.model, self.facts = self._load_onnx(Path(checkpoint), arc, stage, metric)
+        elif checkpoint is not None:
             neighbor_num = (lambda n: int(load_au_config(dataset)["neighbor_num"])) if dataset else neighbor_num_for
             loaded = load_model(checkpoint, arc=arc, stage=stage, metric=metric, neighbor_num=neighbor_num)
             self.model, self.facts = loaded.model, loaded.facts
@@ -144,11 +184,48 @@ class AUDetector:
         self.arc, self.stage, self.variant = self.facts["arc"], int(self.facts["stage"]), self.facts["variant"]
         self.crop_size = int(self.facts.get("crop_size") or 224)  # the release trained at 224
         self.transform = build_transform(False, crop_size=self.crop_size)
+        # the test transform of a 256 crop is a centre window when it resizes to 256 (crop 224)
+        self._window = (256 - self.crop_size) // 2 if resize_for_crop(self.crop_size) == 256 else None
         self.crop_preset = preset or self.facts.get("crop_preset") or faces.preset_for(len(self.au_names))
         if self.crop_preset not in faces.CROP_PRESETS:
             raise InferenceError(f"crop preset {self.crop_preset!r} is not one of {', '.join(faces.CROP_PRESETS)}")
-        self.face_detector = faces.FaceDetector() if detect else None
+        self.face_detector = faces.FaceDetector(threads=detect_threads, detect_size=detect_size) if detect else None
         self.tracker = faces.FaceTracker(self.face_detector, redetect_every=redetect_every) if detect else None
+
+    def _load_onnx(self, path: Path, arc, stage, metric) -> tuple:
+        """(OnnxAUModel, facts) of an exported file; arguments that contradict its metadata are errors."""
+        from model.onnx_export import OnnxAUModel, OnnxModelError
+
+        if self.device.type == "cuda":
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise InferenceError(f"{path}: this onnxruntime has no CUDA provider (pip install "
+                                     f"onnxruntime-gpu, or use --device cpu)")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        try:
+            # no spinning: the pool's idle threads would take the CPU from face detection and decoding
+            model = OnnxAUModel(path, threads=self.threads, providers=providers,
+                                session_config={"session.intra_op.allow_spinning": "0"})
+        except (OnnxModelError, ImportError) as err:
+            raise InferenceError(str(err)) from None
+        facts = model.facts
+        for key in ("arc", "stage", "num_classes"):
+            if facts.get(key) is None:
+                raise InferenceError(f"{path}: its metadata does not give the model's {key}; export it with "
+                                     f"tool/export_onnx.py")
+        _check_fact(path, "the backbone", "--arc", arc, facts["arc"])
+        _check_fact(path, "stage", "--stage", None if stage is None else int(stage), int(facts["stage"]))
+        _check_fact(path, "the graph metric", "--metric", metric, facts.get("metric"))
+        facts["variant"] = facts.get("variant") or "megraphau"
+        facts["crop_size"] = model.crop_size or facts.get("crop_size")
+        facts["source"] = str(path)
+        if isinstance(model.input_shape[0], int):  # exported with --static-batch
+            self.batch_size = min(self.batch_size, model.input_shape[0])
+        self.backend = "onnxruntime"
+        return model, facts
 
     # -- detection and cropping
     def find_faces(self, image_bgr: np.ndarray, track: bool = False) -> list:
@@ -162,10 +239,17 @@ class AUDetector:
         the whole image as one face)."""
         if self.face_detector is None:
             return [None], [image_bgr]  # the transform resizes and centre-crops
+        found = self.find_faces(image_bgr, track)
+        return found, self.crops(image_bgr, found)
+
+    def crops(self, image_bgr: np.ndarray, found: Sequence) -> list:
+        """The 256 x 256 BGR crop of each face (faces.align_crop with the crop preset); without
+        detection (faces [None]) the whole image."""
+        if self.face_detector is None:
+            return [image_bgr for _ in found]
         from faces import align_crop
 
-        found = self.find_faces(image_bgr, track)
-        return found, [align_crop(image_bgr, f, preset=self.crop_preset, size=256) for f in found]
+        return [align_crop(image_bgr, f, preset=self.crop_preset, size=256) for f in found]
 
     def _to_tensor(self, crop_bgr: np.ndarray) -> torch.Tensor:
         if crop_bgr.ndim == 2:
@@ -173,16 +257,67 @@ class AUDetector:
         rgb = np.ascontiguousarray(crop_bgr[:, :, 2::-1])  # BGR(A) -> RGB
         return self.transform(torch.from_numpy(rgb).permute(2, 0, 1))  # (3, crop, crop)
 
+    def model_input(self, crop_bgr: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """A face crop (BGR uint8) -> the model's input (3, S, S) float32, exactly the test
+        transform's (resize, centre crop, ImageNet normalisation). A 256x256 crop for a 224 model
+        (resize 256: a no-op) takes the fast way: the centre window through a per-channel
+        look-up table of the transform's own float32 values (bit-identical, ~4x faster)."""
+        if self._window is not None and crop_bgr.shape == (256, 256, 3) and crop_bgr.dtype == np.uint8:
+            o, s = self._window, self.crop_size
+            window = crop_bgr[o:o + s, o:o + s]
+            out = np.empty((3, s, s), np.float32) if out is None else out
+            for c in range(3):  # RGB plane c is BGR channel 2 - c
+                np.take(_NORMALISE[c], window[:, :, 2 - c], out=out[c])
+            return out
+        tensor = self._to_tensor(crop_bgr).numpy()
+        if out is None:
+            return tensor
+        out[...] = tensor
+        return out
+
+    def model_inputs(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Face crops -> (len(crops), 3, S, S) float32 model inputs (model_input of each)."""
+        batch = np.empty((len(crops), 3, self.crop_size, self.crop_size), np.float32)
+        for i, crop in enumerate(crops):
+            self.model_input(crop, batch[i])
+        return batch
+
     @torch.inference_mode()
+    def run_model(self, inputs: np.ndarray) -> np.ndarray:
+        """Model inputs (B, 3, S, S) float32 (model_inputs) -> AU probabilities (B, N), one model
+        call (the caller batches). With `threads`, PyTorch runs with that many threads in the
+        calling thread."""
+        if not len(inputs):
+            return np.zeros((0, len(self.au_names)), np.float32)
+        if self.backend == "onnxruntime":
+            return self.model.run(inputs)[0]
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        probs = self.model(torch.from_numpy(inputs).to(self.device))
+        probs = probs[0] if isinstance(probs, tuple) else probs  # stage 2: (probs, edge logits)
+        return probs.float().cpu().numpy()
+
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Face crops (BGR uint8) -> AU probabilities (len(crops), N), in batches."""
-        out = []
-        for start in range(0, len(crops), self.batch_size):
-            batch = torch.stack([self._to_tensor(c) for c in crops[start:start + self.batch_size]])
-            probs = self.model(batch.to(self.device))
-            probs = probs[0] if isinstance(probs, tuple) else probs  # stage 2: (probs, edge logits)
-            out.append(probs.float().cpu().numpy())
+        out = [self.run_model(self.model_inputs(crops[start:start + self.batch_size]))
+               for start in range(0, len(crops), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.au_names)), np.float32)
+
+    def face_results(self, image: np.ndarray, found: Sequence, probs: np.ndarray,
+                     crops: Optional[Sequence[np.ndarray]] = None) -> list[FaceResult]:
+        """FaceResults of one image: its faces (faces_and_crops), their probabilities (one row
+        each) and, to keep, their crops."""
+        faces = []
+        for i, face in enumerate(found):
+            p = probs[i]
+            if face is None:  # no detection: the whole image
+                h, w = image.shape[:2]
+                box, score, landmarks = (0, 0, w, h), None, None
+            else:
+                box, score, landmarks = tuple(int(round(v)) for v in face.box), face.score, face.landmarks
+            faces.append(FaceResult(i, box, p, (p >= self.threshold).astype(np.uint8), score, landmarks,
+                                    None if crops is None else crops[i]))
+        return faces
 
     def predict_images(self, images: Sequence[np.ndarray], track: bool = False,
                        keep_crops: bool = False) -> list[list[FaceResult]]:
@@ -196,18 +331,9 @@ class AUDetector:
         probs = self.classify(crops)
         results, k = [], 0
         for image, found, image_crops in per_image:
-            faces = []
-            for i, (face, crop) in enumerate(zip(found, image_crops)):
-                p = probs[k]
-                if face is None:  # no detection: the whole image
-                    h, w = image.shape[:2]
-                    box, score, landmarks = (0, 0, w, h), None, None
-                else:
-                    box, score, landmarks = tuple(int(round(v)) for v in face.box), face.score, face.landmarks
-                faces.append(FaceResult(i, box, p, (p >= self.threshold).astype(np.uint8), score, landmarks,
-                                        crop if keep_crops else None))
-                k += 1
-            results.append(faces)
+            results.append(self.face_results(image, found, probs[k:k + len(found)],
+                                             image_crops if keep_crops else None))
+            k += len(found)
         return results
 
     def predict_image(self, image_bgr: np.ndarray) -> list[FaceResult]:

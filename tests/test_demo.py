@@ -211,9 +211,12 @@ def test_release_command_line(data, tmp_path, monkeypatch):
 
 
 def test_benchmark(data, capsys):
+    """Random weights on images, PyTorch only (tests/test_video.py times both engines on a video)."""
     assert demo.main(demo.parse_args(["--arc", "resnet18", "--stage", "2", "--dataset", "BP4D", "--input",
-                      str(data["folder"] / "sub"), "--benchmark"])) == 0
-    assert "frames/s" in capsys.readouterr().out
+                      str(data["folder"] / "sub"), "--benchmark", "--benchmark-engine", "pytorch",
+                      "--benchmark-repeats", "1"])) == 0
+    out = capsys.readouterr().out
+    assert "frames/s" in out and "1 images" in out and "ONNX Runtime" not in out
 
 
 def test_real_face_crops_follow_the_checkpoints_preset(data, tmp_path):

@@ -1,0 +1,179 @@
+"""demo.py's video path on a generated 640x480 video of a real face: frames/s and busy ms per
+pipeline stage (decode, detect/track, crop+transform, model, write) with PyTorch and ONNX Runtime
+side by side (`demo.py --benchmark`), per backbone x stage; and (--memory) the peak memory of
+whole demo runs on a short and a long video, each in a fresh process.
+
+The video is tests/data/astronaut.jpg (a public-domain photograph) moving and slowly scaling on a
+textured background, one face per frame, written as MJPG .avi. Models are random-weight
+release-style checkpoints (build_model(..., pretrained=False), 12 AUs, BP4D names): the weights do
+not change the speed. Each model is exported to ONNX once (tool/export_onnx.py's verification).
+
+  python bench/bench_video.py --arcs resnet18 resnet50 --stages 2 --frames 200 --repeats 2
+  python bench/bench_video.py --memory --memory-frames 300 3000 --arcs resnet18 --engine onnx
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/bench_video.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+PHOTO = ROOT / "tests" / "data" / "astronaut.jpg"
+
+
+def write_face_video(path: str | os.PathLike, frames: int, size: tuple[int, int] = (640, 480), fps: float = 25.0,
+                     fourcc: str = "MJPG", photo: str | os.PathLike = PHOTO, blank: tuple = ()) -> Path:
+    """A video of the astronaut photograph (256 px on a 640x480 frame, scaled 0.92-1.08x over 3 s)
+    moving across a textured background (±9% of the width over 4 s, ±6% of the height over 5 s):
+    one real face in every frame, except the frame numbers in `blank` (background only)."""
+    import cv2
+    import numpy as np
+
+    path = Path(path)
+    face = cv2.imread(str(photo))
+    if face is None:
+        raise FileNotFoundError(f"{photo}: cannot read the photograph")
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    background = np.clip(90 + 40 * np.sin(xx / 53.0) + 20 * np.cos(yy / 37.0), 0, 255).astype(np.uint8)
+    background = np.repeat(background[:, :, None], 3, axis=2)
+    side0 = min(256, int(0.8 * min(w, h)))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    if not writer.isOpened():
+        raise RuntimeError(f"cannot write {path} with codec {fourcc}")
+    try:
+        for k in range(frames):
+            t = k / fps
+            side = int(round(side0 * (1.0 + 0.08 * math.sin(2 * math.pi * t / 3.0))))
+            scaled = cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA if side < 256 else cv2.INTER_LINEAR)
+            cx = w / 2 + 0.09 * w * math.sin(2 * math.pi * t / 4.0)
+            cy = h / 2 + 0.06 * h * math.sin(2 * math.pi * t / 5.0)
+            x0 = int(np.clip(round(cx - side / 2), 0, w - side))
+            y0 = int(np.clip(round(cy - side / 2), 0, h - side))
+            frame = background.copy()
+            if k not in blank:
+                frame[y0:y0 + side, x0:x0 + side] = scaled
+            writer.write(frame)
+    finally:
+        writer.release()
+    return path
+
+
+def save_random_checkpoint(path: Path, arc: str, stage: int, num_classes: int = 12) -> Path:
+    """A random-weight model saved the release's way ({'state_dict': {'module.' + key: tensor}})."""
+    import torch
+    from model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(stage, arc, num_classes, neighbor_num=4, pretrained=False)
+    with torch.no_grad():  # non-trivial BN statistics, as after training
+        model.train()(torch.randn(2, 3, 224, 224))
+    state = OrderedDict(("module." + k, v) for k, v in model.state_dict().items())
+    torch.save({"epoch": 1, "state_dict": state, "optimizer": {}}, path)
+    return path
+
+
+def models(workdir: Path, arcs, stages) -> list[tuple[str, int, Path, Path]]:
+    """(arc, stage, .pth, .onnx) per model, made once in workdir (the .onnx by tool/export_onnx.py)."""
+    from tool import export_onnx as export_tool
+
+    out = []
+    for arc in arcs:
+        for stage in stages:
+            pth = workdir / f"MEFARG_{arc}_stage{stage}_BP4D.pth"
+            onnx = pth.with_suffix(".onnx")
+            if not pth.is_file():
+                save_random_checkpoint(pth, arc, stage)
+            if not onnx.is_file():
+                code = export_tool.main(["--resume", str(pth), "--output", str(onnx), "--dataset", "BP4D"])
+                if code:
+                    raise SystemExit(f"export of {pth} failed")
+            out.append((arc, stage, pth, onnx))
+    return out
+
+
+def peak_rss_mb(argv: list[str]) -> tuple[float, float, int]:
+    """(peak resident memory in MB, seconds, exit code) of `python demo.py argv` in a fresh process
+    (the child's own ru_maxrss, i.e. its VmHWM at exit)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "demo.py"), *argv], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_maxrss / 1024.0, time.perf_counter() - start, proc.returncode
+
+
+def run_memory(args, workdir: Path, made) -> None:
+    rows = []
+    for arc, stage, pth, onnx in made:
+        model = onnx if args.engine == "onnx" else pth
+        for annotate in args.memory_annotate:
+            for n in args.memory_frames:
+                video = workdir / f"face_{n}.avi"
+                if not video.is_file():
+                    write_face_video(video, n)
+                out = workdir / f"out_{arc}_{stage}_{n}_{annotate}"
+                argv = ["--resume", str(model), "--input", str(video), "--output", str(out)]
+                argv += [] if annotate == "annotated" else ["--no-annotate"]
+                if args.threads:
+                    argv += ["--threads", str(args.threads)]
+                mb, seconds, code = peak_rss_mb(argv)
+                rows.append((arc, stage, args.engine, annotate, n, mb, seconds, code))
+                print(f"# {arc} stage {stage} {args.engine} {annotate} {n} frames: peak RSS {mb:.0f} MB, "
+                      f"{seconds:.0f} s, exit {code}", file=sys.stderr, flush=True)
+    print("| model | engine | output | frames | peak RSS (MB) | time (s) | frames/s |")
+    print("|---|---|---|---|---|---|---|")
+    for arc, stage, engine, annotate, n, mb, seconds, code in rows:
+        print(f"| {arc} stage {stage} | {engine} | {annotate} | {n} | {mb:.0f} | {seconds:.0f} | "
+              f"{n / seconds:.1f} |" + ("" if code == 0 else f" exit {code}"))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arcs", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--stages", nargs="+", type=int, default=[2], choices=[1, 2])
+    parser.add_argument("--frames", type=int, default=200, help="frames of the benchmark video")
+    parser.add_argument("--repeats", type=int, default=2, help="passes per engine (alternating)")
+    parser.add_argument("--threads", type=int, default=None, help="demo.py --threads (default: its own)")
+    parser.add_argument("--batch-size", type=int, default=None, help="demo.py --batch-size (default: its own)")
+    parser.add_argument("--annotate", action="store_true", help="also write the annotated video (as a user would)")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more demo.py arguments")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "bench_video",
+                        help="where models, videos and outputs are kept between runs")
+    parser.add_argument("--memory", action="store_true", help="measure peak memory instead of speed")
+    parser.add_argument("--memory-frames", nargs="+", type=int, default=[300, 3000])
+    parser.add_argument("--memory-annotate", nargs="+", default=["no-annotate"], choices=["no-annotate", "annotated"])
+    parser.add_argument("--engine", default="onnx", choices=["onnx", "pytorch"], help="--memory: the model file")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    made = models(args.workdir, args.arcs, args.stages)
+    if args.memory:
+        run_memory(args, args.workdir, made)
+        return
+    import demo
+
+    video = args.workdir / f"face_{args.frames}.avi"
+    if not video.is_file():
+        write_face_video(video, args.frames)
+    for arc, stage, pth, onnx in made:
+        argv = ["--resume", str(pth), "--benchmark-onnx", str(onnx), "--input", str(video), "--benchmark",
+                "--benchmark-frames", str(args.frames), "--benchmark-repeats", str(args.repeats)]
+        argv += [] if args.annotate else ["--no-annotate"]
+        argv += ["--threads", str(args.threads)] if args.threads else []
+        argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+        print(f"$ python demo.py {' '.join(argv + args.extra)}", flush=True)
+        demo.main(demo.parse_args(argv + args.extra))
+        print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
