@@ -366,14 +366,15 @@ def sequential_results(detector: AUDetector, frames: Iterable[tuple[int, np.ndar
 def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_dir: Path,
                   draw_text: bool, every_n: int = 1, annotate_video: bool = True,
                   crops_dir: Optional[Path] = None, pipelined: bool = True, max_frames: Optional[int] = None,
-                  times: Optional[StageTimes] = None, progress: bool = True) -> Optional[Path]:
+                  times: Optional[StageTimes] = None, progress: bool = True, model_workers: int = 1) -> Optional[Path]:
     """Every every_n-th frame of a video (at most max_frames of them); writes annotated/{stem}.mp4
     (or .avi) unless annotate_video is False. Every frame of the annotated video has one size:
     the panel shows --max-faces face columns (default: as many faces as the first frame holds, at
     least one).
 
     pipelined: decoding, face detection + cropping and the model in their own threads
-    (pipeline.VideoPipeline), faces of consecutive frames batched together; False: one thread.
+    (pipeline.VideoPipeline), faces of consecutive frames batched together, `model_workers`
+    batches at a time; False: one thread.
     Rows are flushed to the output files after every batch of frames. times: a StageTimes that
     receives each stage's busy time."""
     fps, total, _ = video_info(path)
@@ -385,7 +386,7 @@ def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_di
         frames = itertools.islice(frames, max_frames)
     keep = crops_dir is not None
     if pipelined:
-        results = VideoPipeline(detector, frames, track=True, keep_crops=keep)
+        results = VideoPipeline(detector, frames, track=True, keep_crops=keep, model_workers=model_workers)
         if times is not None:
             results.times = times
     else:
@@ -445,19 +446,19 @@ def benchmark_frames(kind: str, files: list[Path], every_n: int, limit: int) -> 
 
 
 def time_run(detector: AUDetector, frames, track: bool, pipelined: bool, out_dir: Path,
-             annotate_frames: bool, openface: bool = False) -> tuple[StageTimes, list]:
+             annotate_frames: bool, openface: bool = False, model_workers: int = 1) -> tuple[StageTimes, list]:
     """One timed pass over `frames` (a list of images, or a function returning an iterator of
     (index, frame) pairs: a video decoded as it goes) as demo.py processes a video (outputs
     written to out_dir): its StageTimes and every face's probabilities (to compare engines)."""
     writer = ResultWriter(out_dir, detector, {}, openface=openface, keep_results=False)
     times = StageTimes()
     indexed = frames() if callable(frames) else list(enumerate(frames))
-    source = (VideoPipeline(detector, indexed, track=track) if pipelined
+    source = (VideoPipeline(detector, indexed, track=track, model_workers=model_workers) if pipelined
               else sequential_results(detector, indexed, track=track, times=times))
     if pipelined:
         source.times = times
     probs, video = [], None
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         for n, (index, frame, faces) in enumerate(source, 1):
             writer.add("benchmark", index, faces, timestamp=index / 25.0)
@@ -477,6 +478,7 @@ def time_run(detector: AUDetector, frames, track: bool, pipelined: bool, out_dir
             video.release()
         writer.close()
     times.wall = time.perf_counter() - start
+    times.cpu = time.process_time() - cpu_start
     return times, probs
 
 
@@ -498,7 +500,7 @@ def onnx_for_benchmark(detector: AUDetector, args: argparse.Namespace, workdir: 
 
 
 def benchmark(detectors: dict, frames: list, track: bool, pipelined: bool = True, repeats: int = 2,
-              annotate_frames: bool = False, workdir: Optional[Path] = None) -> dict:
+              annotate_frames: bool = False, workdir: Optional[Path] = None, model_workers: int = 1) -> dict:
     """Frames per second and busy milliseconds per frame of each pipeline stage, per engine
     ({name: AUDetector}), on `frames` processed like a video (outputs written to a temporary
     folder). The engines alternate, their order flipping every repeat, after one warm-up
@@ -507,14 +509,14 @@ def benchmark(detectors: dict, frames: list, track: bool, pipelined: bool = True
     with tempfile.TemporaryDirectory(prefix="demo_benchmark_", dir=workdir) as tmp:
         first = [next(iter(frames()))[1]] if callable(frames) else frames[:1]
         for name, det in detectors.items():  # warm-up: lazy initialisation, allocator, MTCNN
-            time_run(det, first, track, pipelined, Path(tmp) / f"warm_{name}", False)
+            time_run(det, first, track, pipelined, Path(tmp) / f"warm_{name}", False, model_workers=model_workers)
         runs = {name: [] for name in detectors}
         probs = {}
         order = list(detectors)
         for r in range(repeats):
             for name in (order if r % 2 == 0 else order[::-1]):
                 times, p = time_run(detectors[name], frames, track, pipelined, Path(tmp) / f"{name}_{r}",
-                                    annotate_frames)
+                                    annotate_frames, model_workers=model_workers)
                 runs[name].append(times)
                 probs.setdefault(name, p)
     result = {"engines": {}}
@@ -530,28 +532,32 @@ def benchmark(detectors: dict, frames: list, track: bool, pipelined: bool = True
     return result
 
 
-def print_benchmark(result: dict, detectors: dict, what: str, args: argparse.Namespace, pipelined: bool) -> None:
+def print_benchmark(result: dict, detectors: dict, what: str, args: argparse.Namespace, workers: bool) -> None:
     det = next(iter(detectors.values()))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"benchmark: {what}; {det.arc} stage {det.stage}, {len(det.au_names)} AUs, batch {det.batch_size}, "
-          f"model threads {det.threads or torch.get_num_threads()}, MTCNN threads "
-          f"{det.face_detector.threads if det.face_detector else '-'}, "
-          f"{'pipelined' if pipelined else 'sequential'}, redetect every {args.redetect_every}, "
+          f"model threads {det.threads or torch.get_num_threads()}"
+          + (f" x {args.model_workers} workers" if workers else "")
+          + f", MTCNN threads {det.face_detector.threads if det.face_detector else '-'}, "
+          f"{'sequential' if args.no_pipeline else 'pipelined'}, redetect every {args.redetect_every}, "
           f"{'annotated video' if not args.no_annotate else 'no annotation'}; {os.cpu_count()} CPUs, "
           f"load average {load:.1f}; best of {args.benchmark_repeats} passes, engines alternating")
-    header = ["engine", "frames/s", "decode", "detect", "crop", "model", "write", "model ms/face", "all passes"]
+    header = ["engine", "frames/s", "decode", "detect", "crop", "model", "write", "model ms/face", "CPU ms/frame",
+              "all passes"]
     rows = []
     for name, r in result["engines"].items():
         ms = r["ms_per_frame"]
         rows.append([ENGINE_NAMES[name], f"{r['frames_per_s']:.1f}", *(f"{ms[s]:.1f}" for s in STAGES),
                      "-" if r["model_ms_per_face"] is None else f"{r['model_ms_per_face']:.1f}",
+                     "-" if r["cpu_ms_per_frame"] is None else f"{r['cpu_ms_per_frame']:.0f}",
                      " ".join(f"{v:.1f}" for v in r["frames_per_s_all"])])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    print("(decode .. write: busy ms per frame of each stage; pipelined stages overlap, so frames/s can "
-          "exceed 1000 / their sum)")
+    print("(decode .. write: busy ms per frame of each stage, wall clock, so they include time lost to other "
+          "threads and processes; pipelined stages overlap, so frames/s can exceed 1000 / their sum. CPU ms/frame: "
+          "the process's CPU time, all threads, per frame)")
     if "max_prob_diff" in result:
         diff = result["max_prob_diff"]
         note = "" if diff is None or diff <= 1e-3 else "  (not the same model's weights?)"
@@ -623,6 +629,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect-size", type=int, default=640, metavar="PX",
                    help="full face detections run on the frame scaled to at most PX pixels on its longer "
                         "side (0: full size); landmarks are always tracked at full size")
+    p.add_argument("--model-workers", type=int, default=1, metavar="W",
+                   help="videos: model batches run at the same time, each with --threads / W threads "
+                        "(the pipeline keeps the frames' order)")
     p.add_argument("--no-pipeline", action="store_true",
                    help="videos: decode, detect and classify in one thread, batch by batch (default: "
                         "decoding, face detection and the model overlap in their own threads)")
@@ -667,6 +676,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--threshold must be between 0 and 1, got {args.threshold}")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.model_workers < 1:
+        p.error("--model-workers must be at least 1")
     if args.detect_size < 0:
         p.error("--detect-size must be 0 (full size) or more")
     if args.benchmark_frames < 1 or args.benchmark_repeats < 1:
@@ -684,8 +695,15 @@ def make_detector(args: argparse.Namespace, checkpoint=None) -> AUDetector:
     return AUDetector(checkpoint or args.resume, arc=args.arc, stage=args.stage, device=args.device,
                       dataset=args.dataset, threshold=args.threshold, detect=not args.no_detect,
                       max_faces=args.max_faces, batch_size=args.batch_size, metric=args.metric,
-                      preset=args.preset, redetect_every=args.redetect_every, threads=args.threads,
+                      preset=args.preset, redetect_every=args.redetect_every, threads=model_threads(args),
                       detect_size=args.detect_size or None)
+
+
+def model_threads(args: argparse.Namespace) -> int:
+    """Intra-op threads of each model worker: --threads shared by the --model-workers of the video
+    pipeline (images and --no-pipeline: one worker)."""
+    workers = args.model_workers if getattr(args, "kind", None) == "video" and not args.no_pipeline else 1
+    return max(1, args.threads // workers)
 
 
 def run_benchmark(args: argparse.Namespace, detector: AUDetector, kind: str, files: list[Path]) -> int:
@@ -710,8 +728,9 @@ def run_benchmark(args: argparse.Namespace, detector: AUDetector, kind: str, fil
             raise DemoError(f"--benchmark-engine {args.benchmark_engine}: {args.resume} is an ONNX file")
         pipelined = not args.no_pipeline
         result = benchmark(detectors, frames, track=kind == "video", pipelined=pipelined,
-                           repeats=args.benchmark_repeats, annotate_frames=not args.no_annotate)
-    print_benchmark(result, detectors, what, args, pipelined)
+                           repeats=args.benchmark_repeats, annotate_frames=not args.no_annotate,
+                           model_workers=args.model_workers if pipelined else 1)
+    print_benchmark(result, detectors, what, args, pipelined and args.model_workers > 1)
     return 0
 
 
@@ -722,8 +741,9 @@ def main(args: argparse.Namespace) -> int:
         args.threads = default_threads()
     torch.set_num_threads(args.threads)
     try:
-        detector = make_detector(args)
         kind, files = list_inputs(Path(args.input), exclude=Path(args.output))
+        args.kind = kind
+        detector = make_detector(args)
     except (InferenceError, CheckpointMismatchError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -755,7 +775,8 @@ def main(args: argparse.Namespace) -> int:
         if kind == "video":
             try:
                 video_path = process_video(detector, files[0], writer, out_dir, args.draw_text, args.every_n,
-                                           not args.no_annotate, crops_dir, pipelined=not args.no_pipeline)
+                                           not args.no_annotate, crops_dir, pipelined=not args.no_pipeline,
+                                           model_workers=args.model_workers)
             except DemoError as err:
                 writer.error(files[0].name, str(err))
         else:

@@ -181,6 +181,11 @@ class AUDetector:
                           "crop_size": None, "crop_preset": cfg.get("crop_preset"), "source": None}
         self.au_names, self.au_descriptions = resolve_au_set(self.facts, dataset)
         self.model.to(self.device).eval()
+        # PyTorch on the CPU: channels-last convolutions (oneDNN's native layout) are 5-20% faster
+        # here; the outputs move by float32 rounding only (~1e-7)
+        self._channels_last = self.backend == "pytorch" and self.device.type == "cpu"
+        if self._channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.arc, self.stage, self.variant = self.facts["arc"], int(self.facts["stage"]), self.facts["variant"]
         self.crop_size = int(self.facts.get("crop_size") or 224)  # the release trained at 224
         self.transform = build_transform(False, crop_size=self.crop_size)
@@ -293,7 +298,10 @@ class AUDetector:
             return self.model.run(inputs)[0]
         if self.threads is not None and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        probs = self.model(torch.from_numpy(inputs).to(self.device))
+        batch = torch.from_numpy(inputs).to(self.device)
+        if self._channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        probs = self.model(batch)
         probs = probs[0] if isinstance(probs, tuple) else probs  # stage 2: (probs, edge logits)
         return probs.float().cpu().numpy()
 

@@ -62,6 +62,7 @@ class StageTimes:
     faces: int = 0
     batches: int = 0
     wall: float = 0.0
+    cpu: float = 0.0  #: CPU seconds of the whole process (all threads) over the run, when measured
 
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] += seconds
@@ -74,6 +75,7 @@ class StageTimes:
         return {"frames": self.frames, "faces": self.faces, "batches": self.batches, "wall_s": self.wall,
                 "frames_per_s": self.frames / self.wall if self.wall > 0 else None,
                 "ms_per_frame": self.per_frame_ms(),
+                "cpu_ms_per_frame": 1000.0 * self.cpu / self.frames if self.frames and self.cpu else None,
                 "model_ms_per_face": 1000.0 * self.seconds["model"] / self.faces if self.faces else None}
 
 
@@ -236,7 +238,10 @@ class VideoPipeline:
             raise RuntimeError("a VideoPipeline runs once")
         self._started = True
         threads = self.detector.threads
+        if threads is None:  # the caller's setting (a worker thread would read torch's global one)
+            import torch
 
+            threads = torch.get_num_threads()
         self._executor = ThreadPoolExecutor(self.model_workers, thread_name_prefix="au-model",
                                             initializer=_init_torch_threads, initargs=(threads,))
         self._stage(self._decode, self._decoded)

@@ -100,15 +100,38 @@ def models(workdir: Path, arcs, stages) -> list[tuple[str, int, Path, Path]]:
     return out
 
 
-def peak_rss_mb(argv: list[str]) -> tuple[float, float, int]:
-    """(peak resident memory in MB, seconds, exit code) of `python demo.py argv` in a fresh process
-    (the child's own ru_maxrss, i.e. its VmHWM at exit)."""
+def _rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_mb(argv: list[str]) -> dict:
+    """Memory of `python demo.py argv` in a fresh process: 'peak' (MB, the child's own ru_maxrss,
+    i.e. its VmHWM at exit), 'first_half' / 'second_half' (largest RSS sampled every 0.2 s in
+    each half of the run: growth with length shows as a larger second half), 'seconds', 'code'."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(ROOT / "demo.py"), *argv], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    samples = []
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        rss = _rss_mb(proc.pid)
+        if rss is not None:
+            samples.append(rss)
+        time.sleep(0.2)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024.0, time.perf_counter() - start, proc.returncode
+    half = len(samples) // 2
+    return {"peak": usage.ru_maxrss / 1024.0, "first_half": max(samples[:half], default=float("nan")),
+            "second_half": max(samples[half:], default=float("nan")), "seconds": time.perf_counter() - start,
+            "code": proc.returncode}
 
 
 def run_memory(args, workdir: Path, made) -> None:
@@ -125,15 +148,17 @@ def run_memory(args, workdir: Path, made) -> None:
                 argv += [] if annotate == "annotated" else ["--no-annotate"]
                 if args.threads:
                     argv += ["--threads", str(args.threads)]
-                mb, seconds, code = peak_rss_mb(argv)
-                rows.append((arc, stage, args.engine, annotate, n, mb, seconds, code))
-                print(f"# {arc} stage {stage} {args.engine} {annotate} {n} frames: peak RSS {mb:.0f} MB, "
-                      f"{seconds:.0f} s, exit {code}", file=sys.stderr, flush=True)
-    print("| model | engine | output | frames | peak RSS (MB) | time (s) | frames/s |")
-    print("|---|---|---|---|---|---|---|")
-    for arc, stage, engine, annotate, n, mb, seconds, code in rows:
-        print(f"| {arc} stage {stage} | {engine} | {annotate} | {n} | {mb:.0f} | {seconds:.0f} | "
-              f"{n / seconds:.1f} |" + ("" if code == 0 else f" exit {code}"))
+                m = peak_rss_mb(argv)
+                rows.append((arc, stage, args.engine, annotate, n, m))
+                print(f"# {arc} stage {stage} {args.engine} {annotate} {n} frames: peak RSS {m['peak']:.0f} MB "
+                      f"(largest sampled in the first / second half of the run {m['first_half']:.0f} / "
+                      f"{m['second_half']:.0f} MB), {m['seconds']:.0f} s, exit {m['code']}", file=sys.stderr, flush=True)
+    print("| model | engine | output | frames | peak RSS (MB) | RSS 1st / 2nd half (MB) | time (s) | frames/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for arc, stage, engine, annotate, n, m in rows:
+        print(f"| {arc} stage {stage} | {engine} | {annotate} | {n} | {m['peak']:.0f} | {m['first_half']:.0f} / "
+              f"{m['second_half']:.0f} | {m['seconds']:.0f} | {n / m['seconds']:.1f} |"
+              + ("" if m["code"] == 0 else f" exit {m['code']}"))
 
 
 def main(argv=None) -> None:
