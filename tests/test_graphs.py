@@ -1,4 +1,4 @@
-"""What the graph learned, wired into test.py (issue 15).
+"""What the graph learned, wired into test.py and demo.py (issue 15).
 
 - test.py writes f1_bars, pr_curves_fold{k} and cooccurrence_fold{k} (PNG + CSV) next to
   results.json, which lists them; the co-occurrence matrices equal a direct count on the small
@@ -10,6 +10,7 @@
 """
 import csv
 import json
+import logging
 import shutil
 from collections import OrderedDict
 from pathlib import Path
@@ -20,8 +21,10 @@ import pytest
 import torch
 
 import conf
+import demo
 import engine
 import plots
+import relations
 import synth
 import test as test_mod
 from dataset import load_dataset_config
@@ -204,3 +207,111 @@ def test_f1_bars_beside_the_papers_numbers(tmp_path):
     header = list(read_csv(tmp_path / "f1_bars.csv")[0])
     paper = plots.paper_f1_series(bp4d)
     assert paper and header == ["au", "fold 1", "fold 2", "mean of 2 folds", *paper]
+
+
+# --------------------------------------------------------------------------------------------
+# demo.py
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    """tests/data/astronaut.jpg (a real photograph) in a 640x480 frame."""
+    folder = tmp_path_factory.mktemp("photo")
+    frame = np.full((480, 640, 3), 110, np.uint8)
+    frame[100:356, 200:456] = cv2.imread(str(REPO / "tests" / "data" / "astronaut.jpg"))
+    cv2.imwrite(str(folder / "astronaut_640x480.png"), frame)
+    return folder / "astronaut_640x480.png"
+
+
+@pytest.fixture
+def graph_calls(monkeypatch):
+    """Records what demo passes to plots.draw_au_graph (and still draws)."""
+    calls = []
+    draw = plots.draw_au_graph
+
+    def recording(au_names, probs, p_both=None, out_png=None, **kw):
+        calls.append({"au_names": list(au_names), "probs": np.asarray(probs), "p_both": p_both, "png": out_png,
+                      **kw})
+        return draw(au_names, probs, p_both, out_png, **kw)
+
+    monkeypatch.setattr(plots, "draw_au_graph", recording)
+    return calls
+
+
+def test_demo_stage2_pair_matrices_and_graph(photo, tmp_path, graph_calls):
+    ckpt = save_release_checkpoint(tmp_path / "MEFARG_resnet18_DISFA_fold1.pth", 2, 8)
+    out, crops = tmp_path / "out", tmp_path / "crops"
+    assert demo.main(demo.parse_args(["--resume", str(ckpt), "--input", str(photo), "--output", str(out),
+                                      "--graph", "--save-crops", str(crops), "--no-annotate"])) == 0
+    result = json.loads((out / "predictions.json").read_text())
+    (face,) = result["results"][0]["faces"]
+    assert "row i" in result["pair_probs_note"] and face["graph"] == "graphs/astronaut_640x480_face0.png"
+    graph = cv2.imread(str(out / face["graph"]))
+    assert graph is not None and graph.shape[0] > 400 and not (out / "graphs" / "astronaut_640x480_face0.csv").exists()
+    # the matrices are relations.pair_probabilities of the model's edge logits on that crop
+    det = demo.AUDetector(ckpt, detect=False)
+    crop = cv2.imread(str(crops / "astronaut_640x480_face0.png"))
+    with torch.no_grad():
+        probs, edge_logits = det.model(det._to_tensor(crop)[None])
+    expected = relations.pair_probabilities(edge_logits[0])
+    for key in ("p_both", "p_i_without_j"):
+        got = np.array(face["pair_probs"][key])
+        assert got.shape == (8, 8)
+        np.testing.assert_allclose(got, expected[key], rtol=0, atol=5.1e-5)
+    np.testing.assert_allclose([face["probs"][n] for n in result["au_names"]], probs[0].numpy(), atol=1e-5)
+    # one line per matrix row in the file; the graph draws these probabilities and P(both)
+    text = (out / "predictions.json").read_text()
+    assert text.count("[" + ", ".join(json.dumps(v) for v in face["pair_probs"]["p_both"][0]) + "]") == 1
+    (call,) = graph_calls
+    assert call["au_names"] == result["au_names"] and "AU relations (stage 2)" in call["title"]
+    np.testing.assert_allclose(call["p_both"], expected["p_both"], atol=1e-5)
+    # the Python API: FaceResult carries the edge logits; classify returns them on request only
+    (api_face,) = det.predict_image(crop)
+    np.testing.assert_allclose(api_face.pair_probs["p_both"], expected["p_both"], atol=1e-5)
+    assert isinstance(det.classify([crop]), np.ndarray)
+    p, e = det.classify([crop, crop], edges=True)
+    assert p.shape == (2, 8) and e.shape == (2, 64, 4)
+
+
+def test_demo_graph_without_edges(photo, tmp_path, graph_calls, caplog):
+    """Stage 1 and OpenGraphAU: nodes only (OpenGraphAU: its 27 main AUs), said in the title and
+    in one log line; predictions.json has no pair matrices."""
+    stage1 = save_release_checkpoint(tmp_path / "MEFARG_resnet18_BP4D_fold1.pth", 1, 12, neighbor_num=4)
+    og2 = save_release_checkpoint(tmp_path / "OpenGprahAU-ResNet18_second_stage.pth", 2, 41, "opengraphau")
+    for ckpt, n, words in ((stage1, 12, "stage-1 model, nodes only"), (og2, 27, "27 main AUs, nodes only")):
+        out = tmp_path / ckpt.stem
+        with caplog.at_level(logging.INFO, logger="demo"):
+            assert demo.main(demo.parse_args(["--resume", str(ckpt), "--input", str(photo), "--output", str(out),
+                                              "--graph", "--no-detect", "--no-annotate"])) == 0
+        assert "predicts no AU relations" in caplog.text
+        caplog.clear()
+        result = json.loads((out / "predictions.json").read_text())
+        (face,) = result["results"][0]["faces"]
+        assert "pair_probs" not in face and "pair_probs_note" not in result
+        assert (out / face["graph"]).is_file()
+        call = graph_calls.pop()
+        assert call["p_both"] is None and call["au_names"] == result["au_names"][:n] and words in call["title"]
+        np.testing.assert_allclose(call["probs"], [face["probs"][a] for a in result["au_names"][:n]], atol=1e-6)
+        det = demo.AUDetector(ckpt, detect=False)
+        assert not det.has_edges and det.classify([cv2.imread(str(photo))], edges=True)[1] is None
+
+
+def test_demo_video_graph_every(photo, tmp_path):
+    ckpt = save_release_checkpoint(tmp_path / "MEFARG_resnet18_DISFA_fold1.pth", 2, 8)
+    video = tmp_path / "clip.avi"
+    frame = cv2.resize(cv2.imread(str(photo)), (160, 120))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for _ in range(5):
+        writer.write(frame)
+    writer.release()
+    out = tmp_path / "out"
+    assert demo.main(demo.parse_args(["--resume", str(ckpt), "--input", str(video), "--output", str(out), "--graph",
+                                      "--graph-every", "2", "--no-detect", "--no-annotate"])) == 0
+    assert sorted(p.name for p in (out / "graphs").iterdir()) == [
+        "clip_frame0_face0.png", "clip_frame2_face0.png", "clip_frame4_face0.png"]
+    result = json.loads((out / "predictions.json").read_text())
+    graphs = [f.get("graph") for r in result["results"] for f in r["faces"]]
+    assert graphs == ["graphs/clip_frame0_face0.png", None, "graphs/clip_frame2_face0.png", None,
+                      "graphs/clip_frame4_face0.png"]
+    assert all(np.array(f["pair_probs"]["p_both"]).shape == (8, 8) for r in result["results"] for f in r["faces"])
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--input", str(video), "--graph-every", "0"])
