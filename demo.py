@@ -406,7 +406,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", action="store_true",
                    help="also draw each face's AU graph to OUTPUT/graphs/{file}[_frame{n}]_face{k}.png: nodes "
                         "coloured by AU probability, edges by the predicted P(both) of a stage-2 ME-GraphAU "
-                        "model (stage 1 and OpenGraphAU: nodes only). About 0.3-0.5 s per face on a CPU core, "
+                        "model (stage 1 and OpenGraphAU: nodes only). About 0.2-0.5 s per face on a CPU core, "
                         "more than the model: for videos see --graph-every")
     p.add_argument("--graph-every", type=int, default=1, metavar="K",
                    help="videos with --graph: a graph for every K-th processed frame only (default 1: every "
