@@ -15,7 +15,13 @@ drawing is visualize.py.
     python demo.py --arc resnet18 --stage 2 --dataset OpenGraphAU --input photo.jpg --benchmark
 
 Outputs in --output: predictions.csv (one row per face, or one no_face row per image/frame),
-predictions.json, and annotated/ (images, or one .mp4/.avi per video).
+predictions.json, and annotated/ (images, or one .mp4/.avi per video). For a stage-2 ME-GraphAU
+model every face in predictions.json also carries its predicted AU-pair relations from the edge
+logits ("pair_probs": P(AU i and AU j active) and P(AU i without AU j), N rows of N values in
+au_names' order). With --graph, graphs/{file}[_frame{n}]_face{k}.png draws each face's AU graph
+(plots.draw_au_graph): nodes coloured by AU probability (a ring when present), edges by the
+predicted co-occurrence P(both). Stage-1 and OpenGraphAU models have no edge logits: their graphs
+show the nodes only (OpenGraphAU: its 27 main AUs), and the picture says so.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import csv
 import json
 import logging
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -124,11 +131,16 @@ class ResultWriter:
         self.csv.writerow(["file", "frame", "face", "x", "y", "w", "h", "no_face"]
                           + [c for n in self.names for c in (f"{n}_prob", n)])
         self.json = {**args_summary, "au_names": list(self.names),
-                     "au_descriptions": detector.au_descriptions, "threshold": detector.threshold,
-                     "results": [], "errors": []}
+                     "au_descriptions": detector.au_descriptions, "threshold": detector.threshold}
+        if getattr(detector, "has_edges", False):
+            self.json["pair_probs_note"] = PAIR_PROBS_NOTE
+        self.json.update(results=[], errors=[])
         self.n_items = self.n_faces = self.n_no_face = 0
 
-    def add(self, file: str, frame: Optional[int], faces: Sequence[FaceResult]) -> None:
+    def add(self, file: str, frame: Optional[int], faces: Sequence[FaceResult],
+            graphs: Optional[dict] = None) -> None:
+        """One image or frame; graphs: {face index: path of its --graph picture, relative to the
+        output folder}."""
         self.n_items += 1
         frame_text = "" if frame is None else frame
         if not faces:
@@ -138,8 +150,11 @@ class ResultWriter:
             self.n_faces += 1
             values = [v for p, a in zip(face.probs, face.labels) for v in (f"{p:.6f}", int(a))]
             self.csv.writerow([file, frame_text, face.index, *face.box, 0] + values)
-        self.json["results"].append({"file": file, "frame": frame, "no_face": not faces,
-                                     "faces": [f.as_dict(self.names) for f in faces]})
+        entries = [f.as_dict(self.names) for f in faces]
+        for face, entry in zip(faces, entries):
+            if graphs and face.index in graphs:
+                entry["graph"] = graphs[face.index]
+        self.json["results"].append({"file": file, "frame": frame, "no_face": not faces, "faces": entries})
 
     def error(self, file: str, message: str) -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -149,7 +164,21 @@ class ResultWriter:
         self.csv_file.close()
         self.json["summary"] = {"items": self.n_items, "faces": self.n_faces,
                                 "no_face": self.n_no_face, "errors": len(self.json["errors"])}
-        (self.out_dir / "predictions.json").write_text(json.dumps(self.json, indent=1))
+        (self.out_dir / "predictions.json").write_text(compact_json(self.json))
+
+
+PAIR_PROBS_NOTE = ("each face's pair_probs: the stage-2 edge logits' softmax as N x N matrices, row i and "
+                   "column j = au_names[i], au_names[j]: p_both = P(AU i and AU j active), p_i_without_j = "
+                   "P(AU i active, AU j not); P(AU j without AU i) is p_i_without_j transposed")
+
+_NUMBER_LIST = re.compile(r"\[\s+([-+0-9.eE,\snul]*?)\s*\]")  # a list of numbers / nulls, split over lines
+
+
+def compact_json(obj) -> str:
+    """json.dumps(obj, indent=1) with each list of plain numbers on one line (a box, a landmark,
+    a matrix row), so the per-face matrices stay one line per row."""
+    text = json.dumps(obj, indent=1)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -192,9 +221,46 @@ def save_crops(crops_dir: Optional[Path], rel: Path, frame: Optional[int], faces
         cv2.imwrite(str(path), face.crop)
 
 
+def graph_title(detector: AUDetector, name: str) -> str:
+    """The --graph picture's title: the face, and what the model's graph can show."""
+    if detector.has_edges:
+        return f"{name}: AU relations (stage 2)"
+    if detector.variant == "opengraphau":
+        return f"{name}: OpenGraphAU, {OPENGRAPHAU_MAIN_AUS} main AUs, nodes only (the model has no edge logits)"
+    return f"{name}: stage-1 model, nodes only (no edge logits)"
+
+
+OPENGRAPHAU_MAIN_AUS = 27  # OpenGraphAU's graph nodes; the 14 left/right side AUs follow them
+
+
+def save_graphs(graphs_dir: Optional[Path], out_dir: Path, rel: Path, frame: Optional[int],
+                faces: Sequence[FaceResult], detector: AUDetector) -> dict:
+    """--graph: each face's AU graph as graphs/{file}[_frame{frame}]_face{face}.png (named like
+    --save-crops' files): plots.draw_au_graph with the AU probabilities as nodes and, for a
+    stage-2 ME-GraphAU model, the predicted P(both) of every AU pair as edges; an OpenGraphAU
+    model's 27 main AUs, a stage-1 model's N AUs as nodes only. Returns {face index: path
+    relative to out_dir} (for predictions.json)."""
+    if graphs_dir is None or not faces:
+        return {}
+    from plots import draw_au_graph
+
+    stem = rel.with_suffix("").as_posix() + ("" if frame is None else f"_frame{frame}")
+    n = OPENGRAPHAU_MAIN_AUS if detector.variant == "opengraphau" else len(detector.au_names)
+    written = {}
+    for face in faces:
+        path = graphs_dir / f"{stem}_face{face.index}.png"
+        pairs = face.pair_probs
+        draw_au_graph(detector.au_names[:n], face.probs[:n], None if pairs is None else pairs["p_both"], path,
+                      title=graph_title(detector, f"{rel.as_posix()}" + ("" if frame is None else f" frame {frame}")
+                                        + f" face {face.index}"),
+                      threshold=detector.threshold, write_numbers=False)
+        written[face.index] = path.relative_to(out_dir).as_posix() if path.is_relative_to(out_dir) else str(path)
+    return written
+
+
 def process_images(detector: AUDetector, files: list[Path], root: Path, writer: ResultWriter,
                    out_dir: Path, draw_text: bool, annotate_images: bool = True,
-                   crops_dir: Optional[Path] = None) -> None:
+                   crops_dir: Optional[Path] = None, graphs_dir: Optional[Path] = None) -> None:
     """Images in batches (faces of several images share one model batch); unreadable files are
     reported and skipped."""
     show = _progress(files, total=len(files), desc="images") if len(files) > 1 else files
@@ -209,7 +275,8 @@ def process_images(detector: AUDetector, files: list[Path], root: Path, writer: 
                 writer.error(str(rel), str(err))
         results = detector.predict_images([img for _, img in loaded], keep_crops=crops_dir is not None)
         for (rel, image), faces in zip(loaded, results):
-            writer.add(rel.as_posix(), None, faces)
+            graphs = save_graphs(graphs_dir, out_dir, rel, None, faces, detector)
+            writer.add(rel.as_posix(), None, faces, graphs)
             save_crops(crops_dir, rel, None, faces)
             if annotate_images:
                 drawn = annotate(image, faces, detector.au_names,
@@ -219,10 +286,12 @@ def process_images(detector: AUDetector, files: list[Path], root: Path, writer: 
 
 def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_dir: Path,
                   draw_text: bool, every_n: int = 1, annotate_video: bool = True,
-                  crops_dir: Optional[Path] = None) -> Optional[Path]:
+                  crops_dir: Optional[Path] = None, graphs_dir: Optional[Path] = None,
+                  graph_every: int = 1) -> Optional[Path]:
     """Every every_n-th frame of a video; writes annotated/{stem}.mp4 (or .avi) unless
     annotate_video is False. Every frame of the annotated video has one size: the panel shows
-    --max-faces face columns (default: as many faces as the first frames hold, at least one)."""
+    --max-faces face columns (default: as many faces as the first frames hold, at least one).
+    graphs_dir: the AU graphs of every graph_every-th processed frame (save_graphs)."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DemoError(f"{path}: cannot open video")
@@ -233,6 +302,7 @@ def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_di
     if detector.tracker is not None:
         detector.tracker.reset()
     frames = _progress(video_frames(path, every_n), total=math.ceil(total / every_n) or None, desc="video")
+    processed = 0
     try:
         for chunk in _batched(frames, max(1, detector.batch_size)):
             # consecutive frames: the face tracker's landmark stage, a full detection every few frames
@@ -241,7 +311,10 @@ def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_di
             if columns is None:
                 columns = max(1, max(len(faces) for faces in results))
             for (index, frame), faces in zip(chunk, results):
-                writer.add(path.name, index, faces)
+                graphs = save_graphs(graphs_dir, out_dir, Path(path.name), index, faces, detector) \
+                    if processed % graph_every == 0 else {}
+                processed += 1
+                writer.add(path.name, index, faces, graphs)
                 save_crops(crops_dir, Path(path.name), index, faces)
                 if not annotate_video:
                     continue
@@ -290,6 +363,8 @@ EXAMPLES = """examples:
   python demo.py --resume checkpoints/MEFARG_resnet50_BP4D_fold1.pth --input frames/ --output results/demo
   python demo.py --resume model.pth --input clip.mp4 --every-n 5 --max-faces 1
   python demo.py --resume model.pth --input frames/ --benchmark --threads 2
+  python demo.py --resume results/synth_stage2/bs_16_seed_0_lr_0.0003/best.pth --input face.png --graph
+  python demo.py --resume model.pth --input clip.mp4 --every-n 5 --graph --graph-every 10
 """
 
 
@@ -328,6 +403,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-faces", type=int, default=None, help="keep at most this many faces per image (largest)")
     p.add_argument("--every-n", type=int, default=1, help="videos: process every n-th frame")
     p.add_argument("--no-annotate", action="store_true", help="write only predictions.csv/json")
+    p.add_argument("--graph", action="store_true",
+                   help="also draw each face's AU graph to OUTPUT/graphs/{file}[_frame{n}]_face{k}.png: nodes "
+                        "coloured by AU probability, edges by the predicted P(both) of a stage-2 ME-GraphAU "
+                        "model (stage 1 and OpenGraphAU: nodes only). About 0.2-0.5 s per face on a CPU core, "
+                        "more than the model: for videos see --graph-every")
+    p.add_argument("--graph-every", type=int, default=1, metavar="K",
+                   help="videos with --graph: a graph for every K-th processed frame only (default 1: every "
+                        "processed frame, i.e. every --every-n-th frame)")
     p.add_argument("--benchmark", action="store_true",
                    help="time detection and model on the input images instead of writing outputs")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
@@ -352,6 +435,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--threshold must be between 0 and 1, got {args.threshold}")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.graph_every < 1:
+        p.error("--graph-every must be at least 1")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
@@ -395,6 +480,12 @@ def main(args: argparse.Namespace) -> int:
                "provenance": provenance.collect(device=detector.device,
                                                 files={"checkpoint": args.resume} if args.resume else {})}
     crops_dir = Path(args.save_crops) if args.save_crops else None
+    graphs_dir = out_dir / "graphs" if args.graph else None
+    if args.graph and not detector.has_edges:
+        opengraphau = detector.variant == "opengraphau"
+        log.info("--graph: %s predicts no AU relations (no edge logits): the graphs show %s as nodes only",
+                 "this OpenGraphAU model" if opengraphau else "this stage-1 model",
+                 f"its {OPENGRAPHAU_MAIN_AUS} main AUs" if opengraphau else "the AU probabilities")
     try:
         writer = ResultWriter(out_dir, detector, summary)
     except OSError as err:
@@ -405,12 +496,13 @@ def main(args: argparse.Namespace) -> int:
         if kind == "video":
             try:
                 video_path = process_video(detector, files[0], writer, out_dir, args.draw_text, args.every_n,
-                                           not args.no_annotate, crops_dir)
+                                           not args.no_annotate, crops_dir, graphs_dir, args.graph_every)
             except DemoError as err:
                 writer.error(files[0].name, str(err))
         else:
             root = Path(args.input) if kind == "folder" else files[0].parent
-            process_images(detector, files, root, writer, out_dir, args.draw_text, not args.no_annotate, crops_dir)
+            process_images(detector, files, root, writer, out_dir, args.draw_text, not args.no_annotate, crops_dir,
+                           graphs_dir)
     finally:
         writer.close()
     s = writer.json["summary"]

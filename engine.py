@@ -12,8 +12,10 @@ release's cur_model_fold{k}.pth / epoch{E}_model_fold{k}.pth.
 
 Testing (`test_checkpoints`, used by test.py and by --evaluate) evaluates one checkpoint per fold
 with `evaluate_checkpoint`, averages the folds as the papers do (metrics.average_folds) and
-writes results.json / results.csv. Under torchrun every rank trains / tests its share; every
-test image counts exactly once (utils.gather_by_index).
+writes results.json / results.csv and the figures beside them (f1_bars, pr_curves_fold{k},
+cooccurrence_fold{k}: PNG + CSV; see fold_figures). Under torchrun every rank trains / tests its
+share; every test image counts exactly once (utils.gather_by_index; a stage-2 model's pair
+probabilities are summed over the ranks, all_reduce_pair_meter).
 """
 from __future__ import annotations
 
@@ -542,28 +544,86 @@ def run_training(args, stage: int) -> dict:
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "none",
-            progress: bool = False, desc: str = "eval") -> np.ndarray:
+            progress: bool = False, desc: str = "eval", pair_meter=None) -> np.ndarray:
     """AU probabilities (M, N) for every item of loader.dataset, in dataset order.
 
     Works with a plain loader or one whose sampler is a DistributedSampler(shuffle=False,
     drop_last=False): the loader's order is the sampler's, and the rows of all ranks are
     gathered by dataset index (see utils.gather_by_index). The model is put in eval mode.
+
+    pair_meter: a relations.PairProbabilityMeter that also accumulates the pair probabilities
+    of a stage-2 model's edge logits, with the batch's labels (frames count for a pair where
+    both AUs are known), every item once (the sampler's padding repeats are left out); under
+    DDP it holds the sums of all ranks when predict returns (all_reduce_pair_meter). None (the
+    training-time evaluation): the edge logits are dropped, nothing else is done.
     """
     from tqdm import tqdm
 
     model.eval()
     sampler = getattr(loader, "sampler", None)
     indices = list(iter(sampler)) if sampler is not None else list(range(len(loader.dataset)))
-    rows = []
+    rows, done = [], 0
     for batch in tqdm(loader, desc=desc, disable=not (progress and utils.is_main_process()), leave=False,
                       dynamic_ncols=True):
         images = batch[0].to(device, non_blocking=True)
         with utils.autocast_context(device, amp):
             out = model(images)
         probs = out[0] if isinstance(out, (tuple, list)) else out
+        if pair_meter is not None:
+            update_pair_meter(pair_meter, out, batch[1], first_row=done, sampler=sampler,
+                              num_items=len(loader.dataset))
         rows.append(probs.float().cpu())
+        done += len(probs)
     values = torch.cat(rows).numpy() if rows else np.zeros((0, 0))
+    if pair_meter is not None:
+        all_reduce_pair_meter(pair_meter, device, num_aus=getattr(loader.dataset, "num_classes", None))
     return utils.gather_by_index(values, indices, len(loader.dataset))
+
+
+def first_occurrences(sampler, first_row: int, count: int, num_items: int) -> np.ndarray:
+    """(count,) bool: which of this rank's rows first_row .. first_row + count - 1 are not the
+    padding repeats of a DistributedSampler(shuffle=False, drop_last=False). Its padded list
+    holds total_size = ceil(M / W) * W items, rank r takes positions r, r + W, ...; positions
+    >= M repeat earlier items. All True for any other sampler."""
+    rows = np.arange(first_row, first_row + count)
+    if not isinstance(sampler, DistributedSampler) or getattr(sampler, "drop_last", False):
+        return np.ones(count, dtype=bool)
+    return sampler.rank + rows * sampler.num_replicas < num_items
+
+
+def update_pair_meter(meter, out, labels, first_row: int = 0, sampler=None, num_items: int | None = None) -> None:
+    """Add one batch's stage-2 output (probs, edge logits (B, N*N, 4)) to a PairProbabilityMeter,
+    with its labels (B, N), padding repeats of a DistributedSampler left out."""
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise ValueError("a pair meter needs a stage-2 ME-GraphAU model (output: probs, edge logits); "
+                         "this model returns probabilities only")
+    edge_logits = out[1].float()
+    keep = first_occurrences(sampler, first_row, len(edge_logits),
+                             len(edge_logits) + first_row if num_items is None else num_items)
+    if not keep.all():
+        keep_t = torch.from_numpy(keep).to(edge_logits.device)
+        edge_logits, labels = edge_logits[keep_t], labels[torch.from_numpy(keep)]
+    meter.update(edge_logits, labels)
+
+
+def all_reduce_pair_meter(meter, device: torch.device, num_aus: int | None = None) -> None:
+    """Sum a PairProbabilityMeter's sums and counts over the DDP ranks (in place; a no-op
+    without torch.distributed). A rank that saw no batch takes part with zeros (num_aus)."""
+    if not utils.is_dist_initialized():
+        return
+    import torch.distributed as dist
+
+    if meter.sums is None:
+        if num_aus is None:
+            raise ValueError("all_reduce_pair_meter: this rank saw no batch; pass num_aus")
+        meter.sums, meter.counts = np.zeros((4, num_aus, num_aus)), np.zeros((num_aus, num_aus))
+    flat = np.concatenate([meter.sums.ravel(), meter.counts.ravel()])
+    backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.from_numpy(flat).to(backend_device, torch.float64)
+    dist.all_reduce(total)
+    total = total.cpu().numpy()
+    meter.sums = total[:meter.sums.size].reshape(meter.sums.shape)
+    meter.counts = total[meter.sums.size:].reshape(meter.counts.shape)
 
 
 def checkpoint_for_fold(pattern: str, fold: int) -> str:
@@ -571,9 +631,77 @@ def checkpoint_for_fold(pattern: str, fold: int) -> str:
     return pattern.replace("{fold}", str(fold))
 
 
-def evaluate_checkpoint(args, fold: int, path: str) -> dict:
-    """Test one checkpoint on one fold; returns the fold's result dict (percentages)."""
+def has_edge_logits(facts: dict) -> bool:
+    """Whether a model predicts stage-2 edge logits: ME-GraphAU stage 2 (OpenGraphAU's stage 2
+    returns probabilities only)."""
+    return int(facts["stage"]) == 2 and (facts.get("variant") or "megraphau") != "opengraphau"
+
+
+#: random AU relabellings behind the permutation p-values of results.json's "cooccurrence"
+PERMUTATIONS = 2000
+
+
+def agreement(pred: np.ndarray, truth: np.ndarray, permutations: int = PERMUTATIONS) -> dict:
+    """Pearson r of two (N, N) matrices' off-diagonal entries and its permutation p-value."""
+    from relations import correlation_with, permutation_p_value
+
+    def number(v: float):
+        return None if not np.isfinite(v) else round(float(v), 6)
+
+    return {"r": number(correlation_with(pred, truth)),
+            "p_value": number(permutation_p_value(pred, truth, permutations))}
+
+
+def fold_figures(out_dir: Path, fold: int, au_names: list, probs: np.ndarray, labels: np.ndarray,
+                 threshold: float, pair_meter=None, label: str = "") -> dict:
+    """The figures of one tested fold in out_dir (each PNG with the CSV of its numbers):
+    pr_curves_fold{k}: per-AU precision-recall curves, the operating point p >= threshold marked;
+    cooccurrence_fold{k}: the test fold's ground-truth P(AU i and AU j) beside the co-occurrence
+    of the predicted AUs and, for stage 2 (pair_meter), the model's mean P(both) from its edge
+    logits. Returns {"figures": [file names], "cooccurrence": {comparison: {"r", "p_value"}}}:
+    Pearson r over the off-diagonal pairs, permutation p (small: closer than chance)."""
+    import plots
+    from relations import cooccurrence_from_labels, excess_cooccurrence, precision_recall_curves, predicted_cooccurrence
+
+    files = []
+    curves = precision_recall_curves(probs, labels, threshold)
+    pr = plots.plot_pr_curves(au_names, curves, out_dir / f"pr_curves_fold{fold}.png", threshold=threshold,
+                              title=f"{label}fold {fold}: precision-recall per AU, {len(labels)} test images "
+                                    f"(dot: p >= {threshold:g}; dashed: positive rate)")
+    files += [pr["png"].name, pr["csv"].name]
+
+    truth = cooccurrence_from_labels(labels)
+    predicted = predicted_cooccurrence(probs, threshold, labels)
+    matrices = {"ground truth": truth["both"]}
+    stats = {"predicted_aus_vs_truth": agreement(predicted["both"], truth["both"])}
+    if pair_meter is not None:
+        model = pair_meter.result()
+        matrices["model: mean P(both) of the edges"] = model["p_both"]
+        stats["model_p_both_vs_truth"] = agreement(model["p_both"], truth["both"])
+        stats["model_excess_vs_truth"] = agreement(
+            excess_cooccurrence(model["p_both"], model["p_i_without_j"], model["p_j_without_i"]),
+            excess_cooccurrence(truth["both"], truth["i_without_j"], truth["j_without_i"]))
+    matrices[f"predicted AUs (p >= {threshold:g})"] = predicted["both"]
+    key = "model_p_both_vs_truth" if pair_meter is not None else "predicted_aus_vs_truth"
+    r, p = stats[key]["r"], stats[key]["p_value"]
+    versus = "model edges" if pair_meter is not None else "predicted AUs"
+    cooc = plots.plot_cooccurrence(
+        au_names, matrices, out_dir / f"cooccurrence_fold{fold}.png",
+        title=f"{label}fold {fold}: P(AU i and AU j), {len(labels)} test images; {versus} vs truth: "
+              f"r = {'nan' if r is None else f'{r:.2f}'}, permutation p = {'nan' if p is None else f'{p:.3g}'}")
+    files += [cooc["png"].name, cooc["csv"].name]
+    stats["permutations"] = PERMUTATIONS
+    return {"figures": files, "cooccurrence": stats}
+
+
+def evaluate_checkpoint(args, fold: int, path: str, figures_dir: Path | None = None) -> dict:
+    """Test one checkpoint on one fold; returns the fold's result dict (percentages).
+
+    figures_dir: also draw the fold's figures there (fold_figures; rank 0), adding "figures"
+    and "cooccurrence" to the result. For a stage-2 ME-GraphAU model the prediction then also
+    accumulates the mean pair probabilities of its edge logits (predict's pair_meter)."""
     from model import load_model
+    from relations import PairProbabilityMeter
 
     loaded = load_model(path, arc=args.arc, stage=getattr(args, "stage", None), num_classes=args.num_classes,
                         neighbor_num=args.neighbor_num, metric=getattr(args, "metric", None))
@@ -583,17 +711,55 @@ def evaluate_checkpoint(args, fold: int, path: str) -> dict:
     model = loaded.model.to(args.device)
     test_ds = build_datasets(args, stage=1, splits=("test",), fold=fold)["test"]
     loader = build_eval_loader(test_ds, args)
-    probs = predict(model, loader, args.device, args.amp, progress=not args.no_progress, desc=f"test fold {fold}")
+    meter = PairProbabilityMeter() if figures_dir is not None and has_edge_logits(facts) else None
+    probs = predict(model, loader, args.device, args.amp, progress=not args.no_progress, desc=f"test fold {fold}",
+                    pair_meter=meter)
     threshold = getattr(args, "threshold", 0.5)
     metrics = compute_au_metrics(probs, test_ds.labels, threshold=threshold)
     au_names = list(test_ds.au_names)
     log.info("fold %d, %s (stage %d, --arc %s), %d images\n%s", fold, path, facts["stage"], facts["arc"],
              len(test_ds), format_au_table(au_names, metrics["f1"], metrics["acc"]))
-    return {"dataset": args.dataset_name, "fold": int(fold), "arc": facts["arc"], "stage": facts["stage"],
-            "checkpoint": str(path), "au_names": au_names, "f1": [round(100 * float(v), 4) for v in metrics["f1"]],
-            "acc": [round(100 * float(v), 4) for v in metrics["acc"]],
-            "mean_f1": round(100 * metrics["mean_f1"], 4), "mean_acc": round(100 * metrics["mean_acc"], 4),
-            "num_images": len(test_ds), "threshold": threshold}
+    result = {"dataset": args.dataset_name, "fold": int(fold), "arc": facts["arc"], "stage": facts["stage"],
+              "checkpoint": str(path), "au_names": au_names, "f1": [round(100 * float(v), 4) for v in metrics["f1"]],
+              "acc": [round(100 * float(v), 4) for v in metrics["acc"]],
+              "mean_f1": round(100 * metrics["mean_f1"], 4), "mean_acc": round(100 * metrics["mean_acc"], 4),
+              "num_images": len(test_ds), "threshold": threshold}
+    if figures_dir is not None and utils.is_main_process():
+        result.update(fold_figures(Path(figures_dir), fold, au_names, probs, test_ds.labels, threshold, meter,
+                                   label=f"{args.dataset_name} "))
+        for key, value in result["cooccurrence"].items():
+            if isinstance(value, dict):
+                log.info("fold %d co-occurrence, %s: r = %s, permutation p = %s", fold, key, value["r"],
+                         value["p_value"])
+    return result
+
+
+def f1_figure(out_dir: Path, results: list[dict], dataset_config: dict) -> list[str]:
+    """f1_bars.png/.csv: per-AU F1 of each tested fold, their mean (several folds) and, for BP4D
+    and DISFA, the paper's numbers (plots.paper_f1_series)."""
+    import plots
+
+    first = results[0]
+    paper = plots.paper_f1_series(dataset_config) if list(dataset_config.get("au_names") or []) == \
+        list(first["au_names"]) else {}
+    out = plots.plot_f1_bars(first["au_names"], {f"fold {r['fold']}": r["f1"] for r in results},
+                             out_dir / "f1_bars.png", paper=paper,
+                             title=f"{first['dataset']}: per-AU F1 on the test fold{'s' if len(results) > 1 else ''}"
+                                   f" (stage {first['stage']}, {first['arc']}, p >= {first['threshold']:g})")
+    return [out["png"].name, out["csv"].name]
+
+
+def mean_agreement(results: list[dict]) -> dict:
+    """--fold all: each comparison's mean r over the folds and the largest of their p-values."""
+    out = {}
+    for key in results[0].get("cooccurrence", {}):
+        values = [r["cooccurrence"][key] for r in results if isinstance(r.get("cooccurrence", {}).get(key), dict)]
+        if len(values) != len(results):
+            continue
+        rs, ps = [v["r"] for v in values], [v["p_value"] for v in values]
+        out[key] = {"mean_r": None if None in rs else round(float(np.mean(rs)), 6),
+                    "max_p_value": None if None in ps else max(ps)}
+    return out
 
 
 def write_results(summary: dict, rows: list[dict], out_dir: Path) -> None:
@@ -618,7 +784,15 @@ def write_results(summary: dict, rows: list[dict], out_dir: Path) -> None:
 def test_checkpoints(args, out_dir: Path, folds: list[int]) -> dict:
     """Test --resume on each of `folds` ({fold} in the name is filled in), average over the
     folds as the papers do, write results.json / results.csv to out_dir; returns the summary
-    (with 'run_dir')."""
+    (with 'run_dir').
+
+    Figures in out_dir, each a PNG with the CSV of its numbers, listed in results.json's
+    "figures": f1_bars (per-AU F1 of each fold, their mean, the paper's for BP4D / DISFA),
+    pr_curves_fold{k} and cooccurrence_fold{k} (fold_figures). results.json's "cooccurrence":
+    Pearson r and permutation p of the predicted AUs' co-occurrence (and, stage 2, of the
+    model's mean P(both) and of its excess over independence) against the ground truth's; with
+    several folds each fold's are under per_fold and the top level has their mean r and largest p.
+    """
     if not args.resume:
         raise SystemExit("test.py needs --resume CHECKPOINT (use {fold} in the name with --fold all)")
     if len(folds) > 1 and "{fold}" not in args.resume:
@@ -628,8 +802,15 @@ def test_checkpoints(args, out_dir: Path, folds: list[int]) -> dict:
     prepare_data(args, folds)  # the synthetic set's lists exist before they are hashed
     prov = provenance.collect(device=args.device, files={**checkpoints, **list_files_of_run(args, ("test",), folds)})
     log.info("provenance: %s", provenance.header_line(prov))
-    results = [evaluate_checkpoint(args, k, checkpoint_for_fold(args.resume, k)) for k in folds]
+    results = [evaluate_checkpoint(args, k, checkpoint_for_fold(args.resume, k), figures_dir=out_dir) for k in folds]
     summary = results[0] if len(results) == 1 else average_folds(results)
+    if utils.is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figures = f1_figure(out_dir, results, args.dataset_config)
+        summary["figures"] = figures + [name for r in results for name in r.get("figures", [])]
+        if len(results) > 1:
+            summary["cooccurrence"] = mean_agreement(results)
+        log.info("figures written to %s: %s", out_dir, " ".join(n for n in summary["figures"] if n.endswith(".png")))
     summary["provenance"] = prov
     if len(results) > 1:
         log.info("mean over folds %s\n%s", folds,

@@ -9,8 +9,14 @@ so --dataset is needed only for the release's files. --fold all tests folds 1..N
 --resume is replaced by each fold number) and prints the per-AU table averaged over the folds,
 as the papers report. A checkpoint whose fold differs from the tested fold gets a warning (its
 test subjects were training data). Outputs in results/{exp-name}/bs_{b}_seed_{s}_lr_{lr}/:
-results.json, results.csv and test.log. Under torchrun each rank tests a share of the images;
-every image counts exactly once. The evaluation itself is engine.test_checkpoints.
+results.json, results.csv, test.log and the figures, each a PNG with the CSV of its numbers:
+f1_bars (per-AU F1 per fold, their mean, the paper's numbers for BP4D / DISFA),
+pr_curves_fold{k} (per-AU precision-recall, the --threshold point marked) and
+cooccurrence_fold{k} (the test fold's ground-truth P(AU i and AU j) beside that of the predicted
+AUs and, for a stage-2 ME-GraphAU model, the mean P(both) of its edge logits; results.json's
+"cooccurrence" gives the Pearson r of each against the truth with a permutation p-value). Under
+torchrun each rank tests a share of the images; every image counts exactly once. The evaluation
+itself is engine.test_checkpoints.
 """
 from __future__ import annotations
 
