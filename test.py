@@ -9,7 +9,8 @@ so --dataset is needed only for the release's files. --fold all tests folds 1..N
 --resume is replaced by each fold number) and prints the per-AU table averaged over the folds,
 as the papers report. A checkpoint whose fold differs from the tested fold gets a warning (its
 test subjects were training data). Outputs in results/{exp-name}/bs_{b}_seed_{s}_lr_{lr}/:
-results.json, results.csv and test.log. Under torchrun each rank tests a share of the images;
+results.json, results.csv and test.log; a folder holding an earlier run's results is refused
+unless --overwrite (run_folder.py). Under torchrun each rank tests a share of the images;
 every image counts exactly once. The evaluation itself is engine.test_checkpoints.
 """
 from __future__ import annotations
@@ -19,7 +20,6 @@ import sys
 
 import conf
 import engine
-import utils
 
 EXAMPLES = """examples:
   python test.py --resume results/synth_stage2/bs_16_seed_0_lr_0.0003/best.pth   # the file names its dataset
@@ -57,4 +57,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    utils.exit_on_user_error(main, conf.parse_args(get_args_parser(), section="test"))
+    sys.exit(engine.test_cli(get_args_parser()))
