@@ -419,7 +419,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line, checked: a bad value is one line and exit code 2."""
-    p = get_args_parser()
+    from conf import one_line_errors
+
+    p = one_line_errors(get_args_parser())
     args = p.parse_args(argv)
     if args.output is None:
         args.output = str(Path("results") / args.exp_name)
@@ -515,5 +517,18 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli(argv=None) -> int:
+    """demo.py's command line; exit code 0, 1 (nothing could be read), 2 (a user error: one line),
+    130 (Ctrl-C: what was processed so far is written)."""
+    args = parse_args(argv)
+    try:
+        return main(args)
+    except KeyboardInterrupt:
+        written = Path(args.output) / "predictions.csv"
+        print("\ninterrupted: " + (f"the predictions so far are in {written}" if written.is_file()
+                                   else "nothing was written"), file=sys.stderr, flush=True)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(cli())

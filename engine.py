@@ -16,6 +16,12 @@ writes results.json / results.csv and the figures beside them (f1_bars, pr_curve
 cooccurrence_fold{k}: PNG + CSV; see fold_figures). Under torchrun every rank trains / tests its
 share; every test image counts exactly once (utils.gather_by_index; a stage-2 model's pair
 probabilities are summed over the ranks, all_reduce_pair_meter).
+
+Every run claims its folder first (run_folder.py: a lock, and no new run replaces an earlier
+run's files without --overwrite). The command-line entries (train_cli, test_cli) turn user errors
+into one line and exit code 2 (utils.exit_on_user_error), a NaN loss into 3 and Ctrl-C into 130
+with the command that continues the run; under torchrun the set-up's errors stop every rank
+together (utils.agree_on_errors).
 """
 from __future__ import annotations
 
@@ -24,9 +30,11 @@ import json
 import logging
 import math
 import re
+import shlex
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +45,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import conf
 import provenance
+import run_folder
 import utils
 from losses import WeightedAsymmetricLoss, edge_loss
 from metrics import average_folds, compute_au_metrics, format_au_table
@@ -92,12 +101,15 @@ def prepare_data(args, folds) -> None:
         return
     list_dir = Path(args.dataset_path) / "list"
     needed = [list_file(list_dir, cfg["name"], "label", k, split) for k in folds for split in ("train", "test")]
-    if utils.is_main_process() and not all(p.is_file() for p in needed):
-        from synth import ensure_synthetic_dataset
 
-        log.info("generating the synthetic data set %s in %s (once)", cfg["name"], args.dataset_path)
-        ensure_synthetic_dataset(args.dataset_path)
-    utils.barrier()
+    def generate_on_main():
+        if utils.is_main_process() and not all(p.is_file() for p in needed):
+            from synth import ensure_synthetic_dataset
+
+            log.info("generating the synthetic data set %s in %s (once)", cfg["name"], args.dataset_path)
+            ensure_synthetic_dataset(args.dataset_path)
+
+    utils.agree_on_errors(generate_on_main)  # the others wait, and stop with rank 0 if it cannot
 
 
 def list_files_of_run(args, splits=("train", "test"), folds=None, stage: int = 1) -> dict:
@@ -260,7 +272,7 @@ def resume_training_state(args, model, optimizer, scaler) -> TrainState:
     missing = [k for k in ("epoch", "step", "state_dict", "optimizer") if k not in ckpt]
     if missing:
         finished = "history" in ckpt and "state_dict" in ckpt
-        raise SystemExit(
+        raise utils.UserError(
             f"{args.resume_training} holds no training state (missing {missing}): "
             + ("it is a finished run's model file (a run that completes keeps only the model); "
                if finished else "it is not a last.pth of this project; ")
@@ -444,6 +456,38 @@ def facts_model_config(facts: dict) -> dict:
     return {k: facts[k] for k in ("stage", "arc", "num_classes", "neighbor_num", "metric", "variant")}
 
 
+@contextmanager
+def claim_run_folder(args, out_dir: Path, kind: str):
+    """Rank 0 claims the run folder for a run of `kind` (run_folder.claim: the lock, the
+    earlier-run rule) and writes args.yaml ('evaluate' adds results only); every rank stops with it
+    when the folder cannot be used. The lock is held until the block ends."""
+    def claim_on_main():
+        if not utils.is_main_process():
+            return None  # under torchrun only rank 0 locks and decides; the others follow
+        lock = run_folder.claim(out_dir, kind, overwrite=getattr(args, "overwrite", False),
+                                inputs=[args.resume, getattr(args, "resume_training", None)])
+        try:
+            if kind != "evaluate":
+                conf.write_args(args, out_dir,
+                                provenance=provenance.collect(device=args.device) if kind == "test" else None)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    lock = utils.agree_on_errors(claim_on_main)
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def log_removed(lock) -> None:
+    if lock is not None and lock.removed:
+        log.warning("--overwrite: removed the earlier run's %s", ", ".join(p.name for p in lock.removed))
+
+
 def run_training(args, stage: int) -> dict:
     """Train stage `stage` (1 or 2) as configured by `args`; see the module docstring.
 
@@ -451,22 +495,41 @@ def run_training(args, stage: int) -> dict:
     summary). Raises NonFiniteLossError on a NaN/inf loss (after keeping the last good checkpoint).
     """
     if args.fold == "all":
-        raise SystemExit("training takes one fold (--fold 1, 2 or 3); 'all' is for test.py")
+        raise utils.UserError("training takes one fold (--fold 1, 2 or 3); 'all' is for test.py")
+    if args.evaluate and not args.resume:
+        raise utils.UserError("--evaluate needs --resume CHECKPOINT")
     out_dir = conf.run_dir(args)
-    main_proc = utils.is_main_process()
-    if main_proc:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        conf.write_args(args, out_dir)
-    setup_logging(out_dir, "train.log")
-    check_amp(args)
-    if args.evaluate:
-        if not args.resume:
-            raise SystemExit("--evaluate needs --resume CHECKPOINT")
-        return test_checkpoints(args, out_dir=out_dir, folds=[int(args.fold)])
-    log.info("stage %d training: dataset %s fold %d, --arc %s, device %s, world size %d, run folder %s",
-             stage, args.dataset_name, args.fold, args.arc, args.device, args.world_size, out_dir)
+    kind = "evaluate" if args.evaluate else "resume" if args.resume_training else "train"
+    with claim_run_folder(args, out_dir, kind) as lock:
+        if args.evaluate:  # a test run: results.json/csv and test.log beside the run's files
+            setup_logging(out_dir, "test.log")
+            check_amp(args)
+            return test_checkpoints(args, out_dir=out_dir, folds=[int(args.fold)])
+        setup_logging(out_dir, "train.log")
+        log_removed(lock)
+        return train_in_folder(args, stage, out_dir)
 
-    utils.set_seed(args.seed + args.rank)
+
+@dataclass
+class TrainingParts:
+    """A training run once set up: data, model (not yet DDP-wrapped), optimizer, state."""
+    train_ds: object
+    test_ds: object
+    train_loader: DataLoader
+    train_sampler: DistributedSampler
+    loader_gen: torch.Generator
+    test_loader: DataLoader
+    model: torch.nn.Module
+    facts: dict
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: torch.nn.Module
+    state: TrainState
+
+
+def set_up_training(args, stage: int, out_dir: Path) -> TrainingParts:
+    """Everything of a run that bad input can break (lists, images, checkpoints, --resume-training),
+    before any rank waits for another: train_in_folder runs it through utils.agree_on_errors."""
     data = build_datasets(args, stage)
     train_ds, test_ds = data["train"], data["test"]
     log.info("train images %d, test images %d, class weights %s", len(train_ds), len(test_ds),
@@ -477,7 +540,7 @@ def run_training(args, stage: int) -> dict:
     if args.resume and not args.resume_training:
         files["init_checkpoint"] = Path(args.resume)
     prov = provenance.collect(device=args.device, files=files)
-    if main_proc:
+    if utils.is_main_process():
         conf.write_args(args, out_dir, provenance=prov)
     log.info("provenance: %s", provenance.header_line(prov))
 
@@ -485,15 +548,29 @@ def run_training(args, stage: int) -> dict:
     model.set_grad_checkpointing(args.grad_checkpointing)  # memory for time; same results
     model.to(args.device)
     facts = {**run_facts(args, model), "provenance": prov}  # the checkpoints' own record
-    net = model
-    if args.distributed:
-        net = DistributedDataParallel(model, device_ids=[args.local_rank] if args.device.type == "cuda" else None)
-
     optimizer = build_optimizer(args, model)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp == "fp16" and args.device.type == "cuda")
     criterion = WeightedAsymmetricLoss(train_ds.class_weights).to(args.device)
-
     state = resume_training_state(args, model, optimizer, scaler) if args.resume_training else TrainState()
+    return TrainingParts(train_ds, test_ds, train_loader, train_sampler, loader_gen, test_loader, model, facts,
+                         optimizer, scaler, criterion, state)
+
+
+def train_in_folder(args, stage: int, out_dir: Path) -> dict:
+    """The training of run_training in its claimed folder (logging already set up)."""
+    main_proc = utils.is_main_process()
+    check_amp(args)
+    log.info("stage %d training: dataset %s fold %d, --arc %s, device %s, world size %d, run folder %s",
+             stage, args.dataset_name, args.fold, args.arc, args.device, args.world_size, out_dir)
+    utils.set_seed(args.seed + args.rank)
+    parts = utils.agree_on_errors(set_up_training, args, stage, out_dir)
+    test_ds, model, facts = parts.test_ds, parts.model, parts.facts
+    train_loader, train_sampler, loader_gen, test_loader = (parts.train_loader, parts.train_sampler,
+                                                            parts.loader_gen, parts.test_loader)
+    optimizer, scaler, criterion, state = parts.optimizer, parts.scaler, parts.criterion, parts.state
+    net = model
+    if args.distributed:
+        net = DistributedDataParallel(model, device_ids=[args.local_rank] if args.device.type == "cuda" else None)
     last_metrics = None
     show_bar = main_proc and not args.no_progress
     for epoch in range(state.epoch, args.epochs):
@@ -830,33 +907,92 @@ def test_checkpoints(args, out_dir: Path, folds: list[int]) -> dict:
 def train_main(args, stage: int) -> dict:
     """Set up the process (torchrun or single), train stage `stage`, tear down."""
     utils.init_distributed_mode(args)
-    try:
-        return run_training(args, stage)
-    finally:
-        utils.cleanup_distributed()
+    result = run_training(args, stage)
+    # only after success: a failed rank exits without waiting on peers that may be gone
+    utils.cleanup_distributed()
+    return result
+
+
+def without_option(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` / `flag=VALUE`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
+def resume_command(script: str, argv: list[str], args) -> str:
+    """The command line that continues an interrupted run from its last.pth."""
+    last = conf.run_dir(args) / "last.pth"
+    rest = [a for a in without_option(argv, "--resume-training") if a != "--overwrite"]
+    world = getattr(args, "world_size", 1) or 1
+    launcher = ["torchrun", "--nproc_per_node", str(world)] if world > 1 else ["python"]
+    return shlex.join([*launcher, script, *rest, "--resume-training", str(last)])
+
+
+def interrupted_message(script: str, argv: list[str], args) -> str:
+    """What Ctrl-C leaves: the last checkpoint and how to continue from it."""
+    if args is None:
+        return "interrupted before the run started; nothing was written"
+    last = conf.run_dir(args) / "last.pth"
+    if not last.is_file():
+        return "interrupted before the first epoch ended: no checkpoint was written; start again with the same command"
+    return (f"interrupted: the last checkpoint is {last} (written at the end of the last finished epoch); "
+            f"continue with: {resume_command(script, argv, args)}")
 
 
 def train_cli(parser, stage: int, argv=None) -> int:
     """Command-line entry of the training scripts: parse (the dataset's defaults of section
-    stage{stage}), train; exit code 0, 2 (a user error: one line), 3 (non-finite loss)."""
-    args = conf.parse_args(parser, argv, section=f"stage{stage}")
+    stage{stage}), train; exit code 0, 2 (a user error: one line), 3 (non-finite loss),
+    130 (Ctrl-C: the last checkpoint and the command that continues from it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parsed = []
+
+    def parse_and_train():
+        parsed.append(conf.parse_args(parser, argv, section=f"stage{stage}"))
+        return train_main(parsed[0], stage)
+
     try:
-        utils.exit_on_user_error(train_main, args, stage)
+        utils.exit_on_user_error(parse_and_train)
     except NonFiniteLossError:
         return 3
+    except KeyboardInterrupt:
+        if utils.is_main_process():
+            print(f"\n{interrupted_message(parser.prog, argv, parsed[0] if parsed else None)}", file=sys.stderr,
+                  flush=True)
+        return 130
     return 0
 
 
 def test_main(args) -> dict:
-    """test.py's main: the checkpoint(s) of --resume on --fold (or every fold with 'all')."""
+    """test.py's main: the checkpoint(s) of --resume on --fold (or every fold with 'all'), in a
+    claimed run folder (run_folder.py: a test run refuses earlier results without --overwrite)."""
+    if not args.resume:
+        raise utils.UserError("test.py needs --resume CHECKPOINT (use {fold} in the name with --fold all)")
     utils.init_distributed_mode(args)
-    try:
-        out_dir = conf.run_dir(args)
-        if utils.is_main_process():
-            conf.write_args(args, out_dir, provenance=provenance.collect(device=args.device))
+    out_dir = conf.run_dir(args)
+    with claim_run_folder(args, out_dir, "test") as lock:
         setup_logging(out_dir, "test.log")
+        log_removed(lock)
         check_amp(args)
         folds = list(range(1, args.N_fold + 1)) if args.fold == "all" else [int(args.fold)]
-        return test_checkpoints(args, out_dir, folds)
-    finally:
-        utils.cleanup_distributed()
+        summary = test_checkpoints(args, out_dir, folds)
+    utils.cleanup_distributed()  # only after success, as in train_main
+    return summary
+
+
+def test_cli(parser, argv=None) -> int:
+    """Command-line entry of test.py: exit code 0, 2 (a user error: one line), 130 (Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        utils.exit_on_user_error(lambda: test_main(conf.parse_args(parser, argv, section="test")))
+    except KeyboardInterrupt:
+        if utils.is_main_process():
+            print("\ninterrupted: no results were written; run the same command again", file=sys.stderr, flush=True)
+        return 130
+    return 0
