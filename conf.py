@@ -2,8 +2,12 @@
 
 The release's flags keep their names, short forms and defaults; the additions are
 --dataset SYNTH / a .yaml path, --dataset-path, --device, --amp, --pretrained,
---resume-training, --save-every, --eval-every, --log-every, --grad-checkpointing, --output-dir
-and --no-progress.
+--resume-training, --save-every, --eval-every, --log-every, --grad-checkpointing, --output-dir,
+--overwrite and --no-progress.
+
+Every bad value is one line and exit code 2 (argparse's usage block is left out; `--help` has it):
+argparse's own checks, the ranges in RANGE_CHECKS, and the dataset name (matched case-insensitively,
+with a "did you mean" for a typo).
 
 Two parent parsers: `get_common_parser()` (data, model, device, outputs: what testing uses)
 and `get_training_parser()` (optimisation, checkpoints). test.py accepts the training flags of
@@ -23,6 +27,7 @@ Configs are found relative to this repository (dataset.load_dataset_config), nev
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -95,6 +100,9 @@ def get_common_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", default="results", type=str, dest="output_dir",
                    help="where run folders go")
     g.add_argument("--no-progress", action="store_true", dest="no_progress", help="no tqdm progress bars")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let a new run replace the outputs of an earlier run in its run folder (without it, "
+                        "such a folder is refused; see README, Reliability)")
     return p
 
 
@@ -153,7 +161,9 @@ def apply_dataset_defaults(parser: argparse.ArgumentParser, cfg: dict, section: 
     known = {a.dest for a in parser._actions}
     bad = [k for k in values if k.replace("-", "_") not in known]
     if bad:
-        raise ValueError(f"dataset config {cfg.get('_path', cfg.get('name'))}: unknown keys under "
+        from dataset import DatasetError
+
+        raise DatasetError(f"dataset config {cfg.get('_path', cfg.get('name'))}: unknown keys under "
                          f"defaults.{section}: {bad} (use argparse names such as learning_rate)")
     parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
 
@@ -176,6 +186,48 @@ def dataset_of_checkpoint(pattern: str) -> str | None:
     return facts.get("dataset_config") or facts.get("dataset")
 
 
+def _finite(v) -> bool:
+    return math.isfinite(v)
+
+
+#: (dest, flag, test, what the value must be): ranges argparse's types do not check.
+RANGE_CHECKS = (
+    ("batch_size", "-b/--batch-size", lambda v: v >= 1, "at least 1"),
+    ("num_workers", "-j/--num_workers", lambda v: v >= 0, "0 or more"),
+    ("crop_size", "--crop-size", lambda v: v >= 1, "a positive number of pixels"),
+    ("N_fold", "--N-fold", lambda v: v >= 1, "at least 1"),
+    ("learning_rate", "-lr/--learning-rate", lambda v: _finite(v) and v > 0, "a finite number above 0"),
+    ("epochs", "-e/--epochs", lambda v: v >= 1, "at least 1"),
+    ("weight_decay", "-wd/--weight-decay", lambda v: _finite(v) and v >= 0, "a finite number, 0 or more"),
+    ("optimizer_eps", "--optimizer-eps", lambda v: _finite(v) and v > 0, "a finite number above 0"),
+    ("lam", "--lam", lambda v: _finite(v) and v >= 0, "a finite number, 0 or more"),
+    ("save_every", "--save-every", lambda v: v >= 0, "0 or more"),
+    ("eval_every", "--eval-every", lambda v: v >= 0, "0 or more"),
+    ("log_every", "--log-every", lambda v: v >= 0, "0 or more"),
+    ("threshold", "--threshold", lambda v: _finite(v) and 0 < v < 1, "between 0 and 1 (both excluded)"),
+)
+
+
+def check_ranges(parser: argparse.ArgumentParser, args) -> None:
+    """parser.error (one line, exit 2) for the first value outside its range (RANGE_CHECKS)."""
+    for dest, flag, ok, what in RANGE_CHECKS:
+        value = getattr(args, dest, None)
+        if value is not None and not ok(value):
+            parser.error(f"{flag} must be {what}, got {value}")
+    if isinstance(args.fold, int) and not 1 <= args.fold <= args.N_fold:
+        parser.error(f"--fold must be in 1..{args.N_fold}, got {args.fold}")
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make parser.error print one line (argparse prints the whole usage block, 20+ lines for
+    these parsers, above the error) and exit with code 2."""
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error
+    return parser
+
+
 def parse_args(parser: argparse.ArgumentParser, argv=None, section: str | None = None):
     """Parse twice: first to find the dataset, then with that dataset's defaults applied.
 
@@ -184,8 +236,9 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, section: str | None =
     args.neighbor_num and resolves args.dataset_path (like the release's set_env) against the
     repository root when relative.
     """
-    from dataset import load_dataset_config
+    from dataset import CONFIG_DIR, load_dataset_config
 
+    one_line_errors(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
     first, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
     dataset = first.dataset or dataset_of_checkpoint(getattr(first, "resume", "")) or DEFAULT_DATASET
@@ -194,13 +247,14 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, section: str | None =
     parser.set_defaults(dataset=dataset)
     args = parser.parse_args(argv)
     args.dataset_config = cfg
+    if Path(cfg["config_path"]).parent == CONFIG_DIR:
+        args.dataset = Path(cfg["config_path"]).stem  # 'bp4d' -> 'BP4D'
     args.dataset_name = cfg["name"]
     args.num_classes = int(cfg["num_classes"])
     args.neighbor_num = int(cfg["neighbor_num"])
     if args.dataset_path is None:
         args.dataset_path = str(cfg["dataset_path"])
-    if isinstance(args.fold, int) and not 1 <= args.fold <= args.N_fold:
-        parser.error(f"--fold must be in 1..{args.N_fold}, got {args.fold}")
+    check_ranges(parser, args)
     if args.gpu_ids and "CUDA_VISIBLE_DEVICES" not in os.environ and "RANK" not in os.environ:
         # the release's --gpu_ids; a single process uses the first listed device
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_ids

@@ -16,6 +16,7 @@ the metrics (SPEC §7).
 """
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
 from pathlib import Path
@@ -38,7 +39,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 __all__ = ["AUDataset", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "NAMED_CONFIGS",
-           "build_transform", "load_dataset_config", "read_image", "relations_from_labels"]
+           "build_transform", "load_dataset_config", "decode_image_file", "read_image", "relations_from_labels",
+           "truncation_problem"]
 
 
 # ----------------------------------------------------------------------------- config
@@ -62,18 +64,27 @@ def load_dataset_config(name_or_path: Union[str, os.PathLike]) -> dict:
         if not path.is_file():
             raise DatasetError(f"{path}: dataset config file not found")
     else:
-        path = CONFIG_DIR / f"{text}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) or list(NAMED_CONFIGS)
-            raise DatasetError(f"unknown dataset {text!r}: no {path}; known: {', '.join(known)} "
-                               f"(or pass a path to a .yaml file)")
+        path = named_config_path(text)
     try:
-        raw = yaml.safe_load(path.read_text())
+        with open(path, "rb") as fh:  # a file, so that YAML errors name it
+            raw = yaml.safe_load(fh)  # safe: a tag such as !!python/object is an error, never code
     except yaml.YAMLError as err:
-        raise DatasetError(f"{path}: not valid YAML: {err}") from None
+        raise DatasetError(f"{path}: not a valid dataset config ({' '.join(str(err).split())})") from None
     if not isinstance(raw, dict):
         raise DatasetError(f"{path}: expected a mapping of keys, got {type(raw).__name__}")
     return _validate_config(dict(raw), path)
+
+
+def named_config_path(name: str) -> Path:
+    """config/{name}.yaml of a built-in dataset, the name matched case-insensitively ('bp4d');
+    DatasetError with a "did you mean" for a typo ('SYNHT')."""
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) or list(NAMED_CONFIGS)
+    by_lower = {k.lower(): k for k in known}
+    if name.lower() in by_lower:
+        return CONFIG_DIR / f"{by_lower[name.lower()]}.yaml"
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    hint = f"; did you mean {by_lower[close[0]]}?" if close else ""
+    raise DatasetError(f"unknown dataset {name!r}{hint} (known: {', '.join(known)}, or a path to a .yaml file)")
 
 
 def _validate_config(cfg: dict, path: Path) -> dict:
@@ -188,15 +199,51 @@ class SingleThreaded:
         return f"SingleThreaded({self.transform!r})"
 
 
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"  # IEND chunk: type + its fixed CRC
+
+
+def truncation_problem(data: bytes) -> Optional[str]:
+    """Why an encoded image is cut short, judged on its bytes (cheap), or None.
+
+    libjpeg decodes a truncated JPEG into an image whose missing rows are grey and only prints an
+    anonymous "Premature end of JPEG file": such a file would be trained on. A complete JPEG ends
+    with the end-of-image marker FF D9 (zero padding after it is allowed), a complete PNG with its
+    IEND chunk."""
+    if not data:
+        return "empty file"
+    if data.startswith(JPEG_START) and not data.rstrip(b"\0").endswith(JPEG_END):
+        return "truncated JPEG: no end-of-image marker FF D9 at its end"
+    if data.startswith(PNG_START) and not data.endswith(PNG_END):
+        return "truncated PNG: no IEND chunk at its end"
+    return None
+
+
+def decode_image_file(path: Union[str, os.PathLike]) -> tuple[Optional[np.ndarray], str]:
+    """(BGR uint8 image (H, W, 3), '') or (None, why it cannot be used: missing, unreadable,
+    truncated (truncation_problem) or not decodable)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as err:
+        return None, "file not found" if isinstance(err, FileNotFoundError) else err.strerror
+    problem = truncation_problem(data)
+    if problem:
+        return None, problem
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return (image, "") if image is not None else (None, "not a decodable image")
+
+
 def read_image(path: Union[str, os.PathLike]) -> torch.Tensor:
-    """Decode an image file to a uint8 RGB tensor (3, H, W); DatasetError naming it if unreadable.
+    """Decode an image file to a uint8 RGB tensor (3, H, W); DatasetError naming it if it is
+    missing, truncated or not decodable (decode_image_file).
 
     OpenCV decodes (torchvision's decoders are deprecated since 0.29); grey images get 3 channels.
     """
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # (H, W, 3) BGR, None when unreadable
+    image, problem = decode_image_file(path)
     if image is None:
-        reason = "file not found" if not os.path.isfile(path) else "not a decodable image"
-        raise DatasetError(f"{path}: cannot read image ({reason})")
+        raise DatasetError(f"{path}: cannot read image ({problem}); tool/check_images.py lists every bad "
+                           f"image of a data set")
     # BGR -> RGB by reversing the channel axis while transposing to (3, H, W): one copy, and no
     # OpenCV thread pool inside DataLoader workers.
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[::-1]))  # (3, H, W) uint8

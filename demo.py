@@ -5,17 +5,31 @@ The checkpoint decides the model and the AU set (inference.AUDetector, the Pytho
 project checkpoint names its AUs; a released file's AU count picks them (12 -> BP4D, 8 -> DISFA,
 41 -> OpenGraphAU), or --dataset CONFIG names them. Faces (all, largest first) are cropped
 exactly like the training crops, put through the test transform and classified in batches.
-This file holds the inputs (images, folders, videos), the output writers and the command line;
+An ONNX file exported by tool/export_onnx.py runs on ONNX Runtime with the same outputs. Videos
+go through a pipeline (pipeline.py): decoding, face detection/tracking + cropping and the model
+overlap in their own threads, faces of consecutive frames share model batches. This file holds
+the inputs (images, folders, videos), the output writers, the benchmark and the command line;
 drawing is visualize.py.
 
     python demo.py --arc resnet50 --stage 2 --resume OpenGprahAU-ResNet50_second_stage.pth \\
         --input photo.jpg --draw_text
     python demo.py --resume MEFARG_resnet50_BP4D_fold1.pth --input frames/ --output results/demo
     python demo.py --resume model.pth --input clip.mp4 --every-n 5
-    python demo.py --arc resnet18 --stage 2 --dataset OpenGraphAU --input photo.jpg --benchmark
+    python demo.py --resume model.onnx --input clip.mp4 --openface-columns
+    python demo.py --resume model.pth --input clip.mp4 --benchmark      # PyTorch vs ONNX Runtime
 
-Outputs in --output: predictions.csv (one row per face, or one no_face row per image/frame),
-predictions.json, and annotated/ (images, or one .mp4/.avi per video).
+Outputs in --output: predictions.csv (one row per face, or one no_face row per image/frame;
+--openface-columns: OpenFace's column names), predictions.jsonl (one JSON object per
+image/frame), predictions.json (settings, every result, errors, summary), and annotated/
+(images, or one .mp4/.avi per video). Rows are flushed to predictions.csv and .jsonl after every
+batch, so an interrupted or killed run keeps the rows so far; predictions.json is completed at
+the end ("complete": true). For a stage-2 ME-GraphAU
+model every face in predictions.json also carries its predicted AU-pair relations from the edge
+logits ("pair_probs": P(AU i and AU j active) and P(AU i without AU j), N rows of N values in
+au_names' order). With --graph, graphs/{file}[_frame{n}]_face{k}.png draws each face's AU graph
+(plots.draw_au_graph): nodes coloured by AU probability (a ring when present), edges by the
+predicted co-occurrence P(both). Stage-1 and OpenGraphAU models have no edge logits: their graphs
+show the nodes only (OpenGraphAU: its 27 main AUs), and the picture says so.
 """
 from __future__ import annotations
 
@@ -30,6 +44,7 @@ import os
 import re
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
@@ -127,26 +142,24 @@ def openface_au_name(name: str) -> str:
 
 class ResultWriter:
     """predictions.csv (one row per face, or per face-less image/frame), predictions.jsonl (one
-    JSON object per image/frame) and predictions.json (the run's settings, AU names, errors and
-    summary; for images also every result, as predictions.jsonl has them).
+    JSON object per image/frame) and predictions.json (the run's settings, AU names, every result
+    as in predictions.jsonl, errors and summary).
 
     Rows are written as they are made: flush() (demo.py calls it after every batch) writes every
     row added since, each file in one piece, so a run that is killed leaves complete rows of a
-    prefix of the frames. predictions.json is written at the start with "complete": false and
-    rewritten by close().
+    prefix of the frames in predictions.csv and predictions.jsonl. Results are not kept in
+    memory (it does not grow with a video's length): predictions.json is written at the start
+    with "complete": false and no results, and close() writes it again with the results copied
+    from predictions.jsonl.
 
     openface: OpenFace's column names (see OPENFACE_HELP) instead of this project's.
-    keep_results: also keep every result in memory for predictions.json (images); videos leave
-    them in predictions.jsonl only, so memory does not grow with the video's length.
     """
 
-    def __init__(self, out_dir: Path, detector: AUDetector, args_summary: dict, openface: bool = False,
-                 keep_results: bool = True):
+    def __init__(self, out_dir: Path, detector: AUDetector, args_summary: dict, openface: bool = False):
         self.out_dir = out_dir
         self.names = detector.au_names
         self.threshold = detector.threshold
         self.openface = openface
-        self.keep_results = keep_results
         out_dir.mkdir(parents=True, exist_ok=True)
         self.csv_file = open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8")
         self.jsonl_file = open(out_dir / "predictions.jsonl", "w", encoding="utf-8")
@@ -161,20 +174,20 @@ class ResultWriter:
             self.csv.writerow(["file", "frame", "face", "x", "y", "w", "h", "no_face"]
                               + [c for n in self.names for c in (f"{n}_prob", n)])
         self.json = {**args_summary, "au_names": list(self.names),
-                     "au_descriptions": detector.au_descriptions, "threshold": detector.threshold,
-                     "csv_columns": "openface" if openface else "demo", "results_file": "predictions.jsonl",
-                     "complete": False}
-        if keep_results:
-            self.json["results"] = []
-        self.json["errors"] = []
+                     "au_descriptions": detector.au_descriptions, "threshold": detector.threshold}
+        if getattr(detector, "has_edges", False):
+            self.json["pair_probs_note"] = PAIR_PROBS_NOTE
+        self.json.update(csv_columns="openface" if openface else "demo", results_file="predictions.jsonl",
+                         complete=False, errors=[])
         self.n_items = self.n_faces = self.n_no_face = 0
         self.flush()
-        self._write_json()
+        self._write_json(with_results=False)
 
     def add(self, file: str, frame: Optional[int], faces: Sequence[FaceResult],
-            timestamp: Optional[float] = None) -> None:
-        """One image (frame None) or video frame and its faces; timestamp: the frame's time in
-        seconds (OpenFace columns)."""
+            graphs: Optional[dict] = None, timestamp: Optional[float] = None) -> None:
+        """One image (frame None) or video frame and its faces; graphs: {face index: path of its
+        --graph picture, relative to the output folder}; timestamp: the frame's time in seconds
+        (OpenFace columns)."""
         self.n_items += 1
         if not faces:
             self.n_no_face += 1
@@ -188,11 +201,12 @@ class ResultWriter:
                 values = [v for p, a in zip(face.probs, face.labels) for v in (f"{p:.6f}", int(a))]
                 self.csv.writerow([file, frame_text, face.index, *face.box, 0] + values)
         self.n_faces += len(faces)
-        result = {"file": file, "frame": frame, "no_face": not faces,
-                  "faces": [f.as_dict(self.names) for f in faces]}
+        entries = [f.as_dict(self.names) for f in faces]
+        for face, entry in zip(faces, entries):
+            if graphs and face.index in graphs:
+                entry["graph"] = graphs[face.index]
+        result = {"file": file, "frame": frame, "no_face": not faces, "faces": entries}
         self._jsonl_text.write(json.dumps(result) + "\n")
-        if self.keep_results:
-            self.json["results"].append(result)
 
     def _add_openface(self, file: str, frame: Optional[int], faces: Sequence[FaceResult],
                       timestamp: Optional[float]) -> None:
@@ -223,19 +237,53 @@ class ResultWriter:
         print(f"error: {message}", file=sys.stderr, flush=True)
         self.json["errors"].append({"file": file, "error": message})
 
-    def _write_json(self) -> None:
+    def _write_json(self, with_results: bool) -> None:
+        """predictions.json (through a temporary file); with_results: "results" copied one by one
+        from predictions.jsonl, in compact_json's layout."""
+        placeholder = "@@results@@"
+        meta = {k: v for k, v in self.json.items() if k not in ("errors", "summary")}
+        if with_results:
+            meta["results"] = placeholder
+        meta.update((k, self.json[k]) for k in ("errors", "summary") if k in self.json)
+        head, _, tail = compact_json(meta).partition(f'"{placeholder}"')
         tmp = self.out_dir / ".predictions.json.tmp"
-        tmp.write_text(json.dumps(self.json, indent=1))
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(head)
+            if with_results:
+                out.write("[")
+                count = 0
+                with open(self.out_dir / "predictions.jsonl", encoding="utf-8") as lines:
+                    for line in lines:
+                        out.write(("\n" if count == 0 else ",\n") + textwrap.indent(compact_json(json.loads(line)), "  "))
+                        count += 1
+                out.write("\n ]" if count else "]")
+            out.write(tail)
         os.replace(tmp, self.out_dir / "predictions.json")
 
-    def close(self) -> None:
+    def close(self, complete: bool = True) -> None:
+        """Flush and close the files, and write predictions.json with every result ("complete":
+        False for a run that was interrupted)."""
         self.flush()
         self.csv_file.close()
         self.jsonl_file.close()
-        self.json["complete"] = True
+        self.json["complete"] = bool(complete)
         self.json["summary"] = {"items": self.n_items, "faces": self.n_faces,
                                 "no_face": self.n_no_face, "errors": len(self.json["errors"])}
-        self._write_json()
+        self._write_json(with_results=True)
+
+
+PAIR_PROBS_NOTE = ("each face's pair_probs: the stage-2 edge logits' softmax as N x N matrices, row i and "
+                   "column j = au_names[i], au_names[j]: p_both = P(AU i and AU j active), p_i_without_j = "
+                   "P(AU i active, AU j not); P(AU j without AU i) is p_i_without_j transposed")
+
+_NUMBER_LIST = re.compile(r"\[\s+([-+0-9.eE,\snul]*?)\s*\]")  # a list of numbers / nulls, split over lines
+
+
+def compact_json(obj) -> str:
+    """json.dumps(obj, indent=1) with each list of plain numbers on one line (a box, a landmark,
+    a matrix row), so the per-face matrices stay one line per row."""
+    text = json.dumps(obj, indent=1)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -278,9 +326,46 @@ def save_crops(crops_dir: Optional[Path], rel: Path, frame: Optional[int], faces
         cv2.imwrite(str(path), face.crop)
 
 
+def graph_title(detector: AUDetector, name: str) -> str:
+    """The --graph picture's title: the face, and what the model's graph can show."""
+    if detector.has_edges:
+        return f"{name}: AU relations (stage 2)"
+    if detector.variant == "opengraphau":
+        return f"{name}: OpenGraphAU, {OPENGRAPHAU_MAIN_AUS} main AUs, nodes only (the model has no edge logits)"
+    return f"{name}: stage-1 model, nodes only (no edge logits)"
+
+
+OPENGRAPHAU_MAIN_AUS = 27  # OpenGraphAU's graph nodes; the 14 left/right side AUs follow them
+
+
+def save_graphs(graphs_dir: Optional[Path], out_dir: Path, rel: Path, frame: Optional[int],
+                faces: Sequence[FaceResult], detector: AUDetector) -> dict:
+    """--graph: each face's AU graph as graphs/{file}[_frame{frame}]_face{face}.png (named like
+    --save-crops' files): plots.draw_au_graph with the AU probabilities as nodes and, for a
+    stage-2 ME-GraphAU model, the predicted P(both) of every AU pair as edges; an OpenGraphAU
+    model's 27 main AUs, a stage-1 model's N AUs as nodes only. Returns {face index: path
+    relative to out_dir} (for predictions.json)."""
+    if graphs_dir is None or not faces:
+        return {}
+    from plots import draw_au_graph
+
+    stem = rel.with_suffix("").as_posix() + ("" if frame is None else f"_frame{frame}")
+    n = OPENGRAPHAU_MAIN_AUS if detector.variant == "opengraphau" else len(detector.au_names)
+    written = {}
+    for face in faces:
+        path = graphs_dir / f"{stem}_face{face.index}.png"
+        pairs = face.pair_probs
+        draw_au_graph(detector.au_names[:n], face.probs[:n], None if pairs is None else pairs["p_both"], path,
+                      title=graph_title(detector, f"{rel.as_posix()}" + ("" if frame is None else f" frame {frame}")
+                                        + f" face {face.index}"),
+                      threshold=detector.threshold, write_numbers=False)
+        written[face.index] = path.relative_to(out_dir).as_posix() if path.is_relative_to(out_dir) else str(path)
+    return written
+
+
 def process_images(detector: AUDetector, files: list[Path], root: Path, writer: ResultWriter,
                    out_dir: Path, draw_text: bool, annotate_images: bool = True,
-                   crops_dir: Optional[Path] = None) -> None:
+                   crops_dir: Optional[Path] = None, graphs_dir: Optional[Path] = None) -> None:
     """Images in batches (faces of several images share one model batch); unreadable files are
     reported and skipped."""
     show = _progress(files, total=len(files), desc="images") if len(files) > 1 else files
@@ -295,7 +380,8 @@ def process_images(detector: AUDetector, files: list[Path], root: Path, writer: 
                 writer.error(str(rel), str(err))
         results = detector.predict_images([img for _, img in loaded], keep_crops=crops_dir is not None)
         for (rel, image), faces in zip(loaded, results):
-            writer.add(rel.as_posix(), None, faces)
+            graphs = save_graphs(graphs_dir, out_dir, rel, None, faces, detector)
+            writer.add(rel.as_posix(), None, faces, graphs)
             save_crops(crops_dir, rel, None, faces)
             if annotate_images:
                 drawn = annotate(image, faces, detector.au_names,
@@ -347,13 +433,16 @@ def sequential_results(detector: AUDetector, frames: Iterable[tuple[int, np.ndar
             prepared.append((index, frame, found, crops if keep_crops else None))
         start = time.perf_counter()
         batch = np.concatenate(inputs)
-        probs = np.concatenate([detector.run_model(batch[k:k + detector.batch_size])
-                                for k in range(0, max(len(batch), 1), detector.batch_size)])
+        outputs = [detector.run_model(batch[k:k + detector.batch_size], edges=True)
+                   for k in range(0, max(len(batch), 1), detector.batch_size)]
+        probs = np.concatenate([p for p, _ in outputs])
+        edge_logits = np.concatenate([e for _, e in outputs]) if detector.has_edges else None
         times.add("model", time.perf_counter() - start)
         times.batches += math.ceil(len(batch) / detector.batch_size)
         k = 0
         for index, frame, found, crops in prepared:
-            faces = detector.face_results(frame, found, probs[k:k + len(found)], crops)
+            faces = detector.face_results(frame, found, probs[k:k + len(found)], crops,
+                                          None if edge_logits is None else edge_logits[k:k + len(found)])
             k += len(found)
             times.frames += 1
             times.faces += len(faces)
@@ -365,12 +454,13 @@ def sequential_results(detector: AUDetector, frames: Iterable[tuple[int, np.ndar
 
 def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_dir: Path,
                   draw_text: bool, every_n: int = 1, annotate_video: bool = True,
-                  crops_dir: Optional[Path] = None, pipelined: bool = True, max_frames: Optional[int] = None,
-                  times: Optional[StageTimes] = None, progress: bool = True, model_workers: int = 1) -> Optional[Path]:
+                  crops_dir: Optional[Path] = None, graphs_dir: Optional[Path] = None, graph_every: int = 1,
+                  pipelined: bool = True, max_frames: Optional[int] = None, times: Optional[StageTimes] = None,
+                  progress: bool = True, model_workers: int = 1) -> Optional[Path]:
     """Every every_n-th frame of a video (at most max_frames of them); writes annotated/{stem}.mp4
     (or .avi) unless annotate_video is False. Every frame of the annotated video has one size:
     the panel shows --max-faces face columns (default: as many faces as the first frame holds, at
-    least one).
+    least one). graphs_dir: the AU graphs of every graph_every-th processed frame (save_graphs).
 
     pipelined: decoding, face detection + cropping and the model in their own threads
     (pipeline.VideoPipeline), faces of consecutive frames batched together, `model_workers`
@@ -396,7 +486,9 @@ def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_di
     flush_every = max(1, detector.batch_size)
     try:
         for n, (index, frame, faces) in enumerate(shown, 1):
-            writer.add(path.name, index, faces, timestamp=index / fps)
+            graphs = save_graphs(graphs_dir, out_dir, Path(path.name), index, faces, detector) \
+                if (n - 1) % graph_every == 0 else {}
+            writer.add(path.name, index, faces, graphs, timestamp=index / fps)
             save_crops(crops_dir, Path(path.name), index, faces)
             if n % flush_every == 0:
                 writer.flush()
@@ -450,7 +542,7 @@ def time_run(detector: AUDetector, frames, track: bool, pipelined: bool, out_dir
     """One timed pass over `frames` (a list of images, or a function returning an iterator of
     (index, frame) pairs: a video decoded as it goes) as demo.py processes a video (outputs
     written to out_dir): its StageTimes and every face's probabilities (to compare engines)."""
-    writer = ResultWriter(out_dir, detector, {}, openface=openface, keep_results=False)
+    writer = ResultWriter(out_dir, detector, {}, openface=openface)
     times = StageTimes()
     indexed = frames() if callable(frames) else list(enumerate(frames))
     source = (VideoPipeline(detector, indexed, track=track, model_workers=model_workers) if pipelined
@@ -576,6 +668,8 @@ EXAMPLES = """examples:
   python tool/export_onnx.py --resume model.pth --output model.onnx    # then, on ONNX Runtime:
   python demo.py --resume model.onnx --input clip.mp4
   python demo.py --resume model.pth --input clip.mp4 --benchmark       # PyTorch vs ONNX Runtime
+  python demo.py --resume results/synth_stage2/bs_16_seed_0_lr_0.0003/best.pth --input face.png --graph
+  python demo.py --resume model.pth --input clip.mp4 --every-n 5 --graph --graph-every 10
 """
 
 OPENFACE_HELP = ("write predictions.csv with OpenFace's column names, for tools that read OpenFace "
@@ -622,6 +716,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--every-n", type=int, default=1, help="videos: process every n-th frame")
     p.add_argument("--no-annotate", action="store_true", help="write only predictions.csv/jsonl/json")
     p.add_argument("--openface-columns", action="store_true", help=OPENFACE_HELP)
+    p.add_argument("--graph", action="store_true",
+                   help="also draw each face's AU graph to OUTPUT/graphs/{file}[_frame{n}]_face{k}.png: nodes "
+                        "coloured by AU probability, edges by the predicted P(both) of a stage-2 ME-GraphAU "
+                        "model (stage 1 and OpenGraphAU: nodes only). About 0.2-0.5 s per face on a CPU core, "
+                        "more than the model: for videos see --graph-every")
+    p.add_argument("--graph-every", type=int, default=1, metavar="K",
+                   help="videos with --graph: a graph for every K-th processed frame only (default 1: every "
+                        "processed frame, i.e. every --every-n-th frame)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads of the AU model: torch's intra-op threads, or ONNX Runtime's "
                         f"(default: {default_threads()}, this machine's cores); MTCNN runs in one thread "
@@ -660,7 +762,9 @@ def default_threads() -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line, checked: a bad value is one line and exit code 2."""
-    p = get_args_parser()
+    from conf import one_line_errors
+
+    p = one_line_errors(get_args_parser())
     args = p.parse_args(argv)
     if args.output is None:
         args.output = str(Path("results") / args.exp_name)
@@ -676,6 +780,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--threshold must be between 0 and 1, got {args.threshold}")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.graph_every < 1:
+        p.error("--graph-every must be at least 1")
     if args.model_workers < 1:
         p.error("--model-workers must be at least 1")
     if args.detect_size < 0:
@@ -764,26 +870,33 @@ def main(args: argparse.Namespace) -> int:
                "provenance": provenance.collect(device=detector.device,
                                                 files={"checkpoint": args.resume} if args.resume else {})}
     crops_dir = Path(args.save_crops) if args.save_crops else None
+    graphs_dir = out_dir / "graphs" if args.graph else None
+    if args.graph and not detector.has_edges:
+        opengraphau = detector.variant == "opengraphau"
+        log.info("--graph: %s predicts no AU relations (no edge logits): the graphs show %s as nodes only",
+                 "this OpenGraphAU model" if opengraphau else "this stage-1 model",
+                 f"its {OPENGRAPHAU_MAIN_AUS} main AUs" if opengraphau else "the AU probabilities")
     try:
-        writer = ResultWriter(out_dir, detector, summary, openface=args.openface_columns,
-                              keep_results=kind != "video")
+        writer = ResultWriter(out_dir, detector, summary, openface=args.openface_columns)
     except OSError as err:
         print(f"error: cannot write to {out_dir}: {err}", file=sys.stderr)
         return 2
-    video_path = None
+    video_path, completed = None, False
     try:
         if kind == "video":
             try:
                 video_path = process_video(detector, files[0], writer, out_dir, args.draw_text, args.every_n,
-                                           not args.no_annotate, crops_dir, pipelined=not args.no_pipeline,
-                                           model_workers=args.model_workers)
+                                           not args.no_annotate, crops_dir, graphs_dir, args.graph_every,
+                                           pipelined=not args.no_pipeline, model_workers=args.model_workers)
             except DemoError as err:
                 writer.error(files[0].name, str(err))
         else:
             root = Path(args.input) if kind == "folder" else files[0].parent
-            process_images(detector, files, root, writer, out_dir, args.draw_text, not args.no_annotate, crops_dir)
+            process_images(detector, files, root, writer, out_dir, args.draw_text, not args.no_annotate, crops_dir,
+                           graphs_dir)
+        completed = True
     finally:
-        writer.close()
+        writer.close(complete=completed)  # also on Ctrl-C: every row so far, "complete": false
     s = writer.json["summary"]
     what = "frames" if kind == "video" else "images"
     print(f"processed {s['items']} {what}: {s['faces']} faces, {s['no_face']} without a face, "
@@ -794,5 +907,18 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli(argv=None) -> int:
+    """demo.py's command line; exit code 0, 1 (nothing could be read), 2 (a user error: one line),
+    130 (Ctrl-C: what was processed so far is written)."""
+    args = parse_args(argv)
+    try:
+        return main(args)
+    except KeyboardInterrupt:
+        written = Path(args.output) / "predictions.csv"
+        print("\ninterrupted: " + (f"the predictions so far are in {written}" if written.is_file()
+                                   else "nothing was written"), file=sys.stderr, flush=True)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main(parse_args()))
+    sys.exit(cli())

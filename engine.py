@@ -12,8 +12,16 @@ release's cur_model_fold{k}.pth / epoch{E}_model_fold{k}.pth.
 
 Testing (`test_checkpoints`, used by test.py and by --evaluate) evaluates one checkpoint per fold
 with `evaluate_checkpoint`, averages the folds as the papers do (metrics.average_folds) and
-writes results.json / results.csv. Under torchrun every rank trains / tests its share; every
-test image counts exactly once (utils.gather_by_index).
+writes results.json / results.csv and the figures beside them (f1_bars, pr_curves_fold{k},
+cooccurrence_fold{k}: PNG + CSV; see fold_figures). Under torchrun every rank trains / tests its
+share; every test image counts exactly once (utils.gather_by_index; a stage-2 model's pair
+probabilities are summed over the ranks, all_reduce_pair_meter).
+
+Every run claims its folder first (run_folder.py: a lock, and no new run replaces an earlier
+run's files without --overwrite). The command-line entries (train_cli, test_cli) turn user errors
+into one line and exit code 2 (utils.exit_on_user_error), a NaN loss into 3 and Ctrl-C into 130
+with the command that continues the run; under torchrun the set-up's errors stop every rank
+together (utils.agree_on_errors).
 """
 from __future__ import annotations
 
@@ -22,9 +30,11 @@ import json
 import logging
 import math
 import re
+import shlex
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +45,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import conf
 import provenance
+import run_folder
 import utils
 from losses import WeightedAsymmetricLoss, edge_loss
 from metrics import average_folds, compute_au_metrics, format_au_table
@@ -90,12 +101,15 @@ def prepare_data(args, folds) -> None:
         return
     list_dir = Path(args.dataset_path) / "list"
     needed = [list_file(list_dir, cfg["name"], "label", k, split) for k in folds for split in ("train", "test")]
-    if utils.is_main_process() and not all(p.is_file() for p in needed):
-        from synth import ensure_synthetic_dataset
 
-        log.info("generating the synthetic data set %s in %s (once)", cfg["name"], args.dataset_path)
-        ensure_synthetic_dataset(args.dataset_path)
-    utils.barrier()
+    def generate_on_main():
+        if utils.is_main_process() and not all(p.is_file() for p in needed):
+            from synth import ensure_synthetic_dataset
+
+            log.info("generating the synthetic data set %s in %s (once)", cfg["name"], args.dataset_path)
+            ensure_synthetic_dataset(args.dataset_path)
+
+    utils.agree_on_errors(generate_on_main)  # the others wait, and stop with rank 0 if it cannot
 
 
 def list_files_of_run(args, splits=("train", "test"), folds=None, stage: int = 1) -> dict:
@@ -258,7 +272,7 @@ def resume_training_state(args, model, optimizer, scaler) -> TrainState:
     missing = [k for k in ("epoch", "step", "state_dict", "optimizer") if k not in ckpt]
     if missing:
         finished = "history" in ckpt and "state_dict" in ckpt
-        raise SystemExit(
+        raise utils.UserError(
             f"{args.resume_training} holds no training state (missing {missing}): "
             + ("it is a finished run's model file (a run that completes keeps only the model); "
                if finished else "it is not a last.pth of this project; ")
@@ -442,6 +456,38 @@ def facts_model_config(facts: dict) -> dict:
     return {k: facts[k] for k in ("stage", "arc", "num_classes", "neighbor_num", "metric", "variant")}
 
 
+@contextmanager
+def claim_run_folder(args, out_dir: Path, kind: str):
+    """Rank 0 claims the run folder for a run of `kind` (run_folder.claim: the lock, the
+    earlier-run rule) and writes args.yaml ('evaluate' adds results only); every rank stops with it
+    when the folder cannot be used. The lock is held until the block ends."""
+    def claim_on_main():
+        if not utils.is_main_process():
+            return None  # under torchrun only rank 0 locks and decides; the others follow
+        lock = run_folder.claim(out_dir, kind, overwrite=getattr(args, "overwrite", False),
+                                inputs=[args.resume, getattr(args, "resume_training", None)])
+        try:
+            if kind != "evaluate":
+                conf.write_args(args, out_dir,
+                                provenance=provenance.collect(device=args.device) if kind == "test" else None)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    lock = utils.agree_on_errors(claim_on_main)
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def log_removed(lock) -> None:
+    if lock is not None and lock.removed:
+        log.warning("--overwrite: removed the earlier run's %s", ", ".join(p.name for p in lock.removed))
+
+
 def run_training(args, stage: int) -> dict:
     """Train stage `stage` (1 or 2) as configured by `args`; see the module docstring.
 
@@ -449,22 +495,41 @@ def run_training(args, stage: int) -> dict:
     summary). Raises NonFiniteLossError on a NaN/inf loss (after keeping the last good checkpoint).
     """
     if args.fold == "all":
-        raise SystemExit("training takes one fold (--fold 1, 2 or 3); 'all' is for test.py")
+        raise utils.UserError("training takes one fold (--fold 1, 2 or 3); 'all' is for test.py")
+    if args.evaluate and not args.resume:
+        raise utils.UserError("--evaluate needs --resume CHECKPOINT")
     out_dir = conf.run_dir(args)
-    main_proc = utils.is_main_process()
-    if main_proc:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        conf.write_args(args, out_dir)
-    setup_logging(out_dir, "train.log")
-    check_amp(args)
-    if args.evaluate:
-        if not args.resume:
-            raise SystemExit("--evaluate needs --resume CHECKPOINT")
-        return test_checkpoints(args, out_dir=out_dir, folds=[int(args.fold)])
-    log.info("stage %d training: dataset %s fold %d, --arc %s, device %s, world size %d, run folder %s",
-             stage, args.dataset_name, args.fold, args.arc, args.device, args.world_size, out_dir)
+    kind = "evaluate" if args.evaluate else "resume" if args.resume_training else "train"
+    with claim_run_folder(args, out_dir, kind) as lock:
+        if args.evaluate:  # a test run: results.json/csv and test.log beside the run's files
+            setup_logging(out_dir, "test.log")
+            check_amp(args)
+            return test_checkpoints(args, out_dir=out_dir, folds=[int(args.fold)])
+        setup_logging(out_dir, "train.log")
+        log_removed(lock)
+        return train_in_folder(args, stage, out_dir)
 
-    utils.set_seed(args.seed + args.rank)
+
+@dataclass
+class TrainingParts:
+    """A training run once set up: data, model (not yet DDP-wrapped), optimizer, state."""
+    train_ds: object
+    test_ds: object
+    train_loader: DataLoader
+    train_sampler: DistributedSampler
+    loader_gen: torch.Generator
+    test_loader: DataLoader
+    model: torch.nn.Module
+    facts: dict
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: torch.nn.Module
+    state: TrainState
+
+
+def set_up_training(args, stage: int, out_dir: Path) -> TrainingParts:
+    """Everything of a run that bad input can break (lists, images, checkpoints, --resume-training),
+    before any rank waits for another: train_in_folder runs it through utils.agree_on_errors."""
     data = build_datasets(args, stage)
     train_ds, test_ds = data["train"], data["test"]
     log.info("train images %d, test images %d, class weights %s", len(train_ds), len(test_ds),
@@ -475,7 +540,7 @@ def run_training(args, stage: int) -> dict:
     if args.resume and not args.resume_training:
         files["init_checkpoint"] = Path(args.resume)
     prov = provenance.collect(device=args.device, files=files)
-    if main_proc:
+    if utils.is_main_process():
         conf.write_args(args, out_dir, provenance=prov)
     log.info("provenance: %s", provenance.header_line(prov))
 
@@ -483,15 +548,29 @@ def run_training(args, stage: int) -> dict:
     model.set_grad_checkpointing(args.grad_checkpointing)  # memory for time; same results
     model.to(args.device)
     facts = {**run_facts(args, model), "provenance": prov}  # the checkpoints' own record
-    net = model
-    if args.distributed:
-        net = DistributedDataParallel(model, device_ids=[args.local_rank] if args.device.type == "cuda" else None)
-
     optimizer = build_optimizer(args, model)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp == "fp16" and args.device.type == "cuda")
     criterion = WeightedAsymmetricLoss(train_ds.class_weights).to(args.device)
-
     state = resume_training_state(args, model, optimizer, scaler) if args.resume_training else TrainState()
+    return TrainingParts(train_ds, test_ds, train_loader, train_sampler, loader_gen, test_loader, model, facts,
+                         optimizer, scaler, criterion, state)
+
+
+def train_in_folder(args, stage: int, out_dir: Path) -> dict:
+    """The training of run_training in its claimed folder (logging already set up)."""
+    main_proc = utils.is_main_process()
+    check_amp(args)
+    log.info("stage %d training: dataset %s fold %d, --arc %s, device %s, world size %d, run folder %s",
+             stage, args.dataset_name, args.fold, args.arc, args.device, args.world_size, out_dir)
+    utils.set_seed(args.seed + args.rank)
+    parts = utils.agree_on_errors(set_up_training, args, stage, out_dir)
+    test_ds, model, facts = parts.test_ds, parts.model, parts.facts
+    train_loader, train_sampler, loader_gen, test_loader = (parts.train_loader, parts.train_sampler,
+                                                            parts.loader_gen, parts.test_loader)
+    optimizer, scaler, criterion, state = parts.optimizer, parts.scaler, parts.criterion, parts.state
+    net = model
+    if args.distributed:
+        net = DistributedDataParallel(model, device_ids=[args.local_rank] if args.device.type == "cuda" else None)
     last_metrics = None
     show_bar = main_proc and not args.no_progress
     for epoch in range(state.epoch, args.epochs):
@@ -542,28 +621,86 @@ def run_training(args, stage: int) -> dict:
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader, device: torch.device, amp: str = "none",
-            progress: bool = False, desc: str = "eval") -> np.ndarray:
+            progress: bool = False, desc: str = "eval", pair_meter=None) -> np.ndarray:
     """AU probabilities (M, N) for every item of loader.dataset, in dataset order.
 
     Works with a plain loader or one whose sampler is a DistributedSampler(shuffle=False,
     drop_last=False): the loader's order is the sampler's, and the rows of all ranks are
     gathered by dataset index (see utils.gather_by_index). The model is put in eval mode.
+
+    pair_meter: a relations.PairProbabilityMeter that also accumulates the pair probabilities
+    of a stage-2 model's edge logits, with the batch's labels (frames count for a pair where
+    both AUs are known), every item once (the sampler's padding repeats are left out); under
+    DDP it holds the sums of all ranks when predict returns (all_reduce_pair_meter). None (the
+    training-time evaluation): the edge logits are dropped, nothing else is done.
     """
     from tqdm import tqdm
 
     model.eval()
     sampler = getattr(loader, "sampler", None)
     indices = list(iter(sampler)) if sampler is not None else list(range(len(loader.dataset)))
-    rows = []
+    rows, done = [], 0
     for batch in tqdm(loader, desc=desc, disable=not (progress and utils.is_main_process()), leave=False,
                       dynamic_ncols=True):
         images = batch[0].to(device, non_blocking=True)
         with utils.autocast_context(device, amp):
             out = model(images)
         probs = out[0] if isinstance(out, (tuple, list)) else out
+        if pair_meter is not None:
+            update_pair_meter(pair_meter, out, batch[1], first_row=done, sampler=sampler,
+                              num_items=len(loader.dataset))
         rows.append(probs.float().cpu())
+        done += len(probs)
     values = torch.cat(rows).numpy() if rows else np.zeros((0, 0))
+    if pair_meter is not None:
+        all_reduce_pair_meter(pair_meter, device, num_aus=getattr(loader.dataset, "num_classes", None))
     return utils.gather_by_index(values, indices, len(loader.dataset))
+
+
+def first_occurrences(sampler, first_row: int, count: int, num_items: int) -> np.ndarray:
+    """(count,) bool: which of this rank's rows first_row .. first_row + count - 1 are not the
+    padding repeats of a DistributedSampler(shuffle=False, drop_last=False). Its padded list
+    holds total_size = ceil(M / W) * W items, rank r takes positions r, r + W, ...; positions
+    >= M repeat earlier items. All True for any other sampler."""
+    rows = np.arange(first_row, first_row + count)
+    if not isinstance(sampler, DistributedSampler) or getattr(sampler, "drop_last", False):
+        return np.ones(count, dtype=bool)
+    return sampler.rank + rows * sampler.num_replicas < num_items
+
+
+def update_pair_meter(meter, out, labels, first_row: int = 0, sampler=None, num_items: int | None = None) -> None:
+    """Add one batch's stage-2 output (probs, edge logits (B, N*N, 4)) to a PairProbabilityMeter,
+    with its labels (B, N), padding repeats of a DistributedSampler left out."""
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise ValueError("a pair meter needs a stage-2 ME-GraphAU model (output: probs, edge logits); "
+                         "this model returns probabilities only")
+    edge_logits = out[1].float()
+    keep = first_occurrences(sampler, first_row, len(edge_logits),
+                             len(edge_logits) + first_row if num_items is None else num_items)
+    if not keep.all():
+        keep_t = torch.from_numpy(keep).to(edge_logits.device)
+        edge_logits, labels = edge_logits[keep_t], labels[torch.from_numpy(keep)]
+    meter.update(edge_logits, labels)
+
+
+def all_reduce_pair_meter(meter, device: torch.device, num_aus: int | None = None) -> None:
+    """Sum a PairProbabilityMeter's sums and counts over the DDP ranks (in place; a no-op
+    without torch.distributed). A rank that saw no batch takes part with zeros (num_aus)."""
+    if not utils.is_dist_initialized():
+        return
+    import torch.distributed as dist
+
+    if meter.sums is None:
+        if num_aus is None:
+            raise ValueError("all_reduce_pair_meter: this rank saw no batch; pass num_aus")
+        meter.sums, meter.counts = np.zeros((4, num_aus, num_aus)), np.zeros((num_aus, num_aus))
+    flat = np.concatenate([meter.sums.ravel(), meter.counts.ravel()])
+    backend_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = torch.from_numpy(flat).to(backend_device, torch.float64)
+    dist.all_reduce(total)
+    total = total.cpu().numpy()
+    meter.sums = total[:meter.sums.size].reshape(meter.sums.shape)
+    meter.counts = total[meter.sums.size:].reshape(meter.counts.shape)
 
 
 def checkpoint_for_fold(pattern: str, fold: int) -> str:
@@ -571,9 +708,77 @@ def checkpoint_for_fold(pattern: str, fold: int) -> str:
     return pattern.replace("{fold}", str(fold))
 
 
-def evaluate_checkpoint(args, fold: int, path: str) -> dict:
-    """Test one checkpoint on one fold; returns the fold's result dict (percentages)."""
+def has_edge_logits(facts: dict) -> bool:
+    """Whether a model predicts stage-2 edge logits: ME-GraphAU stage 2 (OpenGraphAU's stage 2
+    returns probabilities only)."""
+    return int(facts["stage"]) == 2 and (facts.get("variant") or "megraphau") != "opengraphau"
+
+
+#: random AU relabellings behind the permutation p-values of results.json's "cooccurrence"
+PERMUTATIONS = 2000
+
+
+def agreement(pred: np.ndarray, truth: np.ndarray, permutations: int = PERMUTATIONS) -> dict:
+    """Pearson r of two (N, N) matrices' off-diagonal entries and its permutation p-value."""
+    from relations import correlation_with, permutation_p_value
+
+    def number(v: float):
+        return None if not np.isfinite(v) else round(float(v), 6)
+
+    return {"r": number(correlation_with(pred, truth)),
+            "p_value": number(permutation_p_value(pred, truth, permutations))}
+
+
+def fold_figures(out_dir: Path, fold: int, au_names: list, probs: np.ndarray, labels: np.ndarray,
+                 threshold: float, pair_meter=None, label: str = "") -> dict:
+    """The figures of one tested fold in out_dir (each PNG with the CSV of its numbers):
+    pr_curves_fold{k}: per-AU precision-recall curves, the operating point p >= threshold marked;
+    cooccurrence_fold{k}: the test fold's ground-truth P(AU i and AU j) beside the co-occurrence
+    of the predicted AUs and, for stage 2 (pair_meter), the model's mean P(both) from its edge
+    logits. Returns {"figures": [file names], "cooccurrence": {comparison: {"r", "p_value"}}}:
+    Pearson r over the off-diagonal pairs, permutation p (small: closer than chance)."""
+    import plots
+    from relations import cooccurrence_from_labels, excess_cooccurrence, precision_recall_curves, predicted_cooccurrence
+
+    files = []
+    curves = precision_recall_curves(probs, labels, threshold)
+    pr = plots.plot_pr_curves(au_names, curves, out_dir / f"pr_curves_fold{fold}.png", threshold=threshold,
+                              title=f"{label}fold {fold}: precision-recall per AU, {len(labels)} test images "
+                                    f"(dot: p >= {threshold:g}; dashed: positive rate)")
+    files += [pr["png"].name, pr["csv"].name]
+
+    truth = cooccurrence_from_labels(labels)
+    predicted = predicted_cooccurrence(probs, threshold, labels)
+    matrices = {"ground truth": truth["both"]}
+    stats = {"predicted_aus_vs_truth": agreement(predicted["both"], truth["both"])}
+    if pair_meter is not None:
+        model = pair_meter.result()
+        matrices["model: mean P(both) of the edges"] = model["p_both"]
+        stats["model_p_both_vs_truth"] = agreement(model["p_both"], truth["both"])
+        stats["model_excess_vs_truth"] = agreement(
+            excess_cooccurrence(model["p_both"], model["p_i_without_j"], model["p_j_without_i"]),
+            excess_cooccurrence(truth["both"], truth["i_without_j"], truth["j_without_i"]))
+    matrices[f"predicted AUs (p >= {threshold:g})"] = predicted["both"]
+    key = "model_p_both_vs_truth" if pair_meter is not None else "predicted_aus_vs_truth"
+    r, p = stats[key]["r"], stats[key]["p_value"]
+    versus = "model edges" if pair_meter is not None else "predicted AUs"
+    cooc = plots.plot_cooccurrence(
+        au_names, matrices, out_dir / f"cooccurrence_fold{fold}.png",
+        title=f"{label}fold {fold}: P(AU i and AU j), {len(labels)} test images; {versus} vs truth: "
+              f"r = {'nan' if r is None else f'{r:.2f}'}, permutation p = {'nan' if p is None else f'{p:.3g}'}")
+    files += [cooc["png"].name, cooc["csv"].name]
+    stats["permutations"] = PERMUTATIONS
+    return {"figures": files, "cooccurrence": stats}
+
+
+def evaluate_checkpoint(args, fold: int, path: str, figures_dir: Path | None = None) -> dict:
+    """Test one checkpoint on one fold; returns the fold's result dict (percentages).
+
+    figures_dir: also draw the fold's figures there (fold_figures; rank 0), adding "figures"
+    and "cooccurrence" to the result. For a stage-2 ME-GraphAU model the prediction then also
+    accumulates the mean pair probabilities of its edge logits (predict's pair_meter)."""
     from model import load_model
+    from relations import PairProbabilityMeter
 
     loaded = load_model(path, arc=args.arc, stage=getattr(args, "stage", None), num_classes=args.num_classes,
                         neighbor_num=args.neighbor_num, metric=getattr(args, "metric", None))
@@ -583,17 +788,55 @@ def evaluate_checkpoint(args, fold: int, path: str) -> dict:
     model = loaded.model.to(args.device)
     test_ds = build_datasets(args, stage=1, splits=("test",), fold=fold)["test"]
     loader = build_eval_loader(test_ds, args)
-    probs = predict(model, loader, args.device, args.amp, progress=not args.no_progress, desc=f"test fold {fold}")
+    meter = PairProbabilityMeter() if figures_dir is not None and has_edge_logits(facts) else None
+    probs = predict(model, loader, args.device, args.amp, progress=not args.no_progress, desc=f"test fold {fold}",
+                    pair_meter=meter)
     threshold = getattr(args, "threshold", 0.5)
     metrics = compute_au_metrics(probs, test_ds.labels, threshold=threshold)
     au_names = list(test_ds.au_names)
     log.info("fold %d, %s (stage %d, --arc %s), %d images\n%s", fold, path, facts["stage"], facts["arc"],
              len(test_ds), format_au_table(au_names, metrics["f1"], metrics["acc"]))
-    return {"dataset": args.dataset_name, "fold": int(fold), "arc": facts["arc"], "stage": facts["stage"],
-            "checkpoint": str(path), "au_names": au_names, "f1": [round(100 * float(v), 4) for v in metrics["f1"]],
-            "acc": [round(100 * float(v), 4) for v in metrics["acc"]],
-            "mean_f1": round(100 * metrics["mean_f1"], 4), "mean_acc": round(100 * metrics["mean_acc"], 4),
-            "num_images": len(test_ds), "threshold": threshold}
+    result = {"dataset": args.dataset_name, "fold": int(fold), "arc": facts["arc"], "stage": facts["stage"],
+              "checkpoint": str(path), "au_names": au_names, "f1": [round(100 * float(v), 4) for v in metrics["f1"]],
+              "acc": [round(100 * float(v), 4) for v in metrics["acc"]],
+              "mean_f1": round(100 * metrics["mean_f1"], 4), "mean_acc": round(100 * metrics["mean_acc"], 4),
+              "num_images": len(test_ds), "threshold": threshold}
+    if figures_dir is not None and utils.is_main_process():
+        result.update(fold_figures(Path(figures_dir), fold, au_names, probs, test_ds.labels, threshold, meter,
+                                   label=f"{args.dataset_name} "))
+        for key, value in result["cooccurrence"].items():
+            if isinstance(value, dict):
+                log.info("fold %d co-occurrence, %s: r = %s, permutation p = %s", fold, key, value["r"],
+                         value["p_value"])
+    return result
+
+
+def f1_figure(out_dir: Path, results: list[dict], dataset_config: dict) -> list[str]:
+    """f1_bars.png/.csv: per-AU F1 of each tested fold, their mean (several folds) and, for BP4D
+    and DISFA, the paper's numbers (plots.paper_f1_series)."""
+    import plots
+
+    first = results[0]
+    paper = plots.paper_f1_series(dataset_config) if list(dataset_config.get("au_names") or []) == \
+        list(first["au_names"]) else {}
+    out = plots.plot_f1_bars(first["au_names"], {f"fold {r['fold']}": r["f1"] for r in results},
+                             out_dir / "f1_bars.png", paper=paper,
+                             title=f"{first['dataset']}: per-AU F1 on the test fold{'s' if len(results) > 1 else ''}"
+                                   f" (stage {first['stage']}, {first['arc']}, p >= {first['threshold']:g})")
+    return [out["png"].name, out["csv"].name]
+
+
+def mean_agreement(results: list[dict]) -> dict:
+    """--fold all: each comparison's mean r over the folds and the largest of their p-values."""
+    out = {}
+    for key in results[0].get("cooccurrence", {}):
+        values = [r["cooccurrence"][key] for r in results if isinstance(r.get("cooccurrence", {}).get(key), dict)]
+        if len(values) != len(results):
+            continue
+        rs, ps = [v["r"] for v in values], [v["p_value"] for v in values]
+        out[key] = {"mean_r": None if None in rs else round(float(np.mean(rs)), 6),
+                    "max_p_value": None if None in ps else max(ps)}
+    return out
 
 
 def write_results(summary: dict, rows: list[dict], out_dir: Path) -> None:
@@ -618,7 +861,15 @@ def write_results(summary: dict, rows: list[dict], out_dir: Path) -> None:
 def test_checkpoints(args, out_dir: Path, folds: list[int]) -> dict:
     """Test --resume on each of `folds` ({fold} in the name is filled in), average over the
     folds as the papers do, write results.json / results.csv to out_dir; returns the summary
-    (with 'run_dir')."""
+    (with 'run_dir').
+
+    Figures in out_dir, each a PNG with the CSV of its numbers, listed in results.json's
+    "figures": f1_bars (per-AU F1 of each fold, their mean, the paper's for BP4D / DISFA),
+    pr_curves_fold{k} and cooccurrence_fold{k} (fold_figures). results.json's "cooccurrence":
+    Pearson r and permutation p of the predicted AUs' co-occurrence (and, stage 2, of the
+    model's mean P(both) and of its excess over independence) against the ground truth's; with
+    several folds each fold's are under per_fold and the top level has their mean r and largest p.
+    """
     if not args.resume:
         raise SystemExit("test.py needs --resume CHECKPOINT (use {fold} in the name with --fold all)")
     if len(folds) > 1 and "{fold}" not in args.resume:
@@ -628,8 +879,15 @@ def test_checkpoints(args, out_dir: Path, folds: list[int]) -> dict:
     prepare_data(args, folds)  # the synthetic set's lists exist before they are hashed
     prov = provenance.collect(device=args.device, files={**checkpoints, **list_files_of_run(args, ("test",), folds)})
     log.info("provenance: %s", provenance.header_line(prov))
-    results = [evaluate_checkpoint(args, k, checkpoint_for_fold(args.resume, k)) for k in folds]
+    results = [evaluate_checkpoint(args, k, checkpoint_for_fold(args.resume, k), figures_dir=out_dir) for k in folds]
     summary = results[0] if len(results) == 1 else average_folds(results)
+    if utils.is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figures = f1_figure(out_dir, results, args.dataset_config)
+        summary["figures"] = figures + [name for r in results for name in r.get("figures", [])]
+        if len(results) > 1:
+            summary["cooccurrence"] = mean_agreement(results)
+        log.info("figures written to %s: %s", out_dir, " ".join(n for n in summary["figures"] if n.endswith(".png")))
     summary["provenance"] = prov
     if len(results) > 1:
         log.info("mean over folds %s\n%s", folds,
@@ -649,33 +907,92 @@ def test_checkpoints(args, out_dir: Path, folds: list[int]) -> dict:
 def train_main(args, stage: int) -> dict:
     """Set up the process (torchrun or single), train stage `stage`, tear down."""
     utils.init_distributed_mode(args)
-    try:
-        return run_training(args, stage)
-    finally:
-        utils.cleanup_distributed()
+    result = run_training(args, stage)
+    # only after success: a failed rank exits without waiting on peers that may be gone
+    utils.cleanup_distributed()
+    return result
+
+
+def without_option(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` / `flag=VALUE`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
+def resume_command(script: str, argv: list[str], args) -> str:
+    """The command line that continues an interrupted run from its last.pth."""
+    last = conf.run_dir(args) / "last.pth"
+    rest = [a for a in without_option(argv, "--resume-training") if a != "--overwrite"]
+    world = getattr(args, "world_size", 1) or 1
+    launcher = ["torchrun", "--nproc_per_node", str(world)] if world > 1 else ["python"]
+    return shlex.join([*launcher, script, *rest, "--resume-training", str(last)])
+
+
+def interrupted_message(script: str, argv: list[str], args) -> str:
+    """What Ctrl-C leaves: the last checkpoint and how to continue from it."""
+    if args is None:
+        return "interrupted before the run started; nothing was written"
+    last = conf.run_dir(args) / "last.pth"
+    if not last.is_file():
+        return "interrupted before the first epoch ended: no checkpoint was written; start again with the same command"
+    return (f"interrupted: the last checkpoint is {last} (written at the end of the last finished epoch); "
+            f"continue with: {resume_command(script, argv, args)}")
 
 
 def train_cli(parser, stage: int, argv=None) -> int:
     """Command-line entry of the training scripts: parse (the dataset's defaults of section
-    stage{stage}), train; exit code 0, 2 (a user error: one line), 3 (non-finite loss)."""
-    args = conf.parse_args(parser, argv, section=f"stage{stage}")
+    stage{stage}), train; exit code 0, 2 (a user error: one line), 3 (non-finite loss),
+    130 (Ctrl-C: the last checkpoint and the command that continues from it)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parsed = []
+
+    def parse_and_train():
+        parsed.append(conf.parse_args(parser, argv, section=f"stage{stage}"))
+        return train_main(parsed[0], stage)
+
     try:
-        utils.exit_on_user_error(train_main, args, stage)
+        utils.exit_on_user_error(parse_and_train)
     except NonFiniteLossError:
         return 3
+    except KeyboardInterrupt:
+        if utils.is_main_process():
+            print(f"\n{interrupted_message(parser.prog, argv, parsed[0] if parsed else None)}", file=sys.stderr,
+                  flush=True)
+        return 130
     return 0
 
 
 def test_main(args) -> dict:
-    """test.py's main: the checkpoint(s) of --resume on --fold (or every fold with 'all')."""
+    """test.py's main: the checkpoint(s) of --resume on --fold (or every fold with 'all'), in a
+    claimed run folder (run_folder.py: a test run refuses earlier results without --overwrite)."""
+    if not args.resume:
+        raise utils.UserError("test.py needs --resume CHECKPOINT (use {fold} in the name with --fold all)")
     utils.init_distributed_mode(args)
-    try:
-        out_dir = conf.run_dir(args)
-        if utils.is_main_process():
-            conf.write_args(args, out_dir, provenance=provenance.collect(device=args.device))
+    out_dir = conf.run_dir(args)
+    with claim_run_folder(args, out_dir, "test") as lock:
         setup_logging(out_dir, "test.log")
+        log_removed(lock)
         check_amp(args)
         folds = list(range(1, args.N_fold + 1)) if args.fold == "all" else [int(args.fold)]
-        return test_checkpoints(args, out_dir, folds)
-    finally:
-        utils.cleanup_distributed()
+        summary = test_checkpoints(args, out_dir, folds)
+    utils.cleanup_distributed()  # only after success, as in train_main
+    return summary
+
+
+def test_cli(parser, argv=None) -> int:
+    """Command-line entry of test.py: exit code 0, 2 (a user error: one line), 130 (Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        utils.exit_on_user_error(lambda: test_main(conf.parse_args(parser, argv, section="test")))
+    except KeyboardInterrupt:
+        if utils.is_main_process():
+            print("\ninterrupted: no results were written; run the same command again", file=sys.stderr, flush=True)
+        return 130
+    return 0

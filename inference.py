@@ -5,6 +5,7 @@ checkpoint (Luo et al., IJCAI-ECAI 2022):
     detector = AUDetector("MEFARG_resnet50_BP4D_fold1.pth")      # or this project's best.pth
     faces = detector.predict_image(image_bgr)                    # all faces, largest first
     faces[0].probs, faces[0].labels, detector.au_names
+    faces[0].pair_probs["p_both"]    # stage-2 ME-GraphAU: (N, N) P(AU i and AU j), else None
 
 The checkpoint decides the model (model.load_model) and the AU set: a project checkpoint
 carries its dataset's AU names and descriptions; a released file's AU count picks them
@@ -41,7 +42,9 @@ class InferenceError(RuntimeError):
 
 @dataclass
 class FaceResult:
-    """One face: box (x, y, w, h) in the input image, probabilities (N,) and 0/1 labels (N,)."""
+    """One face: box (x, y, w, h) in the input image, probabilities (N,) and 0/1 labels (N,);
+    for a stage-2 ME-GraphAU model also its edge logits (N*N, 4): edge i*N + j, class
+    2*a_i + a_j (see pair_probs)."""
     index: int
     box: tuple
     probs: np.ndarray
@@ -49,14 +52,31 @@ class FaceResult:
     score: Optional[float] = None
     landmarks: Optional[np.ndarray] = None  # (5, 2) image pixels: eyes, nose, mouth corners
     crop: Optional[np.ndarray] = None  # the 256x256 BGR crop fed to the model's transform
+    edge_logits: Optional[np.ndarray] = None  # (N*N, 4), stage-2 ME-GraphAU models only
+
+    @property
+    def pair_probs(self) -> Optional[dict]:
+        """The predicted pair relations, relations.pair_probabilities of the edge logits: (N, N)
+        matrices p_both = P(AU i and AU j active), p_i_without_j, p_j_without_i, p_neither, row
+        i and column j in the AU list's order; None without edge logits (stage 1, OpenGraphAU)."""
+        if self.edge_logits is None:
+            return None
+        from relations import pair_probabilities
+
+        return pair_probabilities(self.edge_logits)
 
     def as_dict(self, au_names: Sequence[str]) -> dict:
+        """The face as JSON; with edge logits also "pair_probs": {"p_both": rows, "p_i_without_j":
+        rows}, N lists of N values rounded to 4 decimals, rows and columns in au_names' order."""
         out = {"face": self.index, "box": [int(v) for v in self.box],
                "detector_score": None if self.score is None else round(float(self.score), 6),
                "probs": {n: round(float(p), 6) for n, p in zip(au_names, self.probs)},
                "active": [n for n, a in zip(au_names, self.labels) if a]}
         if self.landmarks is not None:
             out["landmarks"] = [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks]
+        pairs = self.pair_probs
+        if pairs is not None:
+            out["pair_probs"] = {key: np.round(pairs[key], 4).tolist() for key in ("p_both", "p_i_without_j")}
         return out
 
 
@@ -287,34 +307,61 @@ class AUDetector:
             self.model_input(crop, batch[i])
         return batch
 
+    @property
+    def has_edges(self) -> bool:
+        """Whether the model predicts AU-pair relations (stage-2 ME-GraphAU: edge logits);
+        stage 1 and OpenGraphAU (both stages) give AU probabilities only."""
+        return self.stage == 2 and self.variant != "opengraphau"
+
     @torch.inference_mode()
-    def run_model(self, inputs: np.ndarray) -> np.ndarray:
+    def run_model(self, inputs: np.ndarray, edges: bool = False):
         """Model inputs (B, 3, S, S) float32 (model_inputs) -> AU probabilities (B, N), one model
         call (the caller batches). With `threads`, PyTorch runs with that many threads in the
-        calling thread."""
+        calling thread. edges=True: (probs, edge_logits (B, N*N, 4) or None without them)."""
+        n = len(self.au_names)
         if not len(inputs):
-            return np.zeros((0, len(self.au_names)), np.float32)
-        if self.backend == "onnxruntime":
-            return self.model.run(inputs)[0]
-        if self.threads is not None and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        batch = torch.from_numpy(inputs).to(self.device)
-        if self._channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        probs = self.model(batch)
-        probs = probs[0] if isinstance(probs, tuple) else probs  # stage 2: (probs, edge logits)
-        return probs.float().cpu().numpy()
+            probs, edge_logits = np.zeros((0, n), np.float32), np.zeros((0, n * n, 4), np.float32)
+        elif self.backend == "onnxruntime":
+            outputs = self.model.run(inputs)
+            probs, edge_logits = outputs[0], outputs[1] if len(outputs) > 1 else None
+        else:
+            if self.threads is not None and torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
+            batch = torch.from_numpy(inputs).to(self.device)
+            if self._channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            result = self.model(batch)
+            probs = result[0] if isinstance(result, tuple) else result  # stage 2: (probs, edge logits)
+            probs = probs.float().cpu().numpy()
+            edge_logits = result[1].float().cpu().numpy() if edges and isinstance(result, tuple) else None
+        if not edges:
+            return probs
+        return probs, edge_logits if self.has_edges else None
 
-    def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """Face crops (BGR uint8) -> AU probabilities (len(crops), N), in batches."""
-        out = [self.run_model(self.model_inputs(crops[start:start + self.batch_size]))
-               for start in range(0, len(crops), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.au_names)), np.float32)
+    def classify(self, crops: Sequence[np.ndarray], edges: bool = False):
+        """Face crops (BGR uint8) -> AU probabilities (len(crops), N), in batches.
+
+        edges=True: (probs, edge_logits), the stage-2 edge logits (len(crops), N*N, 4) that the
+        forward pass computes anyway, or None for a model without them (stage 1, OpenGraphAU)."""
+        out, edge_out = [], []
+        for start in range(0, len(crops), self.batch_size):
+            probs, edge_logits = self.run_model(self.model_inputs(crops[start:start + self.batch_size]), edges=True)
+            out.append(probs)
+            if edges and edge_logits is not None:
+                edge_out.append(edge_logits)
+        n = len(self.au_names)
+        probs = np.concatenate(out) if out else np.zeros((0, n), np.float32)
+        if not edges:
+            return probs
+        if not self.has_edges:
+            return probs, None
+        return probs, np.concatenate(edge_out) if edge_out else np.zeros((0, n * n, 4), np.float32)
 
     def face_results(self, image: np.ndarray, found: Sequence, probs: np.ndarray,
-                     crops: Optional[Sequence[np.ndarray]] = None) -> list[FaceResult]:
+                     crops: Optional[Sequence[np.ndarray]] = None,
+                     edge_logits: Optional[np.ndarray] = None) -> list[FaceResult]:
         """FaceResults of one image: its faces (faces_and_crops), their probabilities (one row
-        each) and, to keep, their crops."""
+        each), to keep, their crops, and their edge logits (stage-2 ME-GraphAU)."""
         faces = []
         for i, face in enumerate(found):
             p = probs[i]
@@ -324,7 +371,8 @@ class AUDetector:
             else:
                 box, score, landmarks = tuple(int(round(v)) for v in face.box), face.score, face.landmarks
             faces.append(FaceResult(i, box, p, (p >= self.threshold).astype(np.uint8), score, landmarks,
-                                    None if crops is None else crops[i]))
+                                    None if crops is None else crops[i],
+                                    None if edge_logits is None else edge_logits[i]))
         return faces
 
     def predict_images(self, images: Sequence[np.ndarray], track: bool = False,
@@ -336,12 +384,13 @@ class AUDetector:
             found, image_crops = self.faces_and_crops(image, track)
             per_image.append((image, found, image_crops))
             crops += image_crops
-        probs = self.classify(crops)
+        probs, edge_logits = self.classify(crops, edges=True)
         results, k = [], 0
         for image, found, image_crops in per_image:
-            results.append(self.face_results(image, found, probs[k:k + len(found)],
-                                             image_crops if keep_crops else None))
-            k += len(found)
+            n = len(found)
+            results.append(self.face_results(image, found, probs[k:k + n], image_crops if keep_crops else None,
+                                             None if edge_logits is None else edge_logits[k:k + n]))
+            k += n
         return results
 
     def predict_image(self, image_bgr: np.ndarray) -> list[FaceResult]:

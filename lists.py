@@ -135,8 +135,8 @@ def check_values(path: Path, arr: np.ndarray, allowed_max: int, what: str) -> np
 
 def read_class_weights(path: Path, num_classes: int) -> np.ndarray:
     """The N positive finite class weights of a weight file."""
-    try:
-        weights = np.loadtxt(path, dtype=np.float64).reshape(-1)
+    try:  # read as text first: a byte-order mark or CRLF line ends are fine
+        weights = np.loadtxt(read_lines(path), dtype=np.float64).reshape(-1)
     except ValueError as err:
         raise DatasetError(f"{path}: not a row of numbers ({err})") from None
     if weights.shape != (num_classes,) or not np.isfinite(weights).all() or (weights <= 0).any():

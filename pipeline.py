@@ -194,7 +194,7 @@ class VideoPipeline:
 
     def _run_model(self, inputs: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        probs = self.detector.run_model(inputs)
+        probs = self.detector.run_model(inputs, edges=True)  # (probs, edge logits or None)
         with self._lock:
             self.times.add("model", time.perf_counter() - start)
         return probs
@@ -222,14 +222,16 @@ class VideoPipeline:
                 return
 
     def _frame_results(self, pending: list, future) -> Iterator[FrameResult]:
-        probs = future.result() if future is not None else None
+        probs, edge_logits = future.result() if future is not None else (None, None)
         k = 0
         for index, frame, found, _, crops in pending:
             if self._last is not None and index <= self._last:
                 raise RuntimeError(f"frame {index} after frame {self._last}: frames out of order")
             self._last = index
             n = len(found)
-            yield FrameResult(index, frame, self.detector.face_results(frame, found, probs[k:k + n] if n else [], crops))
+            faces = self.detector.face_results(frame, found, probs[k:k + n] if n else [], crops,
+                                               None if edge_logits is None or not n else edge_logits[k:k + n])
+            yield FrameResult(index, frame, faces)
             k += n
 
     # -- the caller's side

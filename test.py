@@ -9,8 +9,15 @@ so --dataset is needed only for the release's files. --fold all tests folds 1..N
 --resume is replaced by each fold number) and prints the per-AU table averaged over the folds,
 as the papers report. A checkpoint whose fold differs from the tested fold gets a warning (its
 test subjects were training data). Outputs in results/{exp-name}/bs_{b}_seed_{s}_lr_{lr}/:
-results.json, results.csv and test.log. Under torchrun each rank tests a share of the images;
-every image counts exactly once. The evaluation itself is engine.test_checkpoints.
+results.json, results.csv, test.log and the figures (a folder holding an earlier run's results
+is refused unless --overwrite, run_folder.py), each a PNG with the CSV of its numbers:
+f1_bars (per-AU F1 per fold, their mean, the paper's numbers for BP4D / DISFA),
+pr_curves_fold{k} (per-AU precision-recall, the --threshold point marked) and
+cooccurrence_fold{k} (the test fold's ground-truth P(AU i and AU j) beside that of the predicted
+AUs and, for a stage-2 ME-GraphAU model, the mean P(both) of its edge logits; results.json's
+"cooccurrence" gives the Pearson r of each against the truth with a permutation p-value). Under
+torchrun each rank tests a share of the images; every image counts exactly once. The evaluation
+itself is engine.test_checkpoints.
 """
 from __future__ import annotations
 
@@ -19,7 +26,6 @@ import sys
 
 import conf
 import engine
-import utils
 
 EXAMPLES = """examples:
   python test.py --resume results/synth_stage2/bs_16_seed_0_lr_0.0003/best.pth   # the file names its dataset
@@ -57,4 +63,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    utils.exit_on_user_error(main, conf.parse_args(get_args_parser(), section="test"))
+    sys.exit(engine.test_cli(get_args_parser()))

@@ -3,18 +3,22 @@
 - distributed set-up for torchrun (`init_distributed_mode`, `is_main_process`, ...) and
   gathering per-rank results so that every test image counts exactly once;
 - seeding, RNG capture/restore (exact resumption) and autocast;
-- atomic checkpoint writing;
-- user errors: one line and exit code 2 instead of a traceback.
+- atomic checkpoint writing (a full disk or read-only folder is one line; the previous file is kept);
+- user errors: one line and exit code 2 instead of a traceback, also under torchrun (rank 0
+  prints the message, the other ranks a short note) and from data-loader workers.
 
 The loss lives in losses.py, the metrics in metrics.py, the training and evaluation loops in
 engine.py.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
+import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -24,6 +28,24 @@ import torch.distributed as dist
 from torch import nn
 
 log = logging.getLogger("megraphau")
+
+
+class UserError(Exception):
+    """Bad input from the user (a flag, a folder, a file): the scripts print the one-line message
+    and exit with code 2, no traceback."""
+
+
+class DeviceUnavailableError(UserError, RuntimeError):
+    """--device names a device this machine does not have."""
+
+
+class OutputWriteError(UserError, OSError):
+    """An output could not be written (full disk, read-only file system, no permission)."""
+
+
+#: OSError numbers that describe the machine's disks and folders, not a bug: one line, exit 2.
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                 errno.EISDIR, errno.EEXIST}
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,8 +78,8 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was requested but no CUDA device is available "
-                               "(use --device cpu or --device auto)")
+            raise DeviceUnavailableError("--device cuda was requested but no CUDA device is available "
+                                         "(use --device cpu or --device auto)")
         return torch.device("cuda", local_rank)
     if name != "cpu":
         raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
@@ -106,20 +128,45 @@ def set_seed(seed: int) -> None:
 def _atomic_write(dst: Path, write_tmp) -> Path:
     """Call write_tmp(tmp) on a temporary name beside dst, then os.replace it onto dst: a crash
     mid-write never leaves a truncated file under the final name."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
         write_tmp(tmp)
         os.replace(tmp, dst)
+    except OSError as err:
+        if err.errno not in OUTPUT_ERRNOS:
+            raise
+        kept = f"the previous {dst.name} is kept" if dst.exists() else f"no {dst.name} was written"
+        error = OutputWriteError(f"cannot write {dst} ({os.strerror(err.errno)}{disk_hint(err, dst)}); {kept}")
+        error.errno = err.errno
+        raise error from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return dst
 
 
+def disk_hint(err: OSError, path: Path) -> str:
+    """': the disk holding FOLDER is full, N MiB free' for a full disk (which disk to clean up), else ''."""
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    try:
+        free = shutil.disk_usage(folder).free / 2**20
+    except OSError:
+        return f": the disk holding {folder} is full"
+    return f": the disk holding {folder} is full, {free:.0f} MiB free"
+
+
 def save_checkpoint(obj: dict, path: str | Path) -> Path:
     """torch.save atomically (temporary file + os.replace)."""
-    return _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        # through a Python file: a full disk is then an OSError (ENOSPC), not torch's anonymous
+        # "enforce fail" RuntimeError from its own C++ writer
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+
+    return _atomic_write(Path(path), write)
 
 
 def _link_or_copy(src: Path, tmp: Path) -> None:
@@ -207,20 +254,112 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
 
 
 def user_errors() -> tuple:
-    """Exceptions that describe bad input (a file, a flag, a dataset): the scripts print their
-    message, which names the file and the problem, instead of a traceback."""
+    """Exceptions that describe bad input (a file, a flag, a dataset, a folder): the scripts print
+    their message, which names the file and the problem, instead of a traceback."""
     from dataset import DatasetError
-    from model import CheckpointMismatchError, MissingWeightsError
+    from model import CheckpointFileError, CheckpointMismatchError, MissingWeightsError
 
-    return DatasetError, CheckpointMismatchError, MissingWeightsError, FileNotFoundError
+    return DatasetError, CheckpointMismatchError, CheckpointFileError, MissingWeightsError, FileNotFoundError, UserError
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """A user error (user_errors) or an OSError of the disks and folders (full, read-only, ...)."""
+    return isinstance(exc, user_errors()) or (isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS)
+
+
+def user_error_message(exc: BaseException) -> str:
+    """The message to print for a user error.
+
+    A DataLoader re-raises a worker's exception with the worker's whole traceback as its message;
+    the original one-line message is its last line (after "module.ClassName: ")."""
+    text = str(exc)
+    if "in DataLoader worker process" in text.split("\n", 1)[0]:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = re.sub(r"^(?:\w+\.)*" + re.escape(type(exc).__name__) + r": ", "", last.strip())
+    elif isinstance(exc, OSError) and not isinstance(exc, UserError) and exc.strerror:
+        # '[Errno 28] No space left on device: 'x'' -> 'x: No space left on device, ...'
+        where = Path(str(exc.filename)) if exc.filename else None
+        text = (f"{where}: " if where else "") + exc.strerror + (disk_hint(exc, where) if where else "")
+    return text
+
+
+def report_user_error(exc: BaseException) -> None:
+    """Print a user error: 'error: MESSAGE' on rank 0 (and in a single process). Under torchrun a
+    rank > 0 prints a short note when every rank stopped on the same error (agree_on_errors made
+    sure rank 0 prints it), or its own message when the error was its alone."""
+    rank = get_rank() if is_dist_initialized() else int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        line = f"error: {user_error_message(exc)}"
+    elif getattr(exc, "reported_by_rank0", False):
+        line = f"rank {rank}: stopped (see rank 0's message)"
+    else:
+        line = f"rank {rank}: error: {user_error_message(exc)}"
+    sys.stderr.write(line + "\n")  # one write: lines of several ranks do not interleave
+    sys.stderr.flush()
+
+
+class StoppedWithOtherRank(UserError):
+    """This rank stops because another rank hit a user error (rank 0 prints that message)."""
+
+
+def agree_on_errors(run, *args):
+    """Run `run(*args)` on every rank; if a user error stops any rank, every rank stops with it.
+
+    Under torchrun the ranks exchange their errors (this is also a barrier): rank 0 raises its own
+    error, or the first failing rank's message; the other ranks raise errors marked
+    `reported_by_rank0`, so each prints one short note (report_user_error) instead of hanging in
+    the next collective or printing a Gloo traceback when rank 0 exits. `run` must not fail
+    between collectives of its own on some ranks only. Single process: just `run(*args)`.
+    """
+    error, result = None, None
+    try:
+        result = run(*args)
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        error = exc
+    if not is_dist_initialized():
+        if error is not None:
+            raise error
+        return result
+    messages = [None] * get_world_size()
+    dist.all_gather_object(messages, None if error is None else user_error_message(error))
+    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    if not failed:
+        return result
+    if error is None or (get_rank() == 0 and failed[0][0] != 0):
+        first_rank, message = failed[0]
+        error = StoppedWithOtherRank(f"rank {first_rank}: {message}" if first_rank else message)
+    error.reported_by_rank0 = True
+    raise error
+
+
+def peer_is_gone(exc: BaseException) -> bool:
+    """A collective failed because another rank's process ended (Gloo: 'Connection closed by peer')."""
+    return isinstance(exc, getattr(dist, "DistError", ())) or (
+        isinstance(exc, RuntimeError) and ("closed by peer" in str(exc) or "reset by peer" in str(exc)))
 
 
 def exit_on_user_error(run, *args):
-    """Run `run(*args)`; a user error (see user_errors) exits with status 2 and its message."""
-    import sys
-
+    """Run `run(*args)`; a user error (see is_user_error) prints one line (report_user_error) and
+    exits with status 2. Under torchrun, a rank whose peer died in a collective says so in one line
+    (exit 1) instead of printing the backend's traceback."""
     try:
         return run(*args)
-    except user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except Exception as exc:
+        if is_user_error(exc):
+            report_user_error(exc)
+            if getattr(exc, "reported_by_rank0", False) and is_dist_initialized():
+                # every rank stopped on this error (agree_on_errors): wait until rank 0 has printed
+                # it, as torchrun terminates the other ranks when the first one exits
+                dist.barrier()
+            code = 2
+        elif is_dist_initialized() and peer_is_gone(exc):
+            sys.stderr.write(f"rank {get_rank()}: stopped: another process of this run ended; see its message\n")
+            sys.stderr.flush()
+            code = 1
+        else:
+            raise
+    # raised outside the except block: no chained exception keeps the failed run's frames (and
+    # their data-loader workers) alive
+    raise SystemExit(code)

@@ -1,6 +1,6 @@
 """Does a stage-2 model's AU relation graph follow the data's co-occurrences? On a test fold
 (default SYNTH fold 1, whose labels have built-in pairs: AU6 with AU12, AU1 with AU2, AU25 with
-AU26), compare
+AU26; generated into the config's dataset_path when missing, as the training scripts do), compare
 
 - the ground truth's co-occurrence P(a_i = 1, a_j = 1) over frames where both AUs are known;
 - the model's predicted one: the mean over frames of p_both from its edge logits;
@@ -57,39 +57,41 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def load_stage2_model(path: str, config: dict) -> torch.nn.Module:
-    """The stage-2 ME-GraphAU model a checkpoint describes, loaded strictly."""
-    from model import build_model, infer_config, load_checkpoint, read_checkpoint
+    """The stage-2 ME-GraphAU model of a checkpoint (model.load_model: the file decides the
+    backbone and graph settings, loaded strictly); CheckError for any other model."""
+    from model import load_model
 
-    state_dict, obj = read_checkpoint(path)
-    found = infer_config(state_dict)
-    saved = obj.get("model_config") or {}
-    if found["stage"] != 2 or found["variant"] == "opengraphau":
-        raise CheckError(f"{path}: not a stage-2 ME-GraphAU checkpoint (found stage {found['stage']}, "
-                         f"variant {found['variant']}): only stage 2 predicts edge logits")
-    if found["num_classes"] != config["num_classes"]:
-        raise CheckError(f"{path}: predicts {found['num_classes']} AUs but {config['name']} has "
-                         f"{config['num_classes']}")
-    arc = found["arc"] or saved.get("arc")
-    if arc is None:
-        raise CheckError(f"{path}: cannot tell the backbone from the state dict")
-    model = build_model(2, arc, config["num_classes"], config["neighbor_num"], saved.get("metric", "dots"),
-                        pretrained=False)
-    load_checkpoint(model, path)
-    return model
+    loaded = load_model(path, num_classes=config["num_classes"], neighbor_num=config["neighbor_num"])
+    facts = loaded.facts
+    if facts["stage"] != 2 or facts["variant"] == "opengraphau":
+        raise CheckError(f"{path}: not a stage-2 ME-GraphAU checkpoint (found stage {facts['stage']}, "
+                         f"variant {facts['variant']}): only stage 2 predicts edge logits")
+    return loaded.model
 
 
-@torch.no_grad()
+def load_test_split(config: dict, fold: int, crop_size: int, dataset_path: Optional[str] = None):
+    """The test split of a fold, as test.py builds it (engine.build_datasets: the SYNTH set is
+    generated first when its lists are missing)."""
+    import engine
+
+    run = argparse.Namespace(dataset_config=config, dataset_path=str(dataset_path or config["dataset_path"]),
+                             fold=fold, crop_size=crop_size)
+    return engine.build_datasets(run, stage=1, splits=("test",))["test"]
+
+
 def run_model(model: torch.nn.Module, loader, device: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(probs (M, N), labels (M, N), mean pair probabilities over the known pairs) of a loader."""
-    model.eval().to(device)
+    """(probs (M, N), labels (M, N), mean pair probabilities over the known pairs) of a loader
+    over an AUDataset or a Subset of one, predicted as test.py does (engine.predict with a
+    relations.PairProbabilityMeter)."""
+    import engine
+
+    dataset = loader.dataset
+    base, rows = (dataset.dataset, list(dataset.indices)) if hasattr(dataset, "indices") else (dataset, None)
+    labels = np.asarray(base.labels, dtype=np.int64)
+    labels = labels if rows is None else labels[rows]
     meter = relations.PairProbabilityMeter()
-    all_probs, all_labels = [], []
-    for images, labels in loader:
-        probs, edge_logits = model(images.to(device))  # (B, N), (B, N*N, 4)
-        meter.update(edge_logits, labels)
-        all_probs.append(relations.as_numpy(probs))
-        all_labels.append(relations.as_numpy(labels).astype(np.int64))
-    return np.concatenate(all_probs), np.concatenate(all_labels), meter.result()
+    probs = engine.predict(model.to(device), loader, torch.device(device), pair_meter=meter)
+    return probs, labels, meter.result()
 
 
 def format_matrix(au_names: Sequence[str], matrix: np.ndarray, title: str) -> str:
@@ -168,18 +170,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from torch.utils.data import DataLoader, Subset
 
-    from dataset import AUDataset, DatasetError, load_dataset_config
+    from dataset import DatasetError, load_dataset_config
     from model import CheckpointMismatchError
 
     try:
         config = load_dataset_config(args.dataset)
         crop = args.crop_size or ((config.get("defaults") or {}).get("test") or {}).get("crop_size", 224)
-        dataset = AUDataset(config, args.fold, "test", stage=1, crop_size=crop, dataset_path=args.dataset_path)
+        model = load_stage2_model(args.resume, config)
+        dataset = load_test_split(config, args.fold, crop, args.dataset_path)
         if args.max_images is not None:
             dataset = Subset(dataset, range(min(args.max_images, len(dataset))))
         if len(dataset) == 0:
             raise CheckError(f"{args.dataset} fold {args.fold}: no test images")
-        model = load_stage2_model(args.resume, config)
     except (CheckError, DatasetError, CheckpointMismatchError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -266,14 +266,24 @@ def load_imagenet_weights(backbone: nn.Module, arc: str, path: str | Path | None
                       + "\nTraining starts from a RANDOM backbone: expect much lower accuracy.\n"
                       + "!" * 80, stacklevel=2)
         return None
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from .checkpoint import CheckpointFileError, CheckpointMismatchError, load_weights_only
+
+    obj = load_weights_only(path)  # weights only: a file that could run code is refused, never loaded
     state_dict = obj.get("model", obj.get("state_dict", obj)) if isinstance(obj, dict) else obj
+    if not isinstance(state_dict, dict):
+        raise CheckpointFileError(f"{path}: holds no state dict ({type(obj).__name__}); expected ImageNet "
+                                  f"weights of {arc}")
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     # the ImageNet classifiers are not part of the backbone
     state_dict = {k: v for k, v in state_dict.items() if not re.match(r"^(fc|head)\.", k)}
-    result = backbone.load_state_dict(state_dict, strict=False)
+    try:
+        result = backbone.load_state_dict(state_dict, strict=False)
+    except RuntimeError as err:  # shapes of another architecture
+        first = str(err).strip().splitlines()
+        raise CheckpointMismatchError(f"{path} does not hold ImageNet weights of {arc}: "
+                                      f"{' '.join(first[1:3]).strip() or first[0]:.300}") from None
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"{path} does not hold ImageNet weights of {arc}: "
             f"{len(result.missing_keys)} missing keys {result.missing_keys[:5]}, "
             f"{len(result.unexpected_keys)} unexpected keys {result.unexpected_keys[:5]}")

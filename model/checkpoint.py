@@ -51,22 +51,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
             raise CheckpointFileError(f"{path}: is a folder, not a checkpoint file")
         raise FileNotFoundError(f"checkpoint not found: {path} (checkpoints/checkpoints.txt lists the "
                                 f"published files and where to get them)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch names a global it refuses ("Unsupported global: GLOBAL builtins.print"): the file
-        # wants to import and call something; any other unpickling failure is a damaged file
-        if "Unsupported global" in str(exc) or "not an allowed global" in str(exc):
-            raise UnsafeCheckpointError(
-                f"{path}: refused, NOT loaded: the file holds Python objects besides tensors and plain "
-                f"values, and unpickling them could run code. Only load such a file in your own code, "
-                f"with torch.load(weights_only=False), if you trust its source.") from None
-        # torch's own text here suggests weights_only=False, which is exactly what must not be done
-        raise CheckpointFileError(f"{path}: not a readable checkpoint (damaged, truncated or not a torch "
-                                  f"file: the unpickler stopped)") from None
-    except Exception as exc:  # truncated, or not a torch file at all
-        raise CheckpointFileError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
-                                  f"{_first_line(exc)})") from None
+    obj = load_weights_only(path)
     if not isinstance(obj, dict):
         raise CheckpointFileError(f"{path} is not a checkpoint: expected a dict, got {type(obj).__name__}")
     state_dict = obj
@@ -82,6 +67,29 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
             k = k.removeprefix(prefix)
         clean[k] = v
     return clean, obj
+
+
+def load_weights_only(path: str | Path):
+    """torch.load(path, weights_only=True) and nothing else: every .pth this project reads goes
+    through here. A file that needs full unpickling (which can run arbitrary code) is refused with
+    UnsafeCheckpointError, never loaded; a truncated or non-torch file is a CheckpointFileError.
+    Both messages are one line naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names a global it refuses ("Unsupported global: GLOBAL builtins.print"): the file
+        # wants to import and call something; any other unpickling failure is a damaged file
+        if "Unsupported global" in str(exc) or "not an allowed global" in str(exc):
+            raise UnsafeCheckpointError(
+                f"{path}: refused, NOT loaded: the file holds Python objects besides tensors and plain "
+                f"values, and unpickling them could run code. Only load such a file in your own code, "
+                f"with torch.load(weights_only=False), if you trust its source.") from None
+        # torch's own text here suggests weights_only=False, which is exactly what must not be done
+        raise CheckpointFileError(f"{path}: not a readable checkpoint (damaged, truncated or not a torch "
+                                  f"file: the unpickler stopped)") from None
+    except Exception as exc:  # truncated, or not a torch file at all
+        raise CheckpointFileError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                                  f"{_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:

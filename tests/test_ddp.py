@@ -1,5 +1,6 @@
 """Distributed evaluation on CPU (2 Gloo processes): every test image counts exactly once, so the
-distributed F1 equals the single-process F1 on an odd-sized set (DistributedSampler pads it)."""
+distributed F1 equals the single-process F1 on an odd-sized set (DistributedSampler pads it), and
+so do a stage-2 model's summed pair probabilities (test.py's co-occurrence figure)."""
 import os
 import socket
 
@@ -40,6 +41,23 @@ def _model():
     return model.eval()
 
 
+def _stage2_model():
+    from model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(2, "resnet18", num_classes=4, neighbor_num=2, pretrained=False)
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, 32, 32))
+    return model.eval()
+
+
+class TinyImagesWithUnknowns(TinyImages):
+    def __init__(self):
+        super().__init__()
+        self.labels = self.labels.copy()
+        self.labels[[0, 6], 1] = -1  # item 0 is the one the sampler repeats to pad rank 1
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,17 +79,31 @@ def _worker(rank: int, world_size: int, port: int, out_path: str):
                     m.running_mean.add_(1.0)
         utils.broadcast_buffers(model)
         probs = engine.predict(model, loader, torch.device("cpu"))
+        # test.py's stage-2 path: the pair meter (labels with unknowns), summed over the ranks
+        import relations
+
+        ds2 = TinyImagesWithUnknowns()
+        sampler2 = DistributedSampler(ds2, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
+        meter = relations.PairProbabilityMeter()
+        engine.predict(_stage2_model(), DataLoader(ds2, batch_size=2, sampler=sampler2), torch.device("cpu"),
+                       pair_meter=meter)
         if rank == 0:
-            np.save(out_path, probs)
+            np.savez(out_path, probs=probs, sums=meter.sums, counts=meter.counts)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_distributed_predictions_and_f1_equal_single_process(tmp_path):
-    out = str(tmp_path / "probs.npy")
+@pytest.fixture(scope="module")
+def distributed(tmp_path_factory):
+    """What rank 0 holds after a 2-process Gloo run of _worker (one spawn for the tests below)."""
+    out = str(tmp_path_factory.mktemp("ddp") / "outputs.npz")
     mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    dist_probs = np.load(out)
+    return np.load(out)
+
+
+@pytest.mark.slow
+def test_distributed_predictions_and_f1_equal_single_process(distributed):
+    dist_probs = distributed["probs"]
 
     ds = TinyImages()
     single = engine.predict(_model(), DataLoader(ds, batch_size=2), torch.device("cpu"))
@@ -84,6 +116,25 @@ def test_distributed_predictions_and_f1_equal_single_process(tmp_path):
     assert 0 < m_single["mean_f1"] < 1
     np.testing.assert_array_equal(m_dist["f1"], m_single["f1"])
     np.testing.assert_array_equal(m_dist["acc"], m_single["acc"])
+
+
+@pytest.mark.slow
+def test_distributed_pair_probabilities_equal_single_process(distributed):
+    """test.py's stage-2 co-occurrence under DDP: the pair meter sees every item once (the
+    sampler's padding repeat is left out) and holds the sums of both ranks."""
+    import relations
+
+    dist_meter = distributed
+    ds = TinyImagesWithUnknowns()
+    single = relations.PairProbabilityMeter()
+    engine.predict(_stage2_model(), DataLoader(ds, batch_size=2), torch.device("cpu"), pair_meter=single)
+    np.testing.assert_allclose(dist_meter["sums"], single.sums, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(dist_meter["counts"], single.counts)
+    assert single.counts[1, 1] == NUM_ITEMS - 2 and single.counts[0, 0] == NUM_ITEMS
+    # and a model without edge logits is refused rather than silently ignored
+    with pytest.raises(ValueError, match="stage-2"):
+        engine.predict(_model(), DataLoader(ds, batch_size=2), torch.device("cpu"),
+                       pair_meter=relations.PairProbabilityMeter())
 
 
 @pytest.mark.slow

@@ -154,7 +154,7 @@ def test_api_and_au_sets(data):
     (face,) = bp.predict_image(np.full((100, 140, 3), 100, np.uint8))
     assert face.box == (0, 0, 140, 100) and face.labels.tolist() == (face.probs >= 0.5).astype(int).tolist()
     # a project checkpoint's own AU names and graph settings win over the 12-AU default (BP4D)
-    obj = torch.load(data["bp1"])
+    obj = torch.load(data["bp1"], weights_only=True)
     synth_names = [f"AU{a}" for a in synth.SYNTH_AUS]
     obj.update(au_names=synth_names, model_config={"neighbor_num": 2, "metric": "cosine"})
     torch.save(obj, data["root"] / "synth_own.pth")

@@ -212,7 +212,7 @@ def test_microsoft_swin_weights_convert_and_load(tmp_path):
         assert torch.allclose(model.backbone(x), expected, atol=1e-5)
     # and our own state dict is in that layout: the original file's keys, minus the classifier
     ours = {k.removeprefix("backbone."): v for k, v in model.state_dict().items() if k.startswith("backbone.")}
-    original = {k: v for k, v in torch.load(path)["model"].items() if not k.startswith("head.")}
+    original = {k: v for k, v in torch.load(path, weights_only=True)["model"].items() if not k.startswith("head.")}
     assert set(ours) == set(original)
     for k in ours:
         assert torch.equal(ours[k], original[k]), k

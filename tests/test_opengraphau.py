@@ -109,7 +109,7 @@ def test_mismatches_are_refused_with_key_names(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="resnet18"):
         load_checkpoint(build_model(2, "resnet50", 41, pretrained=False, variant="opengraphau"), path)
     # a missing key
-    state = torch.load(path)["state_dict"]
+    state = torch.load(path, weights_only=True)["state_dict"]
     del state["module.head.sub_sc"]
     torch.save({"state_dict": state}, tmp_path / "cut.pth")
     with pytest.raises(CheckpointMismatchError, match=r"missing keys \(1\): head\.sub_sc"):

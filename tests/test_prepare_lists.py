@@ -246,12 +246,12 @@ def test_disfa_errors(tmp_path):
         read_disfa_parts(raw)
     raw = make_disfa_tree(tmp_path / "b")
     p = raw / "SN011" / "SN011_au12.txt"
-    p.write_text(p.read_text() + "4,1\n")
-    with pytest.raises(ListPreparationError, match=r"SN011_au12\.txt: 4 frames, but .*SN011_au1\.txt has 3"):
-        read_disfa_parts(raw)
     for text, message in [("1,0\n2,7\n3,0\n", r"SN011_au12\.txt:2: intensity 7 is not in 0\.\.5"),
                           ("1,0\n2;1\n3,0\n", r"SN011_au12\.txt:2: expected 'frame,intensity'"),
-                          ("1,0\n2,1\n3,x\n", r"SN011_au12\.txt:3: intensity 'x'")]:
+                          ("1,0\n2,1\n3,x\n", r"SN011_au12\.txt:3: intensity 'x'"),
+                          ("1,0\n2,1\n2,3\n", r"SN011_au12\.txt:3: frame 2 repeated \(first on line 2\)"),
+                          ("0,0\n1,1\n2,3\n", r"SN011_au12\.txt:1: frame number 0; DISFA's label files count "
+                                              r"frames from 1")]:
         p.write_text(text)
         with pytest.raises(ListPreparationError, match=message):
             read_disfa_parts(raw)
@@ -274,3 +274,58 @@ def test_check_against_known_release_values(tmp_path):
     assert check_against_known(tmp_path, "X", known=good) == []
     problems = check_against_known(tmp_path, "X", known={"weights": [1.2, 0.9, 0.9], "test_size": 8})
     assert len(problems) == 2 and "weights" in problems[0] and "test size 7" in problems[1]
+
+
+# ----------------------------------------------------------------------------- frames stay on their labels
+def _disfa_labels(list_dir, subject, fold=1):
+    """{image path: labels} of one subject's frames in a fold's test lists."""
+    paths = _read(list_dir / f"DISFA_test_img_path_fold{fold}.txt")
+    labels = [list(map(int, row.split())) for row in _read(list_dir / f"DISFA_test_label_fold{fold}.txt")]
+    return {p: l for p, l in zip(paths, labels) if p.startswith(subject + "/")}
+
+
+def test_disfa_rows_follow_frame_numbers_not_lines(tmp_path, capsys):
+    """Frame 2 missing from one AU file and frame 4 from all of them: every other frame keeps its own
+    labels (nothing shifts up a line), the gaps are -1 (unknown), and the summary counts them."""
+    clean = make_disfa_tree(tmp_path / "clean", frames=6)
+    gappy = make_disfa_tree(tmp_path / "gappy", frames=6)
+    subject = "SN003"  # part 3: fold 1's test set
+    for au in DISFA_AUS:
+        path = gappy / subject / f"{subject}_au{au}.txt"
+        lines = path.read_text().splitlines()
+        keep = [line for line in lines if not line.startswith("4,") and not (au == 2 and line.startswith("2,"))]
+        path.write_text("\n".join(reversed(keep)) + "\n")  # and in reverse order: placement is by number
+    for name, raw in (("clean", clean), ("gappy", gappy)):
+        assert prepare_main(["--dataset", "DISFA", "--label-dir", str(raw), "--list-dir", str(tmp_path / name)]) == 0
+    summary = capsys.readouterr().out
+    assert "9 labels in 2 frames written as -1 (unknown), 1 of these frames in no AU file" in summary
+    assert "(first: SN003_au2.txt frame 2)" in summary
+    want, got = _disfa_labels(tmp_path / "clean", subject), _disfa_labels(tmp_path / "gappy", subject)
+    assert list(got) == [f"{subject}/{i}.png" for i in range(6)]  # image i = label frame i + 1
+    for i in (0, 2, 4, 5):
+        assert got[f"{subject}/{i}.png"] == want[f"{subject}/{i}.png"], i
+    au2 = DISFA_AUS.index(2)
+    assert got[f"{subject}/1.png"] == [-1 if c == au2 else v for c, v in enumerate(want[f"{subject}/1.png"])]
+    assert got[f"{subject}/3.png"] == [-1] * len(DISFA_AUS)
+
+
+def test_repeated_bp4d_frame_names_both_lines(tmp_path):
+    raw = make_bp4d_tree(tmp_path / "AU_OCC")
+    path = raw / "M007_T4.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[1], lines[2], lines[1]]) + "\n")
+    with pytest.raises(ListPreparationError, match=r"M007_T4\.csv:4: frame 31 repeated \(first on line 2\)"):
+        read_bp4d_parts(raw)
+
+
+@pytest.mark.parametrize("dataset", ["BP4D", "DISFA"])
+def test_bom_and_crlf_read_like_plain_files(tmp_path, dataset):
+    """Raw label files saved by Windows tools (UTF-8 BOM, CRLF) give the same lists."""
+    make = make_bp4d_tree if dataset == "BP4D" else make_disfa_tree
+    plain, windows = make(tmp_path / "plain"), make(tmp_path / "windows")
+    for path in (windows.rglob("*.csv") if dataset == "BP4D" else windows.rglob("*.txt")):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    for name, raw in (("plain", plain), ("windows", windows)):
+        assert prepare_main(["--dataset", dataset, "--label-dir", str(raw), "--list-dir", str(tmp_path / f"l{name}")]) == 0
+    for path in sorted((tmp_path / "lplain").iterdir()):
+        assert (tmp_path / "lwindows" / path.name).read_bytes() == path.read_bytes(), path.name

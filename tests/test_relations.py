@@ -235,14 +235,21 @@ def test_pair_probabilities_of_a_stage2_model():
     assert -np.log(chosen).mean() == pytest.approx(loss.item(), rel=1e-9)
 
 
-def test_check_synth_relations_runs_on_an_untrained_model(tmp_path, capsys):
-    """The bench script end to end on a tiny SYNTH set and a random stage-2 model (no quality check)."""
+def test_check_synth_relations_runs_on_an_untrained_model(tmp_path, capsys, monkeypatch):
+    """The bench script end to end on a tiny SYNTH set and a random stage-2 model (no quality check);
+    the set is generated when missing, as the training scripts do (engine.prepare_data)."""
     import synth as synth_faces
     from bench import check_synth_relations
     from model import build_model
 
-    root = synth_faces.generate_synthetic_dataset(tmp_path / "synth", subjects_per_part=1, tasks=1, frames=4,
-                                                  seed=0, size=64)
+    root = tmp_path / "synth"
+    generated = []
+
+    def tiny_set(path, **kw):  # stands for the full default set: the same call, a tiny size
+        generated.append(path)
+        return synth_faces.generate_synthetic_dataset(path, subjects_per_part=1, tasks=1, frames=4, seed=0, size=64)
+
+    monkeypatch.setattr(synth_faces, "ensure_synthetic_dataset", tiny_set)
     ckpt = tmp_path / "stage2.pth"
     torch.save({"state_dict": build_model(2, "resnet18", 12, 4, "dots", pretrained=False).state_dict()}, ckpt)
     out_json, figure = tmp_path / "rel.json", tmp_path / "cooc.png"
@@ -255,6 +262,7 @@ def test_check_synth_relations_runs_on_an_untrained_model(tmp_path, capsys):
     result = json.loads(out_json.read_text())
     assert np.array(result["model_p_both"]).shape == (12, 12) and result["num_images"] == 2
     assert figure.is_file() and figure.with_suffix(".csv").is_file()
+    assert [str(p) for p in generated] == [str(root)]
 
     stage1 = tmp_path / "stage1.pth"
     torch.save({"state_dict": build_model(1, "resnet18", 12, 4, "dots", pretrained=False).state_dict()}, stage1)

@@ -23,6 +23,7 @@ import synth as synth_faces
 import test as test_mod
 import train_stage1
 import train_stage2
+import utils
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_seed_reproducibility_and_exact_resume(tiny_synth, tmp_path, monkeypatch
     assert facts["fold"] == 1 and facts["arc"] == "resnet18" and facts["dataset"] == "SYNTH"
     assert facts["au_names"][:3] == ["AU1", "AU2", "AU4"] and facts["crop_size"] == 48
     assert facts["au_descriptions"][0] == "inner brow raiser"
-    with pytest.raises(SystemExit, match="finished run"):
+    with pytest.raises(utils.UserError, match="finished run"):
         _train(argv + ["--resume-training", str(run / "last.pth")])
     assert yaml.safe_load((run / "args.yaml").read_text())["crop_size"] == 48
     rows = (run / "metrics.csv").read_text().splitlines()
@@ -173,8 +174,8 @@ def test_evaluate_flag_and_fold_warning(tiny_synth, tmp_path):
     run = _train(_argv(tiny_synth, tmp_path / "s1", "--eval-every", "0", epochs=1))["run_dir"]
     assert (run / "best.pth").stat().st_ino == (run / "last.pth").stat().st_ino  # never evaluated: the last model
     argv = ["--dataset", "SYNTH", "--dataset-path", str(tiny_synth), "--output-dir", str(tmp_path / "t"),
-            "--crop-size", "48", "-b", "4", "-j", "0", "--no-progress", "--resume", str(run / "best.pth"),
-            "--fold", "2"]
+            "--crop-size", "48", "-b", "4", "-j", "0", "--no-progress", "--overwrite",  # one folder, tested again
+            "--resume", str(run / "best.pth"), "--fold", "2"]
     with pytest.warns(UserWarning, match="trained on fold 1 but is tested on fold 2"):
         res = test_mod.main(conf.parse_args(test_mod.get_args_parser(), argv, "test"))
     assert res["fold"] == 2 and res["arc"] == "resnet18" and res["stage"] == 1

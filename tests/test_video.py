@@ -127,10 +127,11 @@ def test_pipelined_video_gives_the_sequential_rows(models, video, tmp_path):
         if a["no_face"] == "0":
             assert np.abs(probs_of(a) - probs_of(b)).max() <= 1e-5
     meta = json.loads((tmp_path / "pipe" / "predictions.json").read_text())
-    assert meta["complete"] and "results" not in meta  # videos: the results are in predictions.jsonl
-    assert meta["summary"] == {"items": 12, "faces": 10, "no_face": 2, "errors": 0}
+    assert meta["complete"] and meta["summary"] == {"items": 12, "faces": 10, "no_face": 2, "errors": 0}
     lines = [json.loads(line) for line in (tmp_path / "pipe" / "predictions.jsonl").read_text().splitlines()]
     assert [line["frame"] for line in lines] == list(range(12))
+    assert meta["results"] == lines  # copied from predictions.jsonl at the end
+    assert len(lines[0]["faces"][0]["pair_probs"]["p_both"]) == 12  # stage 2: the pair relations
 
     # the Python side: two model workers, the PyTorch model, results in order
     det = demo.AUDetector(models["pth"], batch_size=3, threads=1)

@@ -8,11 +8,15 @@ BP4D   --label-dir AUCoding/AU_OCC
          row, the first column is the frame number, the other columns are named by AU number
          ('1', '2', '4', ...). Values 0 / 1, and 9 for "not coded". The 12 AUs
          1 2 4 6 7 10 12 14 15 17 23 24 are taken by header name. Image path of a frame:
-         {subject}/{task}/{frame}.jpg.
+         {subject}/{task}/{frame}.jpg. A frame number twice in one file is an error.
 DISFA  --label-dir ActionUnit_Labels
          {SN}/{SN}_au{k}.txt for k in 1 2 4 6 9 12 25 26, lines "frame,intensity" with
-         intensity 0..5; occurrence = intensity >= 2. Frame count = line count of au1 (all AU
-         files of a subject must agree); image path {SN}/{i}.png with i from 0 in file order.
+         intensity 0..5; occurrence = intensity >= 2. Frames count from 1; label frame f is
+         video frame f-1 (from 0), image {SN}/{f-1}.png. Each row is placed by its frame number,
+         never by its line: a frame that an AU file lacks (up to the subject's last frame) gets
+         -1 (unknown) for that AU, and the summary counts them; a frame number twice in one file
+         is an error naming both lines.
+Both   UTF-8 with or without a byte-order mark, LF or CRLF line ends.
 
 Outputs in --list-dir (default data/{DATASET}/list), for k = 1, 2, 3 and D = BP4D / DISFA:
   D_train_img_path_foldk.txt, D_test_img_path_foldk.txt   one image path per line
@@ -83,7 +87,7 @@ def read_bp4d_sequence(csv_path, aus: Sequence[int] = BP4D_AUS) -> tuple[list[in
     The AU columns are found by header name; the first column is the frame number.
     """
     csv_path = Path(csv_path)
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # BOM and CRLF are fine
         rows = list(csv.reader(f))
     if not rows:
         raise ListPreparationError(f"{csv_path}:1: empty file, expected a header row")
@@ -95,7 +99,7 @@ def read_bp4d_sequence(csv_path, aus: Sequence[int] = BP4D_AUS) -> tuple[list[in
                 f"{csv_path}:1: missing AU column '{au}' in the header (columns: "
                 f"{', '.join(header[:30])}{' ...' if len(header) > 30 else ''})")
         columns.append(header.index(str(au), 1))
-    frames, labels = [], []
+    frames, labels, line_of_frame = [], [], {}
     for line_no, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):
             continue  # blank line (e.g. trailing)
@@ -103,13 +107,17 @@ def read_bp4d_sequence(csv_path, aus: Sequence[int] = BP4D_AUS) -> tuple[list[in
         if len(row) != len(header):
             raise ListPreparationError(
                 f"{where}: {len(row)} fields, the header has {len(header)}")
-        frames.append(_parse_int(row[0], where, "frame number"))
+        frame = _parse_int(row[0], where, "frame number")
         values = []
         for au, c in zip(aus, columns):
             v = _parse_int(row[c], where, f"AU{au} value")
             if v not in (0, 1, BP4D_UNCODED):
                 raise ListPreparationError(f"{where}: AU{au} value {v} is not 0, 1 or 9")
             values.append(v)
+        if frame in line_of_frame:  # two label rows for one image: which is right is unknowable
+            raise ListPreparationError(f"{where}: frame {frame} repeated (first on line {line_of_frame[frame]})")
+        line_of_frame[frame] = line_no
+        frames.append(frame)
         labels.append(values)
     return frames, np.asarray(labels, dtype=np.int64).reshape(len(labels), len(aus))
 
@@ -147,46 +155,58 @@ def read_bp4d_parts(label_dir, drop_uncoded: bool = False, parts=BP4D_PARTS,
     return out_parts, stats
 
 
+def read_disfa_au_file(path: Path) -> dict[int, int]:
+    """{frame number: intensity} of one DISFA AU file ("frame,intensity" lines, frames from 1)."""
+    frames, line_of_frame = {}, {}
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue  # blank lines (trailing ones, or left by an editor)
+        where = f"{path}:{line_no}"
+        fields = line.split(",")
+        if len(fields) != 2:
+            raise ListPreparationError(f"{where}: expected 'frame,intensity', got {line.strip()!r}")
+        frame = _parse_int(fields[0], where, "frame number")
+        value = _parse_int(fields[1], where, "intensity")
+        if frame < 1:
+            raise ListPreparationError(f"{where}: frame number {frame}; DISFA's label files count frames from 1")
+        if not 0 <= value <= 5:
+            raise ListPreparationError(f"{where}: intensity {value} is not in 0..5")
+        if frame in line_of_frame:
+            raise ListPreparationError(f"{where}: frame {frame} repeated (first on line {line_of_frame[frame]})")
+        frames[frame], line_of_frame[frame] = value, line_no
+    return frames
+
+
 def read_disfa_subject(subject_dir, subject: str, aus: Sequence[int] = DISFA_AUS) -> np.ndarray:
-    """Occurrence labels (M, len(aus)) of one DISFA subject: intensity >= 2 -> 1."""
+    """Occurrence labels (M, len(aus)) of one DISFA subject: intensity >= 2 -> 1; row f-1 holds
+    label frame f (image {subject}/{f-1}.png), M = the last frame any AU file has. A frame that an
+    AU file lacks is -1 (unknown) in that AU's column: rows follow frame numbers, not lines."""
     subject_dir = Path(subject_dir)
-    columns, expected_len, first_path = [], None, None
+    per_au = []
     for au in aus:
         path = subject_dir / f"{subject}_au{au}.txt"
         if not path.is_file():
             raise ListPreparationError(f"{path}: missing AU{au} label file of subject {subject}")
-        lines = path.read_text().splitlines()
-        while lines and not lines[-1].strip():
-            lines.pop()  # trailing blank lines
-        values = []
-        for line_no, line in enumerate(lines, start=1):
-            where = f"{path}:{line_no}"
-            fields = line.split(",")
-            if len(fields) != 2:
-                raise ListPreparationError(
-                    f"{where}: expected 'frame,intensity', got {line.strip()!r}")
-            _parse_int(fields[0], where, "frame number")
-            v = _parse_int(fields[1], where, "intensity")
-            if not 0 <= v <= 5:
-                raise ListPreparationError(f"{where}: intensity {v} is not in 0..5")
-            values.append(v)
-        if expected_len is None:
-            expected_len, first_path = len(values), path
-        elif len(values) != expected_len:
-            raise ListPreparationError(
-                f"{path}: {len(values)} frames, but {first_path} has {expected_len}; all AU "
-                f"files of {subject} must have the same length")
-        columns.append(values)
-    intensity = np.asarray(columns, dtype=np.int64).T  # (M, len(aus))
-    return (intensity >= DISFA_OCCURRENCE_THRESHOLD).astype(np.int64)
+        per_au.append(read_disfa_au_file(path))
+    num_frames = max((max(frames) for frames in per_au if frames), default=0)
+    if num_frames == 0:
+        raise ListPreparationError(f"{subject_dir}: the AU files of {subject} hold no frames")
+    labels = np.full((num_frames, len(aus)), -1, dtype=np.int64)
+    for column, frames in enumerate(per_au):
+        index = np.fromiter(frames.keys(), dtype=np.int64, count=len(frames)) - 1  # frame f -> row f-1
+        values = np.fromiter(frames.values(), dtype=np.int64, count=len(frames))
+        labels[index, column] = (values >= DISFA_OCCURRENCE_THRESHOLD).astype(np.int64)
+    return labels
 
 
 def read_disfa_parts(label_dir, parts=DISFA_PARTS) -> tuple[list[list], dict]:
-    """DISFA parts for write_fold_lists from ActionUnit_Labels (image {SN}/{i}.png, i from 0)."""
+    """DISFA parts for write_fold_lists from ActionUnit_Labels (image {SN}/{i}.png, i = frame - 1),
+    plus counts of the labels the AU files lack (written as -1)."""
     label_dir = Path(label_dir)
     if not label_dir.is_dir():
         raise ListPreparationError(f"{label_dir}: label directory not found (expected ActionUnit_Labels)")
     out_parts = []
+    stats = {"missing_labels": 0, "frames_with_missing": 0, "frames_missing_everywhere": 0, "first_missing": None}
     for subjects in parts:
         items = []
         for subject in subjects:
@@ -194,9 +214,16 @@ def read_disfa_parts(label_dir, parts=DISFA_PARTS) -> tuple[list[list], dict]:
             if not subject_dir.is_dir():
                 raise ListPreparationError(f"{subject_dir}: missing subject directory")
             labels = read_disfa_subject(subject_dir, subject)
+            unknown = labels < 0
+            stats["missing_labels"] += int(unknown.sum())
+            stats["frames_with_missing"] += int(unknown.any(axis=1).sum())
+            stats["frames_missing_everywhere"] += int(unknown.all(axis=1).sum())
+            if unknown.any() and stats["first_missing"] is None:
+                row, column = np.argwhere(unknown)[0]
+                stats["first_missing"] = f"{subject}_au{DISFA_AUS[column]}.txt frame {row + 1}"
             items.extend((f"{subject}/{i}.png", row.tolist()) for i, row in enumerate(labels))
         out_parts.append(items)
-    return out_parts, {}
+    return out_parts, stats
 
 
 # ----------------------------------------------------------------------------- command line
@@ -286,6 +313,10 @@ def main(argv=None) -> int:
         else:
             print(f"  uncoded (9): {stats['uncoded_labels']} labels in {stats['uncoded_frames']} "
                   f"frames written as -1 (unknown)")
+    elif stats["missing_labels"]:
+        print(f"  frames missing from AU files: {stats['missing_labels']} labels in {stats['frames_with_missing']} "
+              f"frames written as -1 (unknown), {stats['frames_missing_everywhere']} of these frames in no AU "
+              f"file (first: {stats['first_missing']})")
     if args.check:
         problems = check_against_known(list_dir, args.dataset)
         for p in problems:

@@ -9,7 +9,9 @@ PY=${PYTHON:-python}
 
 $PY -m pip install -q -r requirements.txt
 
-COMMON=(--dataset SYNTH --fold 1 --arc resnet18 --device cpu --output-dir results "$@")
+# --overwrite: running the quickstart again replaces its own earlier runs (a run folder holding an
+# earlier run is otherwise refused)
+COMMON=(--dataset SYNTH --fold 1 --arc resnet18 --device cpu --output-dir results --overwrite "$@")
 
 run_dir() {  # the run folder a script writes for these arguments (results/{exp}/bs_..._lr_...)
   $PY - "$@" <<'PYEOF'

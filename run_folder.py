@@ -1,0 +1,157 @@
+"""Run folders: one run at a time, and no run silently replaces another run's files.
+
+A run (training or test) claims its folder results/{exp-name}/bs_{b}_seed_{s}_lr_{lr}/ before it
+writes anything:
+
+- the folder is locked with fcntl.flock on `.run.lock` (which holds the PID, host, start time and
+  command of the holder) for as long as the run lives; a second run with the same folder refuses,
+  naming the first one's process. The kernel drops the lock when the process ends, however it
+  ends, so a killed run leaves no stale lock.
+- a new training run refuses a folder that holds an earlier run's results (checkpoints,
+  metrics.csv, curves.png, results.json/csv) unless --overwrite is given; --overwrite deletes the
+  earlier run's outputs first, so no file of it (a stale best.pth or epoch file) mixes with the
+  new run's. A folder with only args.yaml and logs (a run that stopped before its first epoch
+  ended) is simply reused. --resume-training continues in place.
+- a test run (test.py) refuses such a folder too unless --overwrite, which replaces the test
+  outputs (results.json, results.csv, test.log, args.yaml) and deletes nothing else: a test run
+  never removes a checkpoint. --evaluate in the training scripts adds its results to the folder
+  of the run it evaluates, refusing only earlier results there.
+
+Why test runs refuse too instead of timestamping results: a results.json is what people quote;
+replacing it silently loses a number someone may rely on, and the refusal costs one flag.
+
+Under torchrun only rank 0 claims the folder (engine.claim_run_folder); the others follow.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import socket
+import sys
+import time
+from pathlib import Path
+
+from utils import UserError
+
+LOCK_NAME = ".run.lock"
+#: results of a training run (README, "What a run writes"): how an earlier run is recognised
+TRAINING_RESULTS = ("last.pth", "best.pth", "cur_model_fold*.pth", "epoch*_model_fold*.pth", "metrics.csv",
+                    "curves.png")
+#: results of a test run (test.py, --evaluate)
+TEST_RESULTS = ("results.json", "results.csv")
+#: what every run writes first; alone they mean a run that stopped before it had results
+LOGS = ("args.yaml", "train.log", "test.log")
+KINDS = ("train", "resume", "test", "evaluate")
+
+
+class RunFolderError(UserError):
+    """The run folder cannot be used: in use, holding an earlier run, a file, or not writable."""
+
+
+def outputs_in(folder: Path, patterns) -> list[Path]:
+    """Files of `folder` matching the output name patterns, sorted."""
+    return sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+
+
+def make_folder(folder: Path) -> None:
+    """Create the run folder; RunFolderError saying why it cannot be (a file, read-only, ...)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunFolderError(f"{folder}: cannot be the run folder, it is a file; choose another "
+                             f"--exp-name or --output-dir") from None
+    except NotADirectoryError:
+        parent = next((p for p in folder.parents if p.is_file()), folder.parent)
+        raise RunFolderError(f"cannot create the run folder {folder}: {parent} is a file") from None
+    except OSError as err:
+        raise RunFolderError(f"cannot create the run folder {folder}: {err.strerror}; choose a writable "
+                             f"--output-dir") from None
+    if not os.access(folder, os.W_OK):
+        raise RunFolderError(f"the run folder {folder} is not writable (read-only file system or no "
+                             f"permission); choose a writable --output-dir")
+
+
+class RunLock:
+    """An exclusive fcntl.flock on FOLDER/.run.lock, held until release() or the process ends."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.fd = None
+        self.removed: list[Path] = []  # the earlier run's files that --overwrite deleted
+
+    def acquire(self, command: str | None = None) -> RunLock:
+        try:
+            # no O_TRUNC: the holder's description must survive a refused second open
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunFolderError(f"cannot write to the run folder {self.folder} ({err.strerror}); choose a "
+                                 f"writable --output-dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip().replace("\n", ", ")
+            os.close(fd)
+            raise RunFolderError(f"{self.folder} is in use by another run ({holder or 'process unknown'}); "
+                                 f"wait for it to end, or choose another --exp-name or --output-dir") from None
+        command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\nstarted {started}\n{command}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def check_earlier_run(folder: Path, kind: str, overwrite: bool, inputs=()) -> list[Path]:
+    """Apply the rule of the module docstring to a locked folder; returns the files removed."""
+    if kind == "resume":
+        return []
+    earlier = outputs_in(folder, TEST_RESULTS if kind == "evaluate" else TRAINING_RESULTS + TEST_RESULTS)
+    removable = outputs_in(folder, TRAINING_RESULTS + TEST_RESULTS + LOGS if kind == "train"
+                           else TEST_RESULTS + ("test.log",))
+    if not earlier:
+        return []
+    names = ", ".join(p.name for p in earlier[:6]) + (", ..." if len(earlier) > 6 else "")
+    if not overwrite:
+        hint = (f"continue it with --resume-training {folder / 'last.pth'}, "
+                if kind == "train" and (folder / "last.pth").is_file() else "")
+        raise RunFolderError(f"{folder} holds an earlier run ({names}) that this {'test ' if kind != 'train' else ''}"
+                             f"run would replace; {hint}choose another --exp-name or --output-dir, or pass "
+                             f"--overwrite to replace it")
+    needed = [Path(p) for p in inputs if p and Path(p).resolve() in {f.resolve() for f in removable}]
+    if needed:
+        raise RunFolderError(f"--overwrite would delete {needed[0]}, which this run reads; copy it out of "
+                             f"{folder} or choose another --exp-name")
+    for path in removable:
+        path.unlink()
+    return removable
+
+
+def claim(folder: str | Path, kind: str, overwrite: bool = False, inputs=(), command: str | None = None) -> RunLock:
+    """Create and lock `folder` for a run of `kind` ('train', 'resume', 'test', 'evaluate') and apply
+    the earlier-run rule; returns the held RunLock (release it when the run ends). RunFolderError
+    (one line) when the folder cannot be used."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    folder = Path(folder)
+    make_folder(folder)
+    lock = RunLock(folder).acquire(command)
+    try:
+        lock.removed = check_earlier_run(folder, kind, overwrite, inputs)
+    except BaseException:
+        lock.release()
+        raise
+    return lock

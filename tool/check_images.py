@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Check every image of a data set once, before training: list each missing, truncated or
+undecodable file.
+
+    python tool/check_images.py --dataset BP4D --workers 8
+    python tool/check_images.py --dataset my.yaml --dataset-path /data/mine
+    python tool/check_images.py --list-dir data/BP4D/list --img-dir data/BP4D/img
+
+The image paths come from every fold's train and test lists ({name}_*_img_path_fold*.txt in the
+list folder); each distinct file is checked the way training reads it (dataset.decode_image_file:
+a JPEG must end with its end-of-image marker FF D9 and a PNG with its IEND chunk, then a full
+decode) by a pool of worker processes. Every bad file goes to --output (default bad_images.txt),
+one "path<TAB>problem" per line, and the first ones are printed.
+
+Exit code 0: every image is good; 1: some are missing or bad; 2: the lists cannot be read.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lists import DatasetError, read_lines  # noqa: E402
+
+
+def list_files(list_dir: Path, name: str | None) -> list[Path]:
+    """The image-path lists of every fold and split in list_dir (of data set `name` when given)."""
+    files = sorted(list_dir.glob(f"{name}_*_img_path_fold*.txt" if name else "*_img_path_fold*.txt"))
+    if not files:
+        raise DatasetError(f"{list_dir}: no {name or '*'}_*_img_path_fold*.txt lists (write them with "
+                           f"tool/prepare_lists.py, see data/README.md)")
+    return files
+
+
+def image_paths(lists: list[Path]) -> list[str]:
+    """Every distinct image path of the lists, in list order."""
+    return list(dict.fromkeys(path for f in lists for path in read_lines(f)))
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # the pool is the parallelism
+
+
+def check_one(job: tuple[str, str]) -> tuple[str, str]:
+    """(relative path, '' or why the image cannot be used)."""
+    from dataset import decode_image_file
+
+    root, rel = job
+    return rel, decode_image_file(Path(root) / rel)[1]
+
+
+def check_images(img_dir: Path, paths: list[str], workers: int, progress: bool = True) -> list[tuple[str, str]]:
+    """[(path, problem)] of the bad images among `paths` (relative to img_dir), in list order."""
+    from tqdm import tqdm
+
+    jobs = [(str(img_dir), p) for p in paths]
+    chunk = max(1, min(256, len(jobs) // (max(1, workers) * 16)))
+    bar = tqdm(total=len(jobs), unit="img", disable=not progress, dynamic_ncols=True, desc="checking images")
+    bad = []
+    if workers <= 1:
+        _init_worker()
+        results = map(check_one, jobs)
+        pool = None
+    else:
+        pool = multiprocessing.get_context("spawn" if sys.platform == "win32" else "fork").Pool(
+            workers, initializer=_init_worker)
+        results = pool.imap(check_one, jobs, chunksize=chunk)
+    try:
+        for rel, problem in results:
+            bar.update()
+            if problem:
+                bad.append((rel, problem))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+    return bad
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="check_images.py", description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default=None,
+                        help="BP4D, DISFA, SYNTH, OpenGraphAU or a dataset .yaml: its list/ and img/ folders")
+    parser.add_argument("--dataset-path", default=None, help="overrides the config's dataset_path")
+    parser.add_argument("--list-dir", default=None, help="list folder (instead of --dataset)")
+    parser.add_argument("--img-dir", default=None, help="image folder of --list-dir (default: ../img beside it)")
+    parser.add_argument("--workers", type=int, default=max(1, (multiprocessing.cpu_count() or 2) - 1),
+                        help="worker processes (default: the CPU count - 1)")
+    parser.add_argument("--output", default="bad_images.txt", help="where the bad files are listed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def resolve_folders(args) -> tuple[Path, Path, str | None]:
+    """(list folder, image folder, data set name or None) from --dataset or --list-dir."""
+    if args.list_dir:
+        list_dir = Path(args.list_dir)
+        return list_dir, Path(args.img_dir) if args.img_dir else list_dir.parent / "img", None
+    if not args.dataset:
+        raise DatasetError("give --dataset (BP4D, DISFA, SYNTH or a .yaml) or --list-dir")
+    from dataset import load_dataset_config
+
+    cfg = load_dataset_config(args.dataset)
+    root = Path(args.dataset_path or cfg["dataset_path"])
+    return root / "list", Path(args.img_dir) if args.img_dir else root / "img", cfg["name"]
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    try:
+        list_dir, img_dir, name = resolve_folders(args)
+        lists = list_files(list_dir, name)
+        paths = image_paths(lists)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"checking {len(paths)} images of {len(lists)} lists in {list_dir} under {img_dir} "
+          f"with {args.workers} workers")
+    bad = check_images(img_dir, paths, args.workers, progress=not args.no_progress)
+    output = Path(args.output)
+    output.write_text("".join(f"{rel}\t{problem}\n" for rel, problem in bad))
+    if not bad:
+        print(f"all {len(paths)} images are readable; {output} is empty")
+        return 0
+    missing = sum(problem == "file not found" for _, problem in bad)
+    print(f"{len(bad)} of {len(paths)} images are bad ({missing} missing, {len(bad) - missing} unreadable, "
+          f"truncated or not decodable); all listed in {output}", file=sys.stderr)
+    for rel, problem in bad[:10]:
+        print(f"  {img_dir / rel}: {problem}", file=sys.stderr)
+    if len(bad) > 10:
+        print(f"  ... {len(bad) - 10} more", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
