@@ -56,7 +56,7 @@ import torch
 import provenance
 from inference import AUDetector, FaceResult, InferenceError
 from model import CheckpointMismatchError
-from pipeline import STAGES, FrameResult, StageTimes, VideoPipeline
+from pipeline import STAGES, FrameResult, StageTimes, VideoPipeline, clock
 from visualize import annotate, letterbox
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -416,28 +416,27 @@ def sequential_results(detector: AUDetector, frames: Iterable[tuple[int, np.ndar
     t_start = time.perf_counter()
     it = iter(frames)
     while True:
-        start = time.perf_counter()
+        start = clock()
         chunk = list(itertools.islice(it, max(1, detector.batch_size)))
-        times.add("decode", time.perf_counter() - start)
+        times.span("decode", start)
         if not chunk:
             break
         prepared, inputs = [], []
         for index, frame in chunk:
-            start = time.perf_counter()
+            start = clock()
             found = detector.find_faces(frame, track) if detector.face_detector is not None else [None]
-            middle = time.perf_counter()
+            start = times.span("detect", start)
             crops = detector.crops(frame, found)
             inputs.append(detector.model_inputs(crops))
-            times.add("detect", middle - start)
-            times.add("crop", time.perf_counter() - middle)
+            times.span("crop", start)
             prepared.append((index, frame, found, crops if keep_crops else None))
-        start = time.perf_counter()
+        start = clock()
         batch = np.concatenate(inputs)
         outputs = [detector.run_model(batch[k:k + detector.batch_size], edges=True)
                    for k in range(0, max(len(batch), 1), detector.batch_size)]
         probs = np.concatenate([p for p, _ in outputs])
         edge_logits = np.concatenate([e for _, e in outputs]) if detector.has_edges else None
-        times.add("model", time.perf_counter() - start)
+        times.span("model", start)
         times.batches += math.ceil(len(batch) / detector.batch_size)
         k = 0
         for index, frame, found, crops in prepared:
@@ -446,9 +445,9 @@ def sequential_results(detector: AUDetector, frames: Iterable[tuple[int, np.ndar
             k += len(found)
             times.frames += 1
             times.faces += len(faces)
-            start = time.perf_counter()
+            start = clock()
             yield FrameResult(index, frame, faces)
-            times.add("write", time.perf_counter() - start)
+            times.span("write", start)
     times.wall = time.perf_counter() - t_start
 
 
@@ -624,6 +623,13 @@ def benchmark(detectors: dict, frames: list, track: bool, pipelined: bool = True
     return result
 
 
+def _print_table(header: list, rows: list) -> None:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
 def print_benchmark(result: dict, detectors: dict, what: str, args: argparse.Namespace, workers: bool) -> None:
     det = next(iter(detectors.values()))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -643,13 +649,22 @@ def print_benchmark(result: dict, detectors: dict, what: str, args: argparse.Nam
                      "-" if r["model_ms_per_face"] is None else f"{r['model_ms_per_face']:.1f}",
                      "-" if r["cpu_ms_per_frame"] is None else f"{r['cpu_ms_per_frame']:.0f}",
                      " ".join(f"{v:.1f}" for v in r["frames_per_s_all"])])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    _print_table(header, rows)
     print("(decode .. write: busy ms per frame of each stage, wall clock, so they include time lost to other "
           "threads and processes; pipelined stages overlap, so frames/s can exceed 1000 / their sum. CPU ms/frame: "
           "the process's CPU time, all threads, per frame)")
+    cores = default_threads()
+    header = ["CPU ms/frame", "decode", "detect", "crop", "model", "write", "total",
+              f"frames/s bound on {cores} free cores"]
+    rows = []
+    for name, r in result["engines"].items():
+        cpu = r["cpu_ms_per_stage"]
+        total = r["cpu_ms_per_frame"]
+        rows.append([ENGINE_NAMES[name], *(f"{cpu[s]:.1f}" for s in STAGES), "-" if total is None else f"{total:.0f}",
+                     "-" if not total else f"{cores * 1000 / total:.1f}"])
+    _print_table(header, rows)
+    print("(CPU time of the thread of each stage, which other processes do not inflate; model: the process's CPU "
+          "time less the other stages', i.e. with its pool threads; the bound assumes the stages overlap perfectly)")
     if "max_prob_diff" in result:
         diff = result["max_prob_diff"]
         note = "" if diff is None or diff <= 1e-3 else "  (not the same model's weights?)"

@@ -33,7 +33,7 @@ from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
-__all__ = ["FrameResult", "StageTimes", "VideoPipeline", "STAGES"]
+__all__ = ["FrameResult", "StageTimes", "VideoPipeline", "STAGES", "clock"]
 
 #: The stages timed, in pipeline order ("write" is the caller's time between results).
 STAGES = ("decode", "detect", "crop", "model", "write")
@@ -54,27 +54,52 @@ class FrameResult(NamedTuple):
     faces: list  # [inference.FaceResult]
 
 
+def clock() -> tuple[float, float]:
+    """(wall clock, this thread's CPU time) in seconds: the start of a span for StageTimes.span."""
+    return time.perf_counter(), time.thread_time()
+
+
 @dataclass
 class StageTimes:
-    """Busy seconds of each stage (waiting on a queue excluded), and what went through."""
+    """Busy seconds of each stage (waiting on a queue excluded): wall clock (`seconds`) and the
+    CPU time of the thread running it (`cpu_seconds`; the model's is only its calling thread:
+    ONNX Runtime's and torch's pool threads are not in it); and what went through."""
     seconds: dict = field(default_factory=lambda: {s: 0.0 for s in STAGES})
+    cpu_seconds: dict = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     frames: int = 0
     faces: int = 0
     batches: int = 0
     wall: float = 0.0
     cpu: float = 0.0  #: CPU seconds of the whole process (all threads) over the run, when measured
 
-    def add(self, stage: str, seconds: float) -> None:
+    def add(self, stage: str, seconds: float, cpu_seconds: float = 0.0) -> None:
         self.seconds[stage] += seconds
+        self.cpu_seconds[stage] += cpu_seconds
+
+    def span(self, stage: str, start: tuple[float, float]) -> tuple[float, float]:
+        """Add the time since `start` (clock()) to `stage`; returns clock() now (the next start)."""
+        now = clock()
+        self.add(stage, now[0] - start[0], now[1] - start[1])
+        return now
 
     def per_frame_ms(self) -> dict:
         n = max(self.frames, 1)
         return {s: 1000.0 * v / n for s, v in self.seconds.items()}
 
+    def cpu_per_frame_ms(self) -> dict:
+        """CPU ms per frame of each stage; the model's is the process's CPU time less the other
+        stages' (so it includes the model's pool threads), when the process's was measured."""
+        n = max(self.frames, 1)
+        out = {s: 1000.0 * v / n for s, v in self.cpu_seconds.items()}
+        if self.cpu:
+            others = sum(v for s, v in self.cpu_seconds.items() if s != "model")
+            out["model"] = 1000.0 * max(self.cpu - others, 0.0) / n
+        return out
+
     def as_dict(self) -> dict:
         return {"frames": self.frames, "faces": self.faces, "batches": self.batches, "wall_s": self.wall,
                 "frames_per_s": self.frames / self.wall if self.wall > 0 else None,
-                "ms_per_frame": self.per_frame_ms(),
+                "ms_per_frame": self.per_frame_ms(), "cpu_ms_per_stage": self.cpu_per_frame_ms(),
                 "cpu_ms_per_frame": 1000.0 * self.cpu / self.frames if self.frames and self.cpu else None,
                 "model_ms_per_face": 1000.0 * self.seconds["model"] / self.faces if self.faces else None}
 
@@ -160,13 +185,13 @@ class VideoPipeline:
     def _decode(self, out: queue.Queue) -> None:
         it = iter(self.frames)
         while not self._stop.is_set():
-            start = time.perf_counter()
+            start = clock()
             try:
                 item = next(it)
             except StopIteration:
                 break
             finally:
-                self.times.add("decode", time.perf_counter() - start)
+                self.times.span("decode", start)
             if not self._put(out, item):
                 return
         self._put(out, _END)
@@ -182,21 +207,20 @@ class VideoPipeline:
                 self._put(out, item)
                 return
             index, frame = item
-            start = time.perf_counter()
+            start = clock()
             found = det.find_faces(frame, self.track) if det.face_detector is not None else [None]
-            middle = time.perf_counter()
+            start = self.times.span("detect", start)
             crops = det.crops(frame, found)
             inputs = det.model_inputs(crops)
-            self.times.add("detect", middle - start)
-            self.times.add("crop", time.perf_counter() - middle)
+            self.times.span("crop", start)
             if not self._put(out, (index, frame, found, inputs, crops if self.keep_crops else None)):
                 return
 
     def _run_model(self, inputs: np.ndarray) -> np.ndarray:
-        start = time.perf_counter()
+        start = clock()
         probs = self.detector.run_model(inputs, edges=True)  # (probs, edge logits or None)
         with self._lock:
-            self.times.add("model", time.perf_counter() - start)
+            self.times.span("model", start)
         return probs
 
     def _batches(self, inp: queue.Queue, out: queue.Queue) -> None:
@@ -267,9 +291,9 @@ class VideoPipeline:
                 for result in self._frame_results(*item):
                     self.times.frames += 1
                     self.times.faces += len(result.faces)
-                    start = time.perf_counter()
+                    start = clock()
                     yield result
-                    self.times.add("write", time.perf_counter() - start)
+                    self.times.span("write", start)
         finally:
             self.close()
 
