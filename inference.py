@@ -160,6 +160,10 @@ class AUDetector:
     threads: CPU threads of the AU model (torch.set_num_threads in the thread that runs it, or
         ONNX Runtime's intra-op threads); None: leave torch's setting, ONNX Runtime's default.
     detect_threads: torch threads of MTCNN (faces.FaceDetector; 1 is fastest on small CPUs).
+    bf16: PyTorch runs the model under bfloat16 autocast: 2.5x faster on CPUs with AMX (Xeon 4th
+        generation and later) and on recent GPUs, probabilities within ~2e-3 of float32 (so AUs
+        within that of the threshold may flip); slower on CPUs without bfloat16 units. PyTorch
+        models only.
     detect_size: full face detections run on a copy of the frame at most this many pixels on its
         longer side (faces.FaceDetector; landmarks are tracked at full resolution).
     """
@@ -169,7 +173,7 @@ class AUDetector:
                  dataset: Optional[str] = None, threshold: float = 0.5, detect: bool = True,
                  max_faces: Optional[int] = None, batch_size: int = 16, metric: Optional[str] = None,
                  preset: Optional[str] = None, redetect_every: int = 10, threads: Optional[int] = None,
-                 detect_threads: Optional[int] = 1, detect_size: Optional[int] = 640):
+                 detect_threads: Optional[int] = 1, detect_size: Optional[int] = 640, bf16: bool = False):
         import faces
         from model import build_model, load_model
         from model.onnx_export import is_onnx_file
@@ -199,6 +203,10 @@ class AUDetector:
                                      pretrained=False, variant=variant)
             self.facts = {"arc": arc, "stage": int(stage), "num_classes": n, "variant": variant,
                           "crop_size": None, "crop_preset": cfg.get("crop_preset"), "source": None}
+        if bf16 and self.backend != "pytorch":
+            raise InferenceError(f"{checkpoint}: bfloat16 is for PyTorch models; run the .pth (ONNX Runtime runs "
+                                 f"the exported float32 graph)")
+        self.bf16 = bool(bf16)
         self.au_names, self.au_descriptions = resolve_au_set(self.facts, dataset)
         self.model.to(self.device).eval()
         # PyTorch on the CPU: channels-last convolutions (oneDNN's native layout) are 5-20% faster
@@ -330,7 +338,8 @@ class AUDetector:
             batch = torch.from_numpy(inputs).to(self.device)
             if self._channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            result = self.model(batch)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                result = self.model(batch)
             probs = result[0] if isinstance(result, tuple) else result  # stage 2: (probs, edge logits)
             probs = probs.float().cpu().numpy()
             edge_logits = result[1].float().cpu().numpy() if edges and isinstance(result, tuple) else None

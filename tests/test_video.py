@@ -105,6 +105,18 @@ def test_onnx_gives_the_checkpoints_predictions(models, tmp_path):
         demo.AUDetector(models["onnx"], stage=1)
 
 
+def test_bf16_is_close_and_for_pytorch_only(models):
+    """--bf16: bfloat16 autocast, probabilities near float32's; an ONNX model refuses it."""
+    fp32 = demo.AUDetector(models["pth"], detect=False, threads=1)
+    bf16 = demo.AUDetector(models["pth"], detect=False, threads=1, bf16=True)
+    crops = [np.random.default_rng(k).integers(0, 256, (256, 256, 3), dtype=np.uint8) for k in range(2)]
+    probs, edges = bf16.classify(crops, edges=True)
+    assert probs.dtype == np.float32 and edges.shape == (2, 144, 4)
+    assert np.abs(probs - fp32.classify(crops)).max() < 2e-2
+    with pytest.raises(demo.InferenceError, match="bfloat16 is for PyTorch models"):
+        demo.AUDetector(models["onnx"], bf16=True)
+
+
 def test_model_input_is_the_test_transform(models):
     """The fast crop -> model input (a look-up table) is the torchvision test transform, bit for bit."""
     det = demo.AUDetector(models["onnx"], detect=False)
