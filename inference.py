@@ -14,11 +14,12 @@ file (tool/export_onnx.py) runs on ONNX Runtime instead of PyTorch, with the fac
 crop preset and size, stage, backbone) from its metadata:
 
     detector = AUDetector("me_graphau.onnx", threads=2)          # same outputs as the .pth
- Faces are found with
-MTCNN (faces.py) and cropped exactly like the training crops: the five landmarks aligned to the
-crop preset the model was trained for (a project checkpoint records it; 12 AUs: BP4D, 8: DISFA,
-41: OpenGraphAU), 256x256; then the test transform (resize, centre crop, ImageNet normalisation)
-at the checkpoint's crop size, and classification in batches.
+
+Faces are found with MTCNN (faces.py) and cropped exactly like the training crops: the five
+landmarks aligned to the crop preset the model was trained for (a project checkpoint records it;
+12 AUs: BP4D, 8: DISFA, 41: OpenGraphAU), 256x256; then the test transform (resize, centre crop,
+ImageNet normalisation) at the checkpoint's crop size, and classification in batches. Videos:
+pipeline.VideoPipeline runs detection and the model in their own threads (demo.py uses it).
 """
 from __future__ import annotations
 
