@@ -1,7 +1,7 @@
 """SYNTH: a procedurally drawn facial action unit data set that every command can run on.
 
 Real AU data sets (BP4D, DISFA) are licensed and cannot be shipped, so this module draws
-cartoon-like but shaded faces with OpenCV in which each of 12 action units (FACS, as in
+cartoon-like but shaded faces in numpy in which each of 12 action units (FACS, as in
 ME-GraphAU's BP4D/DISFA setting) has a visible, learnable cue that is present exactly when
 its label is 1:
 
@@ -19,10 +19,10 @@ its label is 1:
     AU26 jaw drop            longer chin and jaw (gap taller when lips part, closed mouth
                              lower when they do not)
 
-Cue sizes are chosen so that they survive the 128-pixel resize of the CPU quickstart (crop 112):
-a ResNet-18 from scratch (train_stage1.py, fold 1, batch 16, lr 1e-3, crop 112, one seed, on a GPU)
-reached test-fold mean F1 68 after 6 epochs and 93 after 20 (all-positive baseline 42); AU7 is
-the hardest cue (F1 57 / 68).
+Cue sizes are chosen so that they survive the CPU quickstart's 91-pixel resize (80-pixel crops,
+config/SYNTH.yaml): there a ResNet-18 from scratch (train_stage1.py, fold 1, 8 epochs) reaches a
+test-fold mean F1 of 72-82 over seeds (all-positive baseline 42); every AU beats its all-positive
+F1, AU5 and AU7 are the hardest cues (F1 59-65 in every seed), AU9 and AU15 the least stable ones.
 
 Faces vary by identity (skin tone, face shape, hair, feature sizes) and by frame (pose rotation,
 scale, translation, lighting gradient, background colour and texture, sensor noise, gaze) — all
@@ -32,6 +32,14 @@ tree ``img/{subject}/{task}/{frame}.jpg`` plus the 3-fold lists (lists.py); MTCN
 (:class:`faces.FaceDetector`) finds the drawn faces.
 :func:`ensure_synthetic_dataset` generates it once, on first use, for whoever asks (the engine
 when a run names the SYNTH config, or the command line).
+
+Same pixels on every machine: the drawing (anti-aliased shapes by exact supersampling, Gaussian
+shading blurs and the bicubic background as products of integer matrices, noise from random
+bytes) uses only correctly rounded double arithmetic and integers in numpy, no OpenCV drawing,
+blurring or resampling (those differ between OpenCV versions and CPU dispatch: generator version
+1 drew with them, and its images differed by up to 180 grey levels at anti-aliased edges between
+OpenCV 4.6-4.10 and 4.14). The JPEG files are written by OpenCV's libjpeg-turbo, whose output
+was the same bytes in every wheel tried (tests/test_synth_faces.py pins a digest of the pixels).
 
 Command line (tool/synth_faces.py)::
 
@@ -65,7 +73,7 @@ SYNTH_AUS = [1, 2, 4, 5, 6, 7, 9, 12, 15, 17, 25, 26]
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_ROOT = REPO_ROOT / "data" / "SYNTH"
 MARKER_NAME = ".synth_complete.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: exact numpy drawing, same pixels on every machine
 
 # All geometry is in "canonical units": pixels of a 256x256 image of an upright face centred
 # at (CX, CY) before the pose jitter. render_face scales to the requested size.
@@ -180,11 +188,19 @@ def _labels_dict(labels: Sequence[int]) -> Dict[int, bool]:
     return {au: v == 1 for au, v in zip(SYNTH_AUS, labels)}
 
 
+@functools.cache
+def _unit_steps(n: int) -> np.ndarray:
+    """(n, 1) parameters 0, 1/(n-1), ..., 1 (read-only)."""
+    t = (np.arange(n) / (n - 1))[:, None]
+    t.flags.writeable = False
+    return t
+
+
 def _quad_curve(p0, p1, p2, n: int = 16) -> np.ndarray:
     """Quadratic Bezier from p0 to p2 with control p1 -> (n, 2) float points."""
-    t = np.linspace(0, 1, n)[:, None]
+    t = _unit_steps(n)
     p0, p1, p2 = (np.asarray(p, dtype=np.float64) for p in (p0, p1, p2))
-    return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+    return (1 - t) * (1 - t) * p0 + 2 * (1 - t) * t * p1 + t * t * p2
 
 
 def _through(p0, pm, p2, n: int = 16) -> np.ndarray:
@@ -211,15 +227,291 @@ def landmarks(labels: Sequence[int], params: FaceParams, size: int = 256) -> Dic
            "right_eye": (CX + params.eye_dx, lay["eye_y"]),
            "mouth": (CX, lay["mouth_y"])}
     m = _pose_matrix(params, size)
-    return {k: m[:, :2] @ np.array(v) + m[:, 2] for k, v in pts.items()}
+    u = size / CANON
+    return {k: np.array([m[0, 0] * x * u + m[0, 1] * y * u + m[0, 2],
+                         m[1, 0] * x * u + m[1, 1] * y * u + m[1, 2]]) for k, (x, y) in pts.items()}
+
+
+# ----------------------------------------------------------------------------- exact arithmetic
+#
+# Every pixel is computed with IEEE-754 double additions, subtractions, multiplications,
+# divisions, square roots and comparisons in numpy (each correctly rounded, so the same bits on
+# every CPU, SIMD width and numpy version), integer arithmetic, and matrix products of
+# integer-valued matrices small enough to be exact. No OpenCV drawing, blurring or resampling
+# (their float and fixed-point paths differ between OpenCV versions and CPU dispatch), no libm
+# transcendentals (sin, cos, exp: the few needed are the series below) and no Gaussian random
+# numbers (numpy's draws them with libm's exp/log): noise and texture come from random bytes.
+
+def _sin_cos(degrees: float) -> Tuple[float, float]:
+    """(sin, cos) of an angle in degrees from a Taylor series in plain double arithmetic."""
+    d = math.fmod(float(degrees), 360.0)  # fmod is exact
+    quadrant = int(round(d / 90.0))
+    x = (d - 90.0 * quadrant) * (math.pi / 180.0)  # |x| <= pi/4
+    x2 = x * x
+    s = term_s = x
+    c = term_c = 1.0
+    for k in range(1, 12):
+        term_s *= -x2 / ((2 * k) * (2 * k + 1))
+        term_c *= -x2 / ((2 * k - 1) * (2 * k))
+        s += term_s
+        c += term_c
+    return [(s, c), (c, -s), (-s, -c), (-c, s)][quadrant % 4]
+
+
+def _exp_neg(t: np.ndarray) -> np.ndarray:
+    """exp(-t) for an array 0 <= t <= ~10: exp(t / 16) by its Taylor series, squared four times,
+    inverted; plain double arithmetic elementwise."""
+    x = np.asarray(t, np.float64) / 16.0
+    total = np.ones_like(x)
+    term = np.ones_like(x)
+    for k in range(1, 20):
+        term = term * x / k
+        total = total + term
+    for _ in range(4):
+        total = total * total
+    return 1.0 / total
+
+
+@functools.lru_cache(maxsize=256)
+def _gauss_weights(sigma: float) -> np.ndarray:
+    """Integer Gaussian kernel (peak 4096) with OpenCV's size rule for float images (radius ~4 sigma)."""
+    radius = max((int(round(sigma * 8 + 1)) | 1) // 2, 1)
+    i = np.arange(-radius, radius + 1, dtype=np.float64)
+    out = np.floor(4096.0 * _exp_neg(i * i / (2.0 * sigma * sigma)) + 0.5)
+    out.flags.writeable = False
+    return out
+
+
+def _band(out0: int, out1: int, in0: int, in1: int, sigma: float) -> np.ndarray:
+    """(out1 - out0, in1 - in0) matrix of integer Gaussian weights w[out - in] (zero beyond the
+    kernel): a 1-D blur of pixels in0..in1 onto pixels out0..out1 with zeros outside."""
+    w = _gauss_weights(sigma)
+    radius = len(w) // 2
+    n_in = in1 - in0
+    # g[k] = weight of offset (out - in) = k + first; row i of the matrix is g[i .. i + n_in) reversed.
+    first = out0 - in1 + 1
+    g = np.zeros(out1 - out0 + n_in - 1)
+    lo, hi = max(-radius - first, 0), min(radius - first + 1, len(g))
+    if hi > lo:
+        g[lo:hi] = w[lo + first + radius:hi + first + radius]
+    return np.lib.stride_tricks.as_strided(g[n_in - 1:], (out1 - out0, n_in), (g.strides[0], -g.strides[0]),
+                                           writeable=False)
+
+
+# ----------------------------------------------------------------------------- rasterising
+#
+# Anti-aliasing by exact supersampling: each pixel (centre at integer coordinates, covering
+# [i - 0.5, i + 0.5)) has _SY sample rows; along a row a shape covers spans [lo, hi), cut at
+# 1/_SX pixel. A pixel's coverage is the integer number of covered samples out of _SY * _SX.
+_SY, _SX = 4, 16
+_SAMPLES = _SY * _SX
+
+
+def _box(xmin, ymin, xmax, ymax, shape) -> Optional[Tuple[int, int, int, int]]:
+    """Pixels (x0, y0, x1, y1) of an array of ``shape`` touched by the extent [xmin, xmax] x
+    [ymin, ymax] (pixel coordinates), or None."""
+    h, w = shape[:2]
+    x0, y0 = max(math.floor(xmin + 0.5), 0), max(math.floor(ymin + 0.5), 0)
+    x1, y1 = min(math.floor(xmax + 0.5) + 1, w), min(math.floor(ymax + 0.5) + 1, h)
+    return None if x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1)
+
+
+def _sample_rows(box) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    return (y0 - 0.5) + (np.arange((y1 - y0) * _SY) + 0.5) / _SY
+
+
+def _coverage(spans: np.ndarray, box, disjoint: bool = False):
+    """(box, covered samples per pixel of ``box``, int64 0.._SAMPLES) for the union of the spans
+    [lo, hi) = spans[0], spans[1] (each (sample rows, k); spans with lo >= hi are empty; ends may
+    be infinite), or None when nothing is covered. ``disjoint``: a row's spans do not overlap."""
+    x0, y0, x1, y1 = box
+    w = x1 - x0
+    n = w * _SX
+    # Sample j of a row lies at x0 - 0.5 + (j + 0.5) / _SX; a span covers samples js <= j < je.
+    c = (x0 - 0.5) * _SX + 0.5
+    spans = np.ceil(spans * _SX - c)
+    np.maximum(spans, 0, out=spans)
+    np.minimum(spans, n, out=spans)
+    spans = spans.astype(np.int64)
+    js, je = spans[0], spans[1]
+    R, K = js.shape
+    if not disjoint and K > 1:
+        # Union: in order of start, each span keeps only what lies beyond the spans before it
+        # (their running maximum end); the pieces are disjoint, whatever the order of ties.
+        order = np.argsort(js, axis=1, kind="stable")
+        r = np.arange(R)[:, None]
+        js, je = js[r, order], je[r, order]
+        reach = np.maximum.accumulate(je, axis=1)
+        np.maximum(js[:, 1:], reach[:, :-1], out=js[:, 1:])
+        np.maximum(je[:, 1:], reach[:, :-1], out=je[:, 1:])
+    valid = je > js
+    rows = valid.nonzero()[0]
+    if not len(rows):
+        return None
+    # Coverage per pixel as the running sum along the row of a difference array: a span [s, e)
+    # adds _SX - s % _SX at its first pixel and s % _SX at the next, the opposite at its end
+    # (the _SY sample rows of a pixel row share one array: sums commute with the running sum).
+    (ps, rs), (pe, re) = np.divmod(js[valid], _SX), np.divmod(je[valid], _SX)
+    width = w + 2
+    base = rows // _SY * width
+    idx = np.concatenate([base + ps, base + ps + 1, base + pe, base + pe + 1])
+    diff = np.bincount(idx, np.concatenate([_SX - rs, rs, re - _SX, -re]).astype(np.float64),
+                       minlength=(y1 - y0) * width)
+    return box, diff.reshape(-1, width).cumsum(axis=1)[:, :w].astype(np.int64)
+
+
+def _edge_crossings(xa, ya, xb, yb, ys) -> np.ndarray:
+    """x where the edges (xa, ya)-(xb, yb) cross the rows ys (half-open in y), inf elsewhere:
+    (rows,) + edges' shape."""
+    ys = ys.reshape((-1,) + (1,) * np.ndim(xa))
+    cross = (ya <= ys) != (yb <= ys)
+    dy = yb - ya
+    slope = (xb - xa) / np.where(dy == 0, 1.0, dy)
+    return np.where(cross, xa + (ys - ya) * slope, np.inf)
+
+
+def _cover_polygon(pts, shape):
+    """(box, counts) of a filled polygon (even-odd rule; pixel coordinates) or None."""
+    box = _box(pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max(), shape)
+    if box is None:
+        return None
+    nxt = np.roll(pts, -1, axis=0)
+    x = np.sort(_edge_crossings(pts[:, 0], pts[:, 1], nxt[:, 0], nxt[:, 1], _sample_rows(box)), axis=1)
+    k = int(np.isfinite(x).sum(axis=1).max())  # even: a closed outline crosses a row in pairs
+    if k == 0:
+        return None
+    return _coverage(x[:, :k].reshape(len(x), k // 2, 2).transpose(2, 0, 1), box, disjoint=True)
+
+
+def _cover_polyline(pts, width: float, shape, closed: bool = False):
+    """(box, counts) of a polyline of ``width`` pixels with round joins and caps (the union of
+    discs at the vertices and rectangles along the segments), or None."""
+    if closed:
+        pts = np.concatenate([pts, pts[:1]])
+    r = width / 2
+    (xmin, ymin), (xmax, ymax) = pts.min(axis=0), pts.max(axis=0)
+    box = _box(xmin - r, ymin - r, xmax + r, ymax + r, shape)
+    if box is None:
+        return None
+    ys = _sample_rows(box)
+    a, d = pts[:-1], pts[1:] - pts[:-1]
+    length = np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1])
+    keep = length > 0
+    a, d, length = a[keep], d[keep], length[keep]
+    nd, ns = len(pts), len(a)
+    spans = np.empty((2, len(ys), nd + ns))
+    # Discs: half-chord at each row (-1 where the row misses the disc: an empty span).
+    dy = ys[:, None] - pts[:, 1]
+    h2 = r * r - dy * dy
+    half = np.sqrt(np.maximum(h2, 0.0))
+    half[h2 < 0] = -1.0
+    np.subtract(pts[:, 0], half, out=spans[0, :, :nd])
+    np.add(pts[:, 0], half, out=spans[1, :, :nd])
+    if ns:  # rectangles: crossings of their 4 edges with each row; min..max of those
+        n = d[:, ::-1] * (r / length)[:, None]
+        n[:, 0] = -n[:, 0]
+        b = a + d
+        cx = np.array([a[:, 0] + n[:, 0], b[:, 0] + n[:, 0], b[:, 0] - n[:, 0], a[:, 0] - n[:, 0]])
+        cy = np.array([a[:, 1] + n[:, 1], b[:, 1] + n[:, 1], b[:, 1] - n[:, 1], a[:, 1] - n[:, 1]])
+        nxt = [1, 2, 3, 0]
+        x = _edge_crossings(cx, cy, cx[nxt], cy[nxt], ys)  # (rows, 4, segments)
+        x.min(axis=1, out=spans[0, :, nd:])
+        x[np.isinf(x)] = -np.inf
+        x.max(axis=1, out=spans[1, :, nd:])  # rows that miss: lo = inf > hi = -inf, empty
+    return _coverage(spans, box)
+
+
+def _cover_ellipse(c, axes, angle: float, shape):
+    """(box, counts) of a filled ellipse (centre, half-axes, rotation in degrees as cv2.ellipse),
+    or None."""
+    a, b = float(axes[0]), float(axes[1])
+    if a <= 0 or b <= 0:
+        return None
+    s, co = _sin_cos(angle)
+    ex = math.sqrt(a * a * co * co + b * b * s * s)
+    ey = math.sqrt(a * a * s * s + b * b * co * co)
+    cx, cy = float(c[0]), float(c[1])
+    box = _box(cx - ex, cy - ey, cx + ex, cy + ey, shape)
+    if box is None:
+        return None
+    # Points (cx + t, y) inside: qa t^2 + qb t + qc <= 0 (axes: t cos + dy sin, -t sin + dy cos).
+    ia, ib = 1.0 / (a * a), 1.0 / (b * b)
+    qa = co * co * ia + s * s * ib
+    dy = _sample_rows(box)[:, None] - cy
+    qb = (2.0 * co * s * (ia - ib)) * dy
+    qc = (s * s * ia + co * co * ib) * dy * dy - 1.0
+    disc = qb * qb - 4.0 * qa * qc
+    root = np.sqrt(np.maximum(disc, 0.0))
+    root[disc < 0] = -1.0  # rows that miss: lo > hi, empty
+    return _coverage(cx + (_PLUS_MINUS * root - qb) / (2.0 * qa), box)
+
+
+_PLUS_MINUS = np.array([-1.0, 1.0])[:, None, None]
+_PLUS_MINUS.flags.writeable = False
+
+
+def _paint(img: np.ndarray, cover, color) -> None:
+    """Blend ``color`` into ``img`` by the coverage (``img`` = img + (color - img) * coverage)."""
+    if cover is None:
+        return
+    (x0, y0, x1, y1), counts = cover
+    a = counts * (1.0 / _SAMPLES)
+    win = img[y0:y1, x0:x1]
+    if img.ndim == 3:
+        win += (np.asarray(color, np.float64) - win) * a[:, :, None]
+    else:
+        win += (float(color) - win) * a
 
 
 def _pose_matrix(p: FaceParams, size: int) -> np.ndarray:
-    """Canonical (size-scaled) layer -> output image: rotation/scale about the face centre + shift."""
+    """Canonical coordinates scaled to the image (``size / CANON`` per unit) -> output image:
+    rotation/scale about the face centre + shift (cv2.getRotationMatrix2D's convention)."""
     u = size / CANON
-    m = cv2.getRotationMatrix2D((CX * u, CY * u), p.angle, p.scale)
-    m[:, 2] += (p.tx * u, p.ty * u)
-    return m
+    s, c = _sin_cos(p.angle)
+    al, be = p.scale * c, p.scale * s
+    cx, cy = CX * u, CY * u
+    return np.array([[al, be, (1 - al) * cx - be * cy + p.tx * u],
+                     [-be, al, be * cx + (1 - al) * cy + p.ty * u]])
+
+
+def _resize_cubic(src: np.ndarray, size: int) -> np.ndarray:
+    """(h, w, c) -> (size, size, c) bicubic (Keys, a = -0.75, replicated border, pixel-centre
+    alignment: cv2.resize INTER_CUBIC's kernel and mapping), in integers: the source in 1/64
+    levels, the weights in 1/2048 (as OpenCV's 8-bit path), so the matrix products are exact."""
+    h, w, ch = src.shape
+
+    def weights(n):  # (size, n) integer interpolation matrix
+        pos = (np.arange(size) + 0.5) * (n / size) - 0.5
+        base = np.floor(pos)
+        t = pos - base
+        a = -0.75
+        t1, u = t + 1.0, 1.0 - t
+        k = [((a * t1 - 5 * a) * t1 + 8 * a) * t1 - 4 * a,
+             ((a + 2) * t - (a + 3)) * t * t + 1,
+             ((a + 2) * u - (a + 3)) * u * u + 1]
+        k = [np.floor(v * 2048.0 + 0.5) for v in k]
+        k.append(2048.0 - k[0] - k[1] - k[2])
+        m = np.zeros((size, n))
+        rows = np.arange(size)
+        for j in range(4):
+            np.add.at(m, (rows, np.clip(base + (j - 1), 0, n - 1).astype(np.intp)), k[j])
+        return m
+
+    levels = np.floor(src * 64.0 + 0.5)
+    rows = np.einsum("xk,ykc->yxc", weights(w), levels)                  # (h, size, ch)
+    out = np.einsum("yk,kxc->yxc", weights(h), rows)                    # (size, size, ch)
+    return out / (2048.0 * 2048.0 * 64.0)
+
+
+def _noise(rng: np.random.Generator, shape, sigma: float = 1.0) -> np.ndarray:
+    """Approximately normal noise of standard deviation ``sigma`` from random bytes: a sum of 4
+    uniform bytes (mean 510, variance 4 * (256**2 - 1) / 12), centred and scaled; exact integer
+    draws (numpy's normal draws use libm's exp and log)."""
+    count = int(np.prod(shape))
+    raw = np.frombuffer(rng.bytes(4 * count), np.uint8).reshape(4, count)
+    total = raw.sum(axis=0, dtype=np.int16) - 510
+    return (total * (sigma / math.sqrt(21845.0))).reshape(shape)
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -228,111 +520,155 @@ def _pose_matrix(p: FaceParams, size: int) -> np.ndarray:
 _STYLE = dict(brow_shadow=-0.25, socket=-0.28, socket_h=11.0, sclera=(225, 228, 232), lash=2.6,
               mouth_shadow=0.0)
 
+
 class _Canvas:
-    """Float BGR canvas addressed in canonical units, with anti-aliased OpenCV drawing."""
+    """The float64 BGR image being drawn, addressed in canonical units of the upright face: the
+    pose (rotation, scale, shift about the face centre) is applied to the shapes' coordinates,
+    so everything is drawn once, in place, with the exact anti-aliasing above.
 
-    SHIFT = 4  # sub-pixel bits for cv2 drawing
+    Drawing calls take canonical coordinates; ``img`` (default: the image) is any array on the
+    image's pixel grid, ``origin`` the image pixel of its top-left element (for windows).
+    """
 
-    def __init__(self, size: int):
-        self.size = size
-        self.u = size / CANON
-        self.img = np.zeros((size, size, 3), np.float32)
+    def __init__(self, img: np.ndarray, p: FaceParams):
+        self.img = img
+        self.size = img.shape[0]
+        self.u = self.size / CANON
+        self.scale = p.scale
+        self.angle = p.angle
+        m = _pose_matrix(p, self.size)
+        self.m = np.concatenate([m[:, :2] * self.u, m[:, 2:]], axis=1)  # canonical -> image
+        (a, b, tx), (c, d, ty) = m.tolist()
+        det = a * d - b * c
+        ia, ib, ic, id_ = d / det, -b / det, -c / det, a / det
+        u = self.u  # image -> canonical
+        self.inv = [[ia / u, ib / u, -(ia * tx + ib * ty) / u], [ic / u, id_ / u, -(ic * tx + id_ * ty) / u]]
 
-    def pts(self, pts) -> np.ndarray:
-        return np.round(np.asarray(pts, np.float64) * self.u * (1 << self.SHIFT)).astype(np.int32)
+    def px(self, pts, origin=(0, 0)) -> np.ndarray:
+        """Image pixel coordinates (minus ``origin``) of canonical points: (n, 2)."""
+        q = np.asarray(pts, np.float64).reshape(-1, 2)
+        m = self.m
+        out = np.empty_like(q)
+        out[:, 0] = m[0, 0] * q[:, 0] + m[0, 1] * q[:, 1] + (m[0, 2] - origin[0])
+        out[:, 1] = m[1, 0] * q[:, 0] + m[1, 1] * q[:, 1] + (m[1, 2] - origin[1])
+        return out
 
-    def polyline(self, pts, color, thick, closed=False, img=None):
-        cv2.polylines(self.img if img is None else img, [self.pts(pts)], closed, color,
-                      max(1, int(round(thick * self.u))), cv2.LINE_AA, self.SHIFT)
+    def canonical(self, xs, ys):
+        """Canonical coordinates of image pixel coordinates (arrays)."""
+        v = self.inv
+        return v[0][0] * xs + v[0][1] * ys + v[0][2], v[1][0] * xs + v[1][1] * ys + v[1][2]
 
-    def fill(self, pts, color, img=None):
-        cv2.fillPoly(self.img if img is None else img, [self.pts(pts)], color, cv2.LINE_AA,
-                     self.SHIFT)
+    def _target(self, img):
+        return (self.img if img is None else img).shape
 
-    def ellipse(self, c, axes, color, angle=0.0, thick=-1, img=None, arc=(0, 360)):
-        cx, cy = self.pts(c)
-        ax = tuple(int(v) for v in self.pts(axes))
-        t = -1 if thick < 0 else max(1, int(round(thick * self.u)))
-        cv2.ellipse(self.img if img is None else img, (int(cx), int(cy)), ax, angle, arc[0],
-                    arc[1], color, t, cv2.LINE_AA, self.SHIFT)
+    def cover_polygon(self, pts, img=None, origin=(0, 0)):
+        return _cover_polygon(self.px(pts, origin), self._target(img))
+
+    # Sizes as generator version 1 drew them (the strength of its cues): cv2 drew its
+    # "anti-aliased" shapes on float canvases without anti-aliasing, thick lines of integer
+    # thickness t as t + 1 pixels wide (t + 2 for odd t) and fills over every pixel whose centre
+    # the shape touches (half a pixel more all round: done here for ellipses, which carry small
+    # cues such as nostrils and chin dimples; polygons are drawn to their outline).
+
+    def cover_polyline(self, pts, thick, closed=False, img=None, origin=(0, 0)):
+        t = max(1, int(round(thick * self.u)))  # whole pixels at the upright size, as cv2's
+        width = (t + 1 + t % 2 if t > 1 else 1) * self.scale
+        return _cover_polyline(self.px(pts, origin), width, self._target(img), closed)
+
+    def cover_ellipse(self, c, axes, angle=0.0, img=None, origin=(0, 0)):
+        k = self.u * self.scale
+        return _cover_ellipse(self.px(c, origin)[0], (axes[0] * k + 0.5, axes[1] * k + 0.5),
+                              angle - self.angle, self._target(img))
+
+    def paint(self, cover, color, img=None):
+        _paint(self.img if img is None else img, cover, color)
+
+    def polyline(self, pts, color, thick, closed=False, img=None, origin=(0, 0)):
+        self.paint(self.cover_polyline(pts, thick, closed, img, origin), color, img)
+
+    def fill(self, pts, color, img=None, origin=(0, 0)):
+        self.paint(self.cover_polygon(pts, img, origin), color, img)
+
+    def ellipse(self, c, axes, color, angle=0.0, img=None, origin=(0, 0)):
+        self.paint(self.cover_ellipse(c, axes, angle, img, origin), color, img)
 
     def _roi(self, pts, pad: float):
         """Pixel box (x0, y0, x1, y1) around canonical points, padded by ``pad`` canonical units."""
-        px = np.asarray(pts, np.float64).reshape(-1, 2) * self.u
-        r = pad * self.u
+        px = self.px(pts)
+        r = pad * self.u * self.scale
         x0, y0 = np.floor(px.min(0) - r).astype(int)
         x1, y1 = np.ceil(px.max(0) + r).astype(int) + 1
         return max(x0, 0), max(y0, 0), min(x1, self.size), min(y1, self.size)
 
-    def _shade(self, draw, pts, pad, amount, blur):
-        """Multiply the canvas by (1 + amount * soft mask) where the mask is drawn by ``draw``
-        (into a local window only: shading is applied to dozens of small features)."""
-        x0, y0, x1, y1 = self._roi(pts, pad + 3 * blur)
-        if x1 <= x0 or y1 <= y0:
+    def _shade(self, cover, amount, blur):
+        """Multiply the image by (1 + amount * soft mask), the mask being the shape's coverage
+        blurred by a Gaussian of ``blur`` canonical units (in the shape's window only: shading is
+        applied to dozens of small features). The blur is a product of integer matrices: exact."""
+        if cover is None:
             return
-        mask = np.zeros((y1 - y0, x1 - x0), np.float32)
-        draw(mask, (x0 / self.u, y0 / self.u))
-        mask = cv2.GaussianBlur(mask, (0, 0), blur * self.u)
-        self.img[y0:y1, x0:x1] *= (1.0 + amount * mask)[:, :, None]
+        (x0, y0, x1, y1), counts = cover
+        sigma = blur * self.u * self.scale
+        weights = _gauss_weights(sigma)
+        radius = len(weights) // 2
+        bx0, by0 = max(x0 - radius, 0), max(y0 - radius, 0)
+        bx1, by1 = min(x1 + radius, self.size), min(y1 + radius, self.size)
+        rows = _band(by0, by1, y0, y1, sigma)
+        cols = _band(bx0, bx1, x0, x1, sigma)
+        blurred = rows @ counts.astype(np.float64) @ cols.T
+        gain = blurred * (amount / (_SAMPLES * float(weights.sum()) ** 2))
+        gain += 1.0
+        self.img[by0:by1, bx0:bx1] *= gain[:, :, None]
 
     def blob(self, c, axes, amount, angle=0.0, blur=6.0):
         """Soft elliptical shading (amount < 0 darkens, > 0 lightens)."""
-        c = np.asarray(c, np.float64)
-        self._shade(lambda m, o: self.ellipse(c - o, axes, 1.0, angle, img=m),
-                    [c], max(axes), amount, blur)
+        self._shade(self.cover_ellipse(c, axes, angle), amount, blur)
 
     def soft_line(self, pts, amount, thick, blur=1.2):
         """Soft shading along a polyline (wrinkles, folds, shadows)."""
-        pts = np.asarray(pts, np.float64)
-        self._shade(lambda m, o: self.polyline(pts - o, 1.0, thick, img=m), pts, thick, amount, blur)
+        self._shade(self.cover_polyline(pts, thick), amount, blur)
 
 
-def _draw_head(cv: _Canvas, au, lay, p: FaceParams) -> np.ndarray:
-    """Head, hair, ears, neck and skin shading. Returns the face-layer alpha mask."""
-    skin = np.array(p.skin, np.float32)
-    alpha = np.zeros((cv.size, cv.size), np.float32)
+#: Unit circle points (cos, sin) every 5 degrees from 0 to 360.
+_CIRCLE = np.array([_sin_cos(a)[::-1] for a in range(0, 365, 5)])
+_CIRCLE.flags.writeable = False
+
+
+def _draw_head(cv: _Canvas, au, lay, p: FaceParams) -> None:
+    """Head, hair, ears, neck and skin shading."""
+    skin = np.array(p.skin, np.float64)
     hair = tuple(float(v) for v in p.hair)
     # Neck and ears behind the face.
     neck = [(CX - p.face_w * 0.55, CY + 40), (CX + p.face_w * 0.55, CY + 40),
             (CX + p.face_w * 0.62, CANON + 20), (CX - p.face_w * 0.62, CANON + 20)]
-    cv.fill(neck, tuple(float(v) for v in skin * 0.72))
-    cv.fill(neck, 1.0, img=alpha)
+    cv.fill(neck, skin * 0.72)
     for s in (-1, 1):
-        ear = (CX + s * (p.face_w + 2), lay["eye_y"] + 12)
-        cv.ellipse(ear, (9, 17), tuple(float(v) for v in skin * 0.85))
-        cv.ellipse(ear, (9, 17), 1.0, img=alpha)
+        cv.ellipse((CX + s * (p.face_w + 2), lay["eye_y"] + 12), (9, 17), skin * 0.85)
     # Hair mass behind the head.
     cv.ellipse((CX, CY - 22), (p.face_w + 10, p.face_h * 0.85), hair)
-    cv.ellipse((CX, CY - 22), (p.face_w + 10, p.face_h * 0.85), 1.0, img=alpha)
-    # Face: upper half-ellipse + lower half-ellipse stretched by the jaw drop.
-    top = cv2.ellipse2Poly((0, 0), (1000, 1000), 0, 180, 360, 5).astype(np.float64) / 1000
-    bottom = cv2.ellipse2Poly((0, 0), (1000, 1000), 0, 0, 180, 5).astype(np.float64) / 1000
+    # Face: upper half-ellipse + lower half-ellipse stretched by the jaw drop (unit circle points
+    # every 5 degrees, as cv2.ellipse2Poly).
+    bottom, top = _CIRCLE[:37], _CIRCLE[36:]
     face = np.concatenate([bottom * (p.face_w, p.face_h + lay["jaw"]), top * (p.face_w, p.face_h)])
     face += (CX, CY)
-    face_mask = np.zeros_like(alpha)
-    cv.fill(face, 1.0, img=face_mask)
-    np.maximum(alpha, face_mask, out=alpha)
     # Skin shading: darker towards the face outline (a rounded surface). Computed in the face's
-    # bounding window only.
+    # bounding window only, in canonical coordinates of each pixel.
     x0, y0, x1, y1 = cv._roi(face, 1)
-    fm = face_mask[y0:y1, x0:x1, None]
+    fm = np.zeros((y1 - y0, x1 - x0))
+    cv.fill(face, 1.0, img=fm, origin=(x0, y0))
     ys, xs = _grid(cv.size)
-    ys, xs = ys[y0:y1, x0:x1] / cv.u, xs[y0:y1, x0:x1] / cv.u
-    ry = (ys - CY) / np.where(ys > CY, p.face_h + lay["jaw"], p.face_h).astype(np.float32)
-    r2 = ((xs - CX) / p.face_w) ** 2 + ry ** 2
-    shade = np.clip(1.08 - 0.38 * r2 * np.sqrt(r2), 0.55, 1.1)[:, :, None]
+    xs, ys = cv.canonical(xs[y0:y1, x0:x1], ys[y0:y1, x0:x1])
+    ry = (ys - CY) / np.where(ys > CY, p.face_h + lay["jaw"], p.face_h)
+    rx = (xs - CX) / p.face_w
+    r2 = rx * rx + ry * ry
+    skin_col = skin * np.clip(1.08 - 0.38 * r2 * np.sqrt(r2), 0.55, 1.1)[:, :, None]
     win = cv.img[y0:y1, x0:x1]
-    win += (skin * shade - win) * fm
-    # Hair fringe over the top of the forehead, clipped to the face.
-    fringe_c, fringe_ax = (CX, CY - p.face_h * 1.04), (p.face_w * 1.05, p.face_h * 0.33)
-    x0, y0, x1, y1 = cv._roi([fringe_c], max(fringe_ax) + 1)
-    o = np.array([x0, y0]) / cv.u
-    fringe = np.zeros((y1 - y0, x1 - x0), np.float32)
-    cv.ellipse(np.array(fringe_c) - o, fringe_ax, 1.0, img=fringe)
-    fringe = (fringe * face_mask[y0:y1, x0:x1])[:, :, None]
-    win = cv.img[y0:y1, x0:x1]
-    win += (np.array(hair, np.float32) - win) * fringe
-    return alpha
+    win += (skin_col - win) * fm[:, :, None]
+    # Hair fringe over the top of the forehead, clipped to the face: it replaces the skin just
+    # painted (also in the part of an edge pixel the face covers).
+    fringe = np.zeros_like(fm)
+    cv.ellipse((CX, CY - p.face_h * 1.04), (p.face_w * 1.05, p.face_h * 0.33), 1.0, img=fringe,
+               origin=(x0, y0))
+    win += (np.array(hair) - skin_col) * (fringe * fm)[:, :, None]
 
 
 def _draw_brows(cv: _Canvas, au, lay, p: FaceParams):
@@ -389,15 +725,15 @@ def _draw_eyes(cv: _Canvas, au, lay, p: FaceParams):
         opening = np.concatenate([upper, lower])
         # Sclera + iris + pupil drawn in a local window, then pasted through the lid opening.
         x0, y0, x1, y1 = cv._roi(opening, 2)
-        o = np.array([x0, y0]) / cv.u
-        mask = np.zeros((y1 - y0, x1 - x0), np.float32)
-        cv.fill(opening - o, 1.0, img=mask)
-        eye = np.empty((y1 - y0, x1 - x0, 3), np.float32)
+        o = (x0, y0)
+        mask = np.zeros((y1 - y0, x1 - x0))
+        cv.fill(opening, 1.0, img=mask, origin=o)
+        eye = np.empty((y1 - y0, x1 - x0, 3))
         eye[:] = _STYLE['sclera']
-        ic = c + np.array(p.gaze) - o
-        cv.ellipse(ic, (iris_r, iris_r), tuple(float(v) for v in p.iris), img=eye)
-        cv.ellipse(ic, (2.6, 2.6), (15, 15, 15), img=eye)
-        cv.ellipse(ic + (-1.5, -2), (1.2, 1.2), (245, 245, 245), img=eye)
+        ic = c + np.array(p.gaze)
+        cv.ellipse(ic, (iris_r, iris_r), tuple(float(v) for v in p.iris), img=eye, origin=o)
+        cv.ellipse(ic, (2.6, 2.6), (15, 15, 15), img=eye, origin=o)
+        cv.ellipse(ic + (-1.5, -2), (1.2, 1.2), (245, 245, 245), img=eye, origin=o)
         win = cv.img[y0:y1, x0:x1]
         win += (eye - win) * mask[:, :, None]
         lash = (25, 25, 30)
@@ -414,8 +750,8 @@ def _draw_eyes(cv: _Canvas, au, lay, p: FaceParams):
         if au[6]:  # crow's feet and a raised cheek with the furrow above it
             corner = outer + (s * 3, 0)
             for ang in (-25, 0, 25):
-                a = math.radians(ang)
-                end = corner + (s * 10 * math.cos(a), 10 * math.sin(a))
+                sin_a, cos_a = _sin_cos(ang)
+                end = corner + (s * 10 * cos_a, 10 * sin_a)
                 cv.soft_line([corner, end], -0.6, 2.4)
             cheek = c + (s * 4, 26)
             cv.blob(cheek, (17, 11), 0.16, blur=4)
@@ -502,8 +838,8 @@ def _draw_mouth(cv: _Canvas, au, lay, p: FaceParams):
 
 @functools.lru_cache(maxsize=4)
 def _grid(size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Pixel row and column coordinates (size, size) float32, cached (read-only)."""
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    """Pixel row and column coordinates (size, size) float64, cached (read-only)."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     ys.flags.writeable = False
     xs.flags.writeable = False
     return ys, xs
@@ -511,11 +847,11 @@ def _grid(size: int) -> Tuple[np.ndarray, np.ndarray]:
 
 def _background(p: FaceParams, size: int, rng: np.random.Generator) -> np.ndarray:
     """Flat colour plus low-frequency texture (a 6x6 random grid, smoothly upsampled)."""
-    coarse = np.empty((6, 6, 3), np.float32)
+    coarse = np.empty((6, 6, 3))
     coarse[:] = p.bg_color
     if p.bg_texture > 0:
-        coarse += np.float32(p.bg_texture) * rng.standard_normal((6, 6, 3), dtype=np.float32)
-    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+        coarse += _noise(rng, (6, 6, 3), p.bg_texture)
+    return _resize_cubic(coarse, size)
 
 
 def render_face(labels: Sequence[int], params: Optional[FaceParams] = None, size: int = 256) -> np.ndarray:
@@ -523,37 +859,32 @@ def render_face(labels: Sequence[int], params: Optional[FaceParams] = None, size
 
     ``labels``: 12 ints (0/1) for :data:`SYNTH_AUS`; each AU's cue is drawn iff its label is 1.
     ``params``: identity and jitter (:func:`sample_params`); the same params and labels always
-    give the same bytes (noise comes from ``params.noise_seed``).
+    give the same pixels, on every machine (noise comes from ``params.noise_seed``; the drawing
+    is exact, see "exact arithmetic" above).
     """
     p = neutral_params() if params is None else params
     au = _labels_dict(labels)
     lay = _face_layout(au, p)
     rng = np.random.default_rng(p.noise_seed)
-    cv = _Canvas(size)
-    alpha = _draw_head(cv, au, lay, p)
+    # The face is drawn over the background, posed (rotation/scale/shift) as it is drawn.
+    cv = _Canvas(_background(p, size, rng), p)
+    _draw_head(cv, au, lay, p)
     _draw_brows(cv, au, lay, p)
     _draw_eyes(cv, au, lay, p)
     _draw_nose(cv, au, lay, p)
     _draw_mouth(cv, au, lay, p)
-    # Pose: rotate/scale/shift the face layer and its mask, then composite over the background.
-    m = _pose_matrix(p, size)
-    face = cv2.warpAffine(cv.img, m, (size, size), flags=cv2.INTER_LINEAR)
-    alpha = cv2.warpAffine(alpha, m, (size, size), flags=cv2.INTER_LINEAR)[:, :, None]
-    img = _background(p, size, rng)
-    face -= img
-    face *= alpha
-    img += face  # background + alpha * (face - background)
+    img = cv.img
     # Lighting: a linear gradient across the image in direction light_dir (separable in x, y).
     if p.light_strength > 0:
-        a = math.radians(p.light_dir)
-        ramp = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
+        s, c = _sin_cos(p.light_dir)
+        ramp = (np.arange(size) + 0.5) / size - 0.5
         k = 2 * p.light_strength
-        gain = 1 + k * math.sin(a) * ramp[:, None] + k * math.cos(a) * ramp[None, :]
+        gain = 1 + (k * s) * ramp[:, None] + (k * c) * ramp[None, :]
         img *= gain[:, :, None]
     if p.noise_sigma > 0:
-        img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(p.noise_sigma)
+        img += _noise(rng, img.shape, p.noise_sigma)
     np.clip(img, 0, 255, out=img)
-    return (img + 0.5).astype(np.uint8)
+    return np.floor(img + 0.5).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- labels
@@ -625,7 +956,8 @@ def generate_synthetic_dataset(root, subjects_per_part: int = 4, tasks: int = 2,
     ``subjects_per_part``, tasks T1.., frames 1..``frames``; each subject one fixed identity,
     each frame fresh labels and jitter) and the SPEC §2 fold lists in ``root/list/`` with prefix
     "SYNTH" (written by ``lists.write_fold_lists``). Identical bytes for the same
-    arguments. A marker file with the parameters is written last.
+    arguments, on every machine tried (module docstring). A marker file with the parameters is
+    written last.
     """
     from lists import write_fold_lists
 

@@ -8,9 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synth import (AU_REGIONS, MARKER_NAME, SYNTH_AUS, ensure_synthetic_dataset,
-                   generate_synthetic_dataset, neutral_params, render_face,
-                   sample_identity, sample_labels, sample_params)
+import synth
+from synth import (
+    AU_REGIONS,
+    MARKER_NAME,
+    SYNTH_AUS,
+    ensure_synthetic_dataset,
+    generate_synthetic_dataset,
+    neutral_params,
+    render_face,
+    sample_identity,
+    sample_labels,
+    sample_params,
+)
 from tool.synth_faces import main  # noqa: E402  (the command line)
 
 ZERO = np.zeros(12, dtype=int)
@@ -60,6 +70,111 @@ def test_au_cue_present_exactly_when_labelled(au):
     on[SYNTH_AUS.index(au)], off_labels[SYNTH_AUS.index(au)] = 1, 0
     diff = np.abs(render_face(on, params).astype(int) - render_face(off_labels, params).astype(int))
     assert (diff.max(axis=2) > 8).sum() >= 150
+
+
+# -- the same pixels on every machine
+
+#: SHA-256 of the pixels :func:`_pixel_digests` makes (generator version 2). Same values, checked by
+#: hand (tool: render 28 images directly, generate a 12-image set, digest raw pixels, JPEG files,
+#: lists and decoded pixels), with opencv-python-headless 4.6.0.66, 4.7.0.72, 4.8.1.78, 4.10.0.84
+#: and 4.14.0.94 (libjpeg-turbo 2.1.2 to 3.1.2), numpy 1.23.5, 1.26.4 and 2.4.6, and in 4.14 / 2.4.6
+#: with NPY_DISABLE_CPU_FEATURES (all of numpy's dispatched SIMD off), OPENCV_CPU_DISABLE down to
+#: SSE3 with OPENCV_IPP=disabled, and OPENBLAS_CORETYPE Prescott / Haswell; on an AVX-512 Xeon.
+#: Generator version 1 (OpenCV drawing) gave other pixels in each OpenCV version.
+PINNED_PIXELS = {
+    "render": "54341b4601667af0b43c2bc290ba7cdd8cc2026fb3282321db25323ebd683a28",
+    "decoded": "150463a61928242528a54db5da55a352cc763370d24a06d2f76c5a933e943b7a",
+}
+
+
+def _pixel_digests(tmp) -> dict:
+    """SHA-256 of rendered pixels (two random faces for seed 0 at 64 and 256 pixels, the neutral
+    face with every AU at 96) and of the decoded pixels of a generated set's JPEG files (seed 0,
+    6 images of 64 pixels): pixels, not file bytes (an encoder may write other bytes for the
+    same pixels)."""
+    import cv2
+
+    render = hashlib.sha256()
+    rng = np.random.default_rng(0)
+    for size in (64, 256):
+        labels, params = sample_labels(rng, 1)[0], sample_params(rng)
+        render.update(render_face(labels, params, size=size).tobytes())
+    render.update(render_face(np.ones(12, int), neutral_params(), size=96).tobytes())
+    root = generate_synthetic_dataset(Path(tmp) / "pinned", subjects_per_part=1, tasks=1, frames=2,
+                                      seed=0, size=64)
+    decoded = hashlib.sha256()
+    for path in sorted((root / "img").rglob("*.jpg")):
+        decoded.update(cv2.imread(str(path), cv2.IMREAD_COLOR).tobytes())
+    return {"render": render.hexdigest(), "decoded": decoded.hexdigest()}
+
+
+def test_pixels_pinned(tmp_path):
+    """Seed 0 gives these pixels on every machine (see PINNED_PIXELS for what was checked); a
+    change of the drawing must bump synth.GENERATOR_VERSION and the digests."""
+    assert synth.GENERATOR_VERSION == 2
+    assert _pixel_digests(tmp_path) == PINNED_PIXELS
+
+
+def test_pixels_same_with_simd_dispatch_disabled(tmp_path):
+    """A process with OpenCV's and numpy's dispatched SIMD code turned off (older CPUs), IPP off and
+    OpenBLAS's generic kernels renders and decodes the same pixels. Where this machine has AVX2,
+    the test also checks that the switches took effect."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_dispatch__
+    opencv_off = "AVX512-SKX,AVX2,FP16,AVX,FMA3,SSE4.2,SSE4.1,POPCNT,SSSE3"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                       str(Path(__file__).resolve().parent)]),
+               OPENCV_CPU_DISABLE=opencv_off, OPENCV_IPP="disabled",
+               NPY_DISABLE_CPU_FEATURES=" ".join(__cpu_dispatch__),
+               OPENBLAS_CORETYPE="Prescott", OPENBLAS_NUM_THREADS="1")
+    code = ("import json, sys, cv2\n"
+            "try:\n    from numpy._core._multiarray_umath import __cpu_features__ as f\n"
+            "except ImportError:\n    from numpy.core._multiarray_umath import __cpu_features__ as f\n"
+            "from test_synth_faces import _pixel_digests\n"
+            "print(json.dumps(dict(_pixel_digests(sys.argv[1]), opencv_avx2=cv2.checkHardwareSupport(11),"
+            " numpy_dispatch=[k for k in sys.argv[2:] if f.get(k)])))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), *__cpu_dispatch__], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    child = json.loads(done.stdout.strip().splitlines()[-1])
+    if cv2.checkHardwareSupport(11):  # cv2.CPU_AVX2
+        assert child["opencv_avx2"] is False, "OPENCV_CPU_DISABLE had no effect"
+    assert child["numpy_dispatch"] == [], "NPY_DISABLE_CPU_FEATURES had no effect"
+    assert {k: child[k] for k in PINNED_PIXELS} == PINNED_PIXELS
+
+
+def test_rasteriser_counts_samples_exactly():
+    """Coverage is the exact number of the pixel's 4 x 16 samples inside the union of the spans;
+    shapes have their analytic areas (to the sampling's resolution)."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        rows, k = 4 * int(rng.integers(1, 5)), int(rng.integers(1, 6))
+        box = (3, 5, 3 + int(rng.integers(1, 8)), 5 + rows // 4)
+        lo = rng.uniform(0, 12, (rows, k))
+        hi = lo + rng.uniform(-1, 5, (rows, k))
+        lo[rng.random((rows, k)) < 0.2] = np.inf
+        got = synth._coverage(np.stack([lo, hi]), box)
+        x0, _, x1, _ = box
+        xs = (x0 - 0.5) + (np.arange((x1 - x0) * 16) + 0.5) / 16
+        inside = ((xs >= lo[:, :, None]) & (xs < hi[:, :, None])).any(axis=1)
+        want = inside.reshape(rows // 4, 4, x1 - x0, 16).sum(axis=(1, 3))
+        np.testing.assert_array_equal(np.zeros_like(want) if got is None else got[1], want)
+    shape = (200, 200)
+    area = lambda cover: cover[1].sum() / 64  # noqa: E731
+    assert area(synth._cover_ellipse((100.3, 90.7), (40.5, 20.2), 25.0, shape)) == pytest.approx(
+        np.pi * 40.5 * 20.2, rel=2e-3)
+    square = np.array([(50.2, 50.1), (150.2, 50.1), (150.2, 150.1), (50.2, 150.1)])
+    assert area(synth._cover_polygon(square, shape)) == pytest.approx(100 * 100, rel=1e-3)
+    line = np.array([(40.0, 60.3), (160.0, 120.3)])
+    length = np.hypot(120, 60)
+    assert area(synth._cover_polyline(line, 6.0, shape)) == pytest.approx(6 * length + np.pi * 9, rel=3e-3)
 
 
 def test_label_statistics_and_cooccurrence():
