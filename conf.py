@@ -64,7 +64,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def get_common_parser() -> argparse.ArgumentParser:
     """Flags of every script (data, model, device, outputs), add_help=False for `parents=`."""
+    import provenance
+
     p = argparse.ArgumentParser(add_help=False)
+    provenance.add_version_flag(p)
     g = p.add_argument_group("data and model (the release's flags)")
     g.add_argument("--dataset", default=None, type=str,
                    help=f"BP4D, DISFA, SYNTH (generated on first use), OpenGraphAU or a path to a dataset "

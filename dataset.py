@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import warnings
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -29,8 +28,15 @@ import yaml
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from lists import DatasetError, check_values, list_file, read_class_weights, read_int_matrix, read_lines
-from lists import relations_from_labels  # noqa: F401  (part of this module's API)
+from lists import (
+    DatasetError,
+    check_values,
+    list_file,
+    read_class_weights,
+    read_int_matrix,
+    read_lines,
+    relations_from_labels,  # noqa: F401  (part of this module's API)
+)
 
 REPO_ROOT = Path(__file__).resolve().parent
 CONFIG_DIR = REPO_ROOT / "config"

@@ -161,8 +161,9 @@ class ResultWriter:
         self.threshold = detector.threshold
         self.openface = openface
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.csv_file = open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8")
-        self.jsonl_file = open(out_dir / "predictions.jsonl", "w", encoding="utf-8")
+        # open for the whole run: rows are appended as they are made (close() ends them)
+        self.csv_file = open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self.jsonl_file = open(out_dir / "predictions.jsonl", "w", encoding="utf-8")  # noqa: SIM115
         self._csv_text, self._jsonl_text = io.StringIO(), io.StringIO()
         self.csv = csv.writer(self._csv_text)
         if openface:
@@ -254,7 +255,8 @@ class ResultWriter:
                 count = 0
                 with open(self.out_dir / "predictions.jsonl", encoding="utf-8") as lines:
                     for line in lines:
-                        out.write(("\n" if count == 0 else ",\n") + textwrap.indent(compact_json(json.loads(line)), "  "))
+                        item = textwrap.indent(compact_json(json.loads(line)), "  ")
+                        out.write(("\n" if count == 0 else ",\n") + item)
                         count += 1
                 out.write("\n ]" if count else "]")
             out.write(tail)
@@ -707,6 +709,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                 formatter_class=HelpFormatter)
+    provenance.add_version_flag(p)
     p.add_argument("--resume", default=None, metavar="CKPT", help="checkpoint: a released .pth or this project's")
     p.add_argument("--input", required=True, help="an image, a folder of images (recursive) or a video")
     p.add_argument("--arc", default=None, help="backbone (default: the checkpoint's; a different value is an error)")

@@ -33,10 +33,13 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported when a detector is built
+    import torch
 
 __all__ = ["Face", "FaceDetector", "FaceTracker", "FaceDetectionError", "CROP_PRESETS",
            "MEASURED_LANDMARKS", "PRESET_FOR_NUM_CLASSES", "CROP_SIZE", "FIT_WEIGHTS",
@@ -138,7 +141,7 @@ class Face:
         x, y, w, h = self.box
         return (x + w / 2.0, y + h / 2.0)
 
-    def scaled(self, factor: float) -> "Face":
+    def scaled(self, factor: float) -> Face:
         """The same face in a copy of the image resized by ``factor``."""
         x, y, w, h = self.box
         # Pixel centres sit at integers: a point p maps to (p + 0.5) * factor - 0.5.
@@ -278,7 +281,7 @@ def _load_mtcnn(device: str, min_face_size: int, thresholds: Sequence[float], fa
     return mtcnn.eval()
 
 
-def _net_input(crops_rgb: np.ndarray, device) -> "torch.Tensor":
+def _net_input(crops_rgb: np.ndarray, device) -> torch.Tensor:
     """(N, s, s, 3) uint8 RGB crops -> (N, 3, s, s) float in about -1..1, MTCNN's input scaling
     ((x - 127.5) / 128)."""
     import torch

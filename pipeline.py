@@ -259,7 +259,7 @@ class VideoPipeline:
             k += n
 
     # -- the caller's side
-    def start(self) -> "VideoPipeline":
+    def start(self) -> VideoPipeline:
         if self._started:
             raise RuntimeError("a VideoPipeline runs once")
         self._started = True
@@ -308,7 +308,7 @@ class VideoPipeline:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "VideoPipeline":
+    def __enter__(self) -> VideoPipeline:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -261,6 +261,25 @@ def _device_summary(device: dict) -> str:
     return f"{name} ({', '.join(details)})" if details else name
 
 
+def add_version_flag(parser) -> None:
+    """--version on an argparse parser: the project, its version and (in a git checkout) the
+    commit, e.g. `ME-GraphAU 0.2.0 (git 89c6eab, dirty)`."""
+    import argparse
+
+    class VersionAction(argparse.Action):  # the git lookup runs only when --version is asked for
+        def __init__(self, option_strings, dest, **kwargs):
+            super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                             help="print the project's version (and git commit) and exit")
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            git = _call(git_info, REPO_ROOT) or {}
+            commit = f" (git {git['short']}{', dirty' if git.get('dirty') else ''})" if git.get("short") else ""
+            print(f"{PROJECT} {__version__}{commit}")  # stdout, as argparse's own version action
+            parser.exit()
+
+    parser.add_argument("--version", action=VersionAction)
+
+
 def header_line(prov: dict) -> str:
     """One line naming what produced a result, e.g.
     `ME-GraphAU 0.2.0 @ 271d590 (dirty) | torch 2.4.1 | cpu (2 cores) | python test.py --dataset SYNTH`.

@@ -83,7 +83,7 @@ def bench_detection(photo, rounds: int) -> list[list[str]]:
     for min_face in (40, 20):
         detector = FaceDetector(min_face_size=min_face)
         assert len(detector.detect(frame)) == 1
-        ms = time_per_call(lambda: detector.detect(frame), 5, rounds)
+        ms = time_per_call(lambda d=detector: d.detect(frame), 5, rounds)
         rows.append([f"full MTCNN detection, 640x480, smallest face {min_face} px", span(ms) + " ms",
                      span([1000 / m for m in ms]) + " frames/s"])
     return rows
@@ -97,7 +97,7 @@ def bench_tracking(photo, rounds: int) -> list[list[str]]:
     previous = [detector.detect(frame) for frame in frames[:-1]]
     rows = []
     for use_rnet in (False, True):
-        def track_sequence():
+        def track_sequence(use_rnet=use_rnet):
             for faces, frame in zip(previous, frames[1:]):
                 assert detector.refine(frame, faces, use_rnet=use_rnet)[0].score > 0.9
         ms = [m / len(previous) for m in time_per_call(track_sequence, 2, rounds)]

@@ -70,6 +70,7 @@ def write_face_video(path: str | os.PathLike, frames: int, size: tuple[int, int]
 def save_random_checkpoint(path: Path, arc: str, stage: int, num_classes: int = 12) -> Path:
     """A random-weight model saved the release's way ({'state_dict': {'module.' + key: tensor}})."""
     import torch
+
     from model import build_model
 
     torch.manual_seed(0)
@@ -152,7 +153,8 @@ def run_memory(args, workdir: Path, made) -> None:
                 rows.append((arc, stage, args.engine, annotate, n, m))
                 print(f"# {arc} stage {stage} {args.engine} {annotate} {n} frames: peak RSS {m['peak']:.0f} MB "
                       f"(largest sampled in the first / second half of the run {m['first_half']:.0f} / "
-                      f"{m['second_half']:.0f} MB), {m['seconds']:.0f} s, exit {m['code']}", file=sys.stderr, flush=True)
+                      f"{m['second_half']:.0f} MB), {m['seconds']:.0f} s, exit {m['code']}",
+                      file=sys.stderr, flush=True)
     print("| model | engine | output | frames | peak RSS (MB) | RSS 1st / 2nd half (MB) | time (s) | frames/s |")
     print("|---|---|---|---|---|---|---|---|")
     for arc, stage, engine, annotate, n, m in rows:
@@ -189,7 +191,7 @@ def main(argv=None) -> None:
     video = args.workdir / f"face_{args.frames}.avi"
     if not video.is_file():
         write_face_video(video, args.frames)
-    for arc, stage, pth, onnx in made:
+    for _arc, _stage, pth, onnx in made:
         argv = ["--resume", str(pth), "--benchmark-onnx", str(onnx), "--input", str(video), "--benchmark",
                 "--benchmark-frames", str(args.frames), "--benchmark-repeats", str(args.repeats)]
         argv += [] if args.annotate else ["--no-annotate"]

@@ -222,7 +222,8 @@ def checkpoint_facts(obj: dict, state_dict: dict | None = None) -> dict:
     model_cfg = obj.get("model_config") if isinstance(obj.get("model_config"), dict) else {}
     args = obj.get("args") if isinstance(obj.get("args"), dict) else {}
     found = infer_config(state_dict) if state_dict is not None else {}
-    legacy = {"dataset": args.get("dataset_name"), "dataset_config": args.get("dataset"), "au_names": obj.get("au_names"),
+    legacy = {"dataset": args.get("dataset_name"), "dataset_config": args.get("dataset"),
+              "au_names": obj.get("au_names"),
               "crop_size": args.get("crop_size"), "fold": obj.get("fold")}
     facts = {}
     for key in FACT_KEYS:

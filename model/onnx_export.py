@@ -25,8 +25,8 @@ import json
 import os
 import time
 import warnings
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -303,10 +303,7 @@ def export_onnx(loaded: LoadedModel | tuple, path: str | os.PathLike, opset: int
 
 
 def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    path.unlink(missing_ok=True)
 
 
 def _differences(name: str, ours: np.ndarray, ref: np.ndarray, scale_of: np.ndarray | None = None) -> float:
@@ -499,10 +496,10 @@ class OnnxAUModel:
         return self.session.get_providers()
 
     # -- drop-in for the PyTorch model
-    def eval(self) -> "OnnxAUModel":
+    def eval(self) -> OnnxAUModel:
         return self
 
-    def to(self, *args, **kwargs) -> "OnnxAUModel":
+    def to(self, *args, **kwargs) -> OnnxAUModel:
         """No-op (the device is chosen by `providers`)."""
         return self
 

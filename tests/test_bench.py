@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_model_tiny_in_process(capsys, tmp_path):
     out_json = tmp_path / "model.json"
     bench_model.main(["--arcs", "resnet18", "--batch-size", "2", "--iters", "1", "--warmup", "0",
-                      "--stages", "1", "2", "--num-classes", "3", "--mode", "train", "--no-memory", "--markdown", "--json", str(out_json)])
+                      "--stages", "1", "2", "--num-classes", "3", "--mode", "train", "--no-memory", "--markdown",
+                      "--json", str(out_json)])
     out = capsys.readouterr().out
     assert "| arc | stage | AUs | mode | form | img/s |" in out
     rows = json.loads(out_json.read_text())["rows"]

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from faces import CROP_PRESETS, FaceDetector
-from tool.crop_faces import (NO_FACE_FILE, CropError, crop_image_tree, crop_videos,
-                             find_disfa_videos, main, preview_presets)
+from tool.crop_faces import (
+    NO_FACE_FILE,
+    CropError,
+    crop_image_tree,
+    crop_videos,
+    find_disfa_videos,
+    main,
+    preview_presets,
+)
 
 PHOTO = cv2.imread(str(Path(__file__).resolve().parent / "data" / "astronaut.jpg"))
 

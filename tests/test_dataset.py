@@ -8,8 +8,16 @@ import pytest
 import torch
 import yaml
 
-from dataset import (AUDataset, DatasetError, IMAGENET_MEAN, IMAGENET_STD, build_transform,
-                     load_dataset_config, read_image, relations_from_labels)
+from dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AUDataset,
+    DatasetError,
+    build_transform,
+    load_dataset_config,
+    read_image,
+    relations_from_labels,
+)
 from lists import relations_from_labels as compute_relations
 from lists import write_fold_lists
 

@@ -13,11 +13,10 @@ import torch
 import yaml
 
 import demo
-from inference import InferenceError
-from model import CheckpointMismatchError, build_model
-
 import synth  # noqa: E402
 from faces import FaceDetector  # noqa: E402
+from inference import InferenceError
+from model import CheckpointMismatchError, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,7 +146,8 @@ def test_api_and_au_sets(data):
     assert det.au_names == ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26"]
     assert det.model.config.neighbor_num == 3 and det.stage == 2 and det.arc == "resnet18"
     faces = det.predict_image(cv2.imread(str(data["two"])))
-    assert len(faces) == 2 and faces[0].probs.shape == (8,) and faces[0].box[2] * faces[0].box[3] > faces[1].box[2] * faces[1].box[3]
+    assert len(faces) == 2 and faces[0].probs.shape == (8,)
+    assert faces[0].box[2] * faces[0].box[3] > faces[1].box[2] * faces[1].box[3]  # largest first
     assert det.predict_image(np.zeros((90, 90, 3), np.uint8)) == []
     bp = demo.AUDetector(data["bp1"], arc="resnet18", stage=1, detect=False)
     assert bp.au_names[-1] == "AU24" and len(bp.au_descriptions) == 12
@@ -204,7 +204,8 @@ def test_refusals(data, tmp_path, capsys):
 def test_release_command_line(data, tmp_path, monkeypatch):
     """The release's demo command (with --exp-name) works unchanged; output in results/EXP_NAME."""
     monkeypatch.chdir(tmp_path)
-    assert demo.main(demo.parse_args(["--arc", "resnet18", "--stage", "2", "--exp-name", "demo", "--resume", str(data["og2"]),
+    assert demo.main(demo.parse_args(["--arc", "resnet18", "--stage", "2", "--exp-name", "demo",
+                                      "--resume", str(data["og2"]),
                       "--input", str(data["folder"] / "a.jpg"), "--draw_text"])) == 0
     assert (tmp_path / "results" / "demo" / "annotated" / "a.jpg").is_file()
     assert len(read_csv(tmp_path / "results" / "demo" / "predictions.csv")) == 1

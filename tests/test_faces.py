@@ -8,9 +8,20 @@ import numpy as np
 import pytest
 
 import faces
-from faces import (CROP_PRESETS, PRESET_FOR_NUM_CLASSES, Face, FaceDetectionError, FaceDetector,
-                   FaceTracker, align_crop, align_matrix, centre_crop, crop_template, preset_for,
-                   similarity_transform)
+from faces import (
+    CROP_PRESETS,
+    PRESET_FOR_NUM_CLASSES,
+    Face,
+    FaceDetectionError,
+    FaceDetector,
+    FaceTracker,
+    align_crop,
+    align_matrix,
+    centre_crop,
+    crop_template,
+    preset_for,
+    similarity_transform,
+)
 
 PHOTO = Path(__file__).resolve().parent / "data" / "astronaut.jpg"
 

@@ -1,21 +1,16 @@
 """The ME-GraphAU model: release-identical state dicts, forward/backward, weight loading."""
 import logging
 import re
-import warnings
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torchvision
 
-from model import (ARCHS, CheckpointMismatchError, MissingWeightsError, build_model, infer_config,
-                   load_checkpoint)
+from model import ARCHS, CheckpointMismatchError, MissingWeightsError, build_model, infer_config, load_checkpoint
 from model.anfl import knn_adjacency, normalize_adjacency
-
 from reference_lists import REFERENCE, reference_entries  # noqa: E402  (tests/ is on sys.path)
-
 
 
 def model_entries(model: torch.nn.Module) -> list[tuple[str, tuple, str]]:

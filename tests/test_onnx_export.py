@@ -23,9 +23,17 @@ import onnx  # noqa: E402
 
 from dataset import IMAGENET_MEAN, IMAGENET_STD, load_dataset_config  # noqa: E402
 from model import build_model, load_model, model_config_dict  # noqa: E402
-from model.onnx_export import (METADATA_KEY, OnnxAUModel, OnnxModelError,  # noqa: E402
-                               OnnxVerificationError, export_onnx, is_onnx_file, sha256_file)
-from model.opengraphau import AU_DESCRIPTIONS as OG_DESCRIPTIONS, AU_NAMES as OG_NAMES  # noqa: E402
+from model.onnx_export import (  # noqa: E402
+    METADATA_KEY,
+    OnnxAUModel,
+    OnnxModelError,
+    OnnxVerificationError,
+    export_onnx,
+    is_onnx_file,
+    sha256_file,
+)
+from model.opengraphau import AU_DESCRIPTIONS as OG_DESCRIPTIONS  # noqa: E402
+from model.opengraphau import AU_NAMES as OG_NAMES
 from tool import export_onnx as cli  # noqa: E402
 
 BP4D = ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]

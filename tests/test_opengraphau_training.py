@@ -10,12 +10,11 @@ import pytest
 import yaml
 
 import conf
+import synth as synth_faces  # noqa: E402
 import test as test_script
 import train_stage1
 import train_stage2
 from lists import write_fold_lists
-
-import synth as synth_faces  # noqa: E402
 
 
 @pytest.fixture(scope="module")

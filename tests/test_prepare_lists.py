@@ -8,8 +8,16 @@ import pytest
 
 from lists import DatasetError, compute_class_weights, write_fold_lists
 from lists import relations_from_labels as compute_relations
-from tool.prepare_lists import (BP4D_AUS, BP4D_PARTS, BP4D_TASKS, DISFA_AUS, DISFA_PARTS, ListPreparationError,
-                                read_bp4d_parts, read_disfa_parts)
+from tool.prepare_lists import (
+    BP4D_AUS,
+    BP4D_PARTS,
+    BP4D_TASKS,
+    DISFA_AUS,
+    DISFA_PARTS,
+    ListPreparationError,
+    read_bp4d_parts,
+    read_disfa_parts,
+)
 from tool.prepare_lists import main as prepare_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +121,7 @@ def _bp4d_rows(subject_index, task_index):
     for f in range(2):
         frame = 10 * task_index + f + 1
         values = []
-        for c, name in enumerate(BP4D_HEADER[1:]):
+        for c, _ in enumerate(BP4D_HEADER[1:]):
             values.append(str((subject_index + task_index + f + c) % 2))
         rows.append([str(frame)] + values)
     return rows
@@ -326,6 +334,7 @@ def test_bom_and_crlf_read_like_plain_files(tmp_path, dataset):
     for path in (windows.rglob("*.csv") if dataset == "BP4D" else windows.rglob("*.txt")):
         path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
     for name, raw in (("plain", plain), ("windows", windows)):
-        assert prepare_main(["--dataset", dataset, "--label-dir", str(raw), "--list-dir", str(tmp_path / f"l{name}")]) == 0
+        list_dir = tmp_path / f"l{name}"
+        assert prepare_main(["--dataset", dataset, "--label-dir", str(raw), "--list-dir", str(list_dir)]) == 0
     for path in sorted((tmp_path / "lplain").iterdir()):
         assert (tmp_path / "lwindows" / path.name).read_bytes() == path.read_bytes(), path.name

@@ -293,3 +293,19 @@ def test_pyproject_dependencies_are_the_runtime_requirements():
     assert load_pyproject()["project"]["dependencies"] == runtime
     dev = requirement_lines("requirements-dev.txt")
     assert "-r requirements.txt" in dev and any(r.startswith("ruff") for r in dev)
+
+
+@pytest.mark.parametrize("module, factory", [("train_stage1", "get_args_parser"), ("train_stage2", "get_args_parser"),
+                                             ("test", "get_args_parser"), ("demo", "get_args_parser"),
+                                             ("tool.prepare_lists", "build_parser"),
+                                             ("tool.check_images", "build_parser"),
+                                             ("tool.plot_runs", "build_parser"),
+                                             ("tool.export_onnx", "get_args_parser")])
+def test_every_script_prints_its_version(module, factory, capsys):
+    import importlib
+
+    parser = getattr(importlib.import_module(module), factory)()
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith(f"ME-GraphAU {provenance.__version__}")

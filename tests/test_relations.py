@@ -208,8 +208,8 @@ def test_pair_probabilities_of_a_stage2_model():
     """Edge logits of a (random) stage-2 ResNet-18: shapes, the four matrices sum to 1, entry
     [i, j] is the softmax of edge i*N + j, and -log of the matrix of class 2*a_i + a_j at [i, j]
     is the stage-2 edge loss's cross-entropy."""
-    from model import build_model
     from dataset import relations_from_labels
+    from model import build_model
 
     n = 12
     model = build_model(2, "resnet18", n, 4, "dots", pretrained=False).eval()

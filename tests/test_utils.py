@@ -90,7 +90,7 @@ def test_cosine_lr():
     assert engine.cosine_lr(0, 100, 1e-4) == pytest.approx(1e-4)
     assert engine.cosine_lr(50, 100, 1e-4) == pytest.approx(5e-5)
     assert engine.cosine_lr(100, 100, 1e-4) == pytest.approx(0.0, abs=1e-20)
-    assert engine.cosine_lr(25, 100, 2.0) == pytest.approx((1 + math.cos(math.pi / 4)))
+    assert engine.cosine_lr(25, 100, 2.0) == pytest.approx(1 + math.cos(math.pi / 4))
     values = [engine.cosine_lr(t, 10, 1.0) for t in range(11)]
     assert all(a > b for a, b in zip(values, values[1:]))
 
@@ -203,7 +203,8 @@ def test_release_flag_defaults():
     assert (args.arc, args.metric, args.lam, args.gpu_ids, args.seed, args.exp_name, args.resume) == \
         ("swin_transformer_base", "dots", 0.001, "0", 0, "Test", "")
     # per-epoch files only when asked for (--save-every E)
-    assert (args.device, args.amp, args.output_dir, args.eval_every, args.save_every) == ("auto", "none", "results", 1, 0)
+    assert (args.device, args.amp, args.output_dir, args.eval_every, args.save_every) == \
+        ("auto", "none", "results", 1, 0)
 
 
 def test_release_short_and_long_flags_parse():

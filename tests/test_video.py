@@ -5,7 +5,6 @@ OpenFace column names, and the PyTorch vs ONNX Runtime benchmark. Frames show a 
 (tests/data/astronaut.jpg) moving on a 640x480 background (bench/bench_video.py)."""
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -85,7 +84,8 @@ def test_onnx_gives_the_checkpoints_predictions(models, tmp_path):
     assert [r["file"] for r in torch_rows] == ["frame00.png", "frame17.png", "frame39.png"]
     assert all(r["no_face"] == "0" for r in torch_rows)
     for a, b in zip(torch_rows, onnx_rows, strict=True):
-        assert [a[k] for k in ("file", "face", "x", "y", "w", "h")] == [b[k] for k in ("file", "face", "x", "y", "w", "h")]
+        keys = ("file", "face", "x", "y", "w", "h")
+        assert [a[k] for k in keys] == [b[k] for k in keys]
         pa, pb = probs_of(a), probs_of(b)
         assert np.abs(pa - pb).max() < 1e-4
         labels_a, labels_b = (np.array([int(r[n]) for n in BP4D]) for r in (a, b))
@@ -100,7 +100,8 @@ def test_onnx_gives_the_checkpoints_predictions(models, tmp_path):
     assert [json.loads(line)["file"] for line in lines] == ["frame00.png", "frame17.png", "frame39.png"]
 
     det = demo.AUDetector(models["onnx"], threads=1)
-    assert (det.backend, det.arc, det.stage, det.crop_size, det.crop_preset) == ("onnxruntime", "resnet18", 2, 224, "BP4D")
+    assert (det.backend, det.arc, det.stage, det.crop_size, det.crop_preset) == \
+        ("onnxruntime", "resnet18", 2, 224, "BP4D")
     with pytest.raises(CheckpointMismatchError, match="--stage 1 contradicts"):
         demo.AUDetector(models["onnx"], stage=1)
 

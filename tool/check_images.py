@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="check_images.py", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    import provenance  # the repository is on sys.path by now
+
+    provenance.add_version_flag(parser)
     parser.add_argument("--dataset", default=None,
                         help="BP4D, DISFA, SYNTH, OpenGraphAU or a dataset .yaml: its list/ and img/ folders")
     parser.add_argument("--dataset-path", default=None, help="overrides the config's dataset_path")

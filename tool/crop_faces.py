@@ -42,8 +42,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from faces import (CROP_PRESETS, FaceDetector, FaceTracker, align_crop,  # noqa: E402
-                   centre_crop)
+from faces import CROP_PRESETS, FaceDetector, FaceTracker, align_crop, centre_crop  # noqa: E402
 
 __all__ = ["CropError", "CropSummary", "crop_image", "crop_image_tree", "crop_videos",
            "find_disfa_videos", "preview_presets", "main", "IMAGE_EXTENSIONS",
@@ -360,6 +359,9 @@ def _write_preview(image_path: Path, out: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description="Detect, align and crop faces to 256x256 (the crops ME-GraphAU trains on).")
+    import provenance  # the repository is on sys.path by now
+
+    provenance.add_version_flag(parser)
     parser.add_argument("--dataset", choices=["BP4D", "DISFA", "folder"],
                         help="BP4D: {subject}/{task}/{frame}.jpg frames; DISFA: videos "
                              "(*SN<id>*.avi/.mp4) -> {SN}/{i}.png; folder: any image tree")

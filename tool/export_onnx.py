@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Export a ME-GraphAU / OpenGraphAU checkpoint to a verified ONNX file with its "
                     "facts (AU names, crop, stage, backbone, source) in the metadata.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    import provenance  # the repository is on sys.path by now
+
+    provenance.add_version_flag(parser)
     parser.add_argument("--resume", required=True, metavar="CKPT", help="the checkpoint (.pth) to export")
     parser.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=None,

@@ -167,6 +167,9 @@ def plot_runs(folders: Sequence[Path], out_png: Path, labels: Optional[Sequence[
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Overlay the training curves and per-AU F1 of several run folders.")
+    import provenance  # the repository is on sys.path by now
+
+    provenance.add_version_flag(parser)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders holding metrics.csv (and results.json)")
     parser.add_argument("--labels", nargs="+", help="one legend label per run folder (default: folder names)")
     parser.add_argument("--output", type=Path, default=Path("runs.png"),

@@ -35,7 +35,7 @@ import argparse
 import csv
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1].rsplit("\n\nThe list format", 1)[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    import provenance  # the repository is on sys.path by now
+
+    provenance.add_version_flag(parser)
     parser.add_argument("--dataset", required=True, choices=("BP4D", "DISFA"))
     parser.add_argument("--label-dir", required=True,
                         help="BP4D: AUCoding/AU_OCC; DISFA: ActionUnit_Labels")

@@ -18,13 +18,15 @@ import cv2
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synth import (DEFAULT_ROOT, MARKER_NAME, ensure_synthetic_dataset,  # noqa: E402
-                   generate_synthetic_dataset, preview_grid)
+from synth import DEFAULT_ROOT, MARKER_NAME, ensure_synthetic_dataset, generate_synthetic_dataset, preview_grid  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Generate the SYNTH facial action unit data set "
                                      "(procedural faces, 12 AUs, BP4D-style tree and 3-fold lists).")
+    import provenance  # the repository is on sys.path by now
+
+    provenance.add_version_flag(parser)
     parser.add_argument("--output", default=str(DEFAULT_ROOT), help="data set root (default data/SYNTH)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subjects-per-part", type=int, default=4)
