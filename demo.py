@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 import provenance
+from faces import CROP_PRESETS
 from inference import AUDetector, FaceResult, InferenceError
 from model import CheckpointMismatchError
 from pipeline import STAGES, FrameResult, StageTimes, VideoPipeline, clock
@@ -719,7 +720,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="output folder (default: results/EXP_NAME)")
     p.add_argument("--exp-name", default="demo", help="the release's flag: output folder results/EXP_NAME")
     p.add_argument("--no-detect", action="store_true", help="inputs are face crops already: no detection")
-    p.add_argument("--preset", default=None, choices=("BP4D", "DISFA", "OpenGraphAU"),
+    p.add_argument("--preset", default=None, choices=tuple(CROP_PRESETS),
                    help="face crop geometry (faces.CROP_PRESETS; default: the one the checkpoint was trained "
                         "for, else by AU count: 12 BP4D, 8 DISFA, 41 OpenGraphAU)")
     p.add_argument("--save-crops", default=None, metavar="DIR",

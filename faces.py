@@ -22,7 +22,9 @@ cheaper than the full image pyramid.
 Crop presets (``CROP_PRESETS``) are the five-point templates of the authors' own crops, measured
 with MTCNN on the release's sample images (``MEASURED_LANDMARKS``): "BP4D" and "DISFA" for
 models trained on those datasets (12 and 8 AUs), "OpenGraphAU" for the 41-AU OpenGraphAU
-models; ``preset_for(num_classes)`` picks one for a model.
+models; ``preset_for(num_classes)`` picks one for a model. "SYNTH" reproduces the framing of
+the project's synthetic faces (synth.py), so that a SYNTH-trained model is fed faces as it saw
+them.
 
 Coordinates are (x, y) image pixels with pixel centres at integers; landmark order: the eye on
 the image's left (the person's right eye), the eye on the image's right, the nose tip, the mouth
@@ -56,6 +58,10 @@ MEASURED_LANDMARKS: Dict[str, Tuple[Tuple[float, float], ...]] = {
     "BP4D": ((82.5, 75.3), (179.2, 73.6), (130.6, 128.3), (87.6, 178.3), (172.9, 179.3)),
     "DISFA": ((96.1, 72.9), (172.1, 77.2), (137.3, 123.5), (96.0, 155.7), (160.0, 160.8)),
     "OpenGraphAU": ((96.5, 122.2), (162.3, 124.2), (122.3, 169.6), (97.4, 186.0), (161.9, 189.1)),
+    # SYNTH's images are generated face crops (a smaller face than BP4D's: eye distance 56 px, not
+    # 97): the mean MTCNN landmarks of 360 of them (every other image of all 12 subjects, seed 0,
+    # synth.py generator 2), measured the same way as the authors' crops above.
+    "SYNTH": ((100.7, 113.9), (156.6, 114.1), (128.8, 151.3), (105.4, 177.6), (151.9, 177.3)),
 }
 
 
