@@ -358,7 +358,13 @@ def _write_preview(image_path: Path, out: Path) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Detect, align and crop faces to 256x256 (the crops ME-GraphAU trains on).")
+        prog="crop_faces.py", description="Detect, align and crop faces to 256x256 (the crops ME-GraphAU trains on).",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  python tool/crop_faces.py --dataset BP4D --input RAW/BP4D/2D+3D --output data/BP4D/img --workers 2
+  python tool/crop_faces.py --dataset DISFA --input RAW/DISFA/Videos_LeftCamera --output data/DISFA/img
+  python tool/crop_faces.py --input photos/ --output crops/ --preset OpenGraphAU
+  python tool/crop_faces.py --input tests/data/astronaut.jpg --preview-presets presets.jpg
+""")
     import provenance  # the repository is on sys.path by now
 
     provenance.add_version_flag(parser)

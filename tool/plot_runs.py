@@ -166,7 +166,12 @@ def plot_runs(folders: Sequence[Path], out_png: Path, labels: Optional[Sequence[
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Overlay the training curves and per-AU F1 of several run folders.")
+    parser = argparse.ArgumentParser(
+        prog="plot_runs.py", description="Overlay the training curves and per-AU F1 of several run folders.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  python tool/plot_runs.py results/synth_stage1/bs_16_seed_0_lr_0.001 results/synth_stage2/bs_16_seed_0_lr_0.0003
+  python tool/plot_runs.py runs/r50 runs/swin_b --labels ResNet-50 Swin-B --output backbones.png
+""")
     import provenance  # the repository is on sys.path by now
 
     provenance.add_version_flag(parser)

@@ -22,20 +22,27 @@ from synth import DEFAULT_ROOT, MARKER_NAME, ensure_synthetic_dataset, generate_
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate the SYNTH facial action unit data set "
-                                     "(procedural faces, 12 AUs, BP4D-style tree and 3-fold lists).")
+    from conf import HelpFormatter  # flags with their defaults, examples kept as written
+
+    parser = argparse.ArgumentParser(
+        prog="synth_faces.py", description="Generate the SYNTH facial action unit data set (procedural faces, "
+        "12 AUs, BP4D-style tree and 3-fold lists; the same pixels for a seed on every machine).",
+        formatter_class=HelpFormatter, epilog="""examples:
+  python tool/synth_faces.py --output data/SYNTH --seed 0      # 12 subjects x 2 tasks x 30 frames
+  python tool/synth_faces.py --preview synth_preview.png       # a labelled grid of faces""")
     import provenance  # the repository is on sys.path by now
 
     provenance.add_version_flag(parser)
     parser.add_argument("--output", default=str(DEFAULT_ROOT), help="data set root (default data/SYNTH)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--subjects-per-part", type=int, default=4)
-    parser.add_argument("--tasks", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the identities, labels and jitter")
+    parser.add_argument("--subjects-per-part", type=int, default=4,
+                        help="subjects in each of the three subject parts (folds)")
+    parser.add_argument("--tasks", type=int, default=2, help="tasks (sequences) per subject")
     parser.add_argument("--frames", type=int, default=30, help="frames per subject and task")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--force", action="store_true", help="regenerate even if complete")
     parser.add_argument("--preview", metavar="PNG", help="only write a labelled grid of faces")
-    parser.add_argument("--preview-count", type=int, default=12)
+    parser.add_argument("--preview-count", type=int, default=12, help="faces in the preview grid")
     args = parser.parse_args(argv)
     if args.preview:
         grid = preview_grid(args.preview_count, seed=args.seed, size=args.size)
