@@ -179,11 +179,14 @@ def dataset_of_checkpoint(pattern: str) -> str | None:
     path = Path(pattern.replace("{fold}", "1"))
     if not path.is_file():
         return None
-    from model import checkpoint_facts, read_checkpoint
+    from model import checkpoint_facts
+    from model.checkpoint import load_weights_only
 
-    try:
-        _, obj = read_checkpoint(path)
-    except (ValueError, OSError):
+    try:  # memory-mapped: the facts without reading the weights (loading the model reads them once)
+        obj = load_weights_only(path, mmap=True)
+    except (ValueError, OSError, RuntimeError):
+        return None
+    if not isinstance(obj, dict):
         return None
     facts = checkpoint_facts(obj)
     return facts.get("dataset_config") or facts.get("dataset")
@@ -211,13 +214,15 @@ RANGE_CHECKS = (
 )
 
 
-def check_ranges(parser: argparse.ArgumentParser, args) -> None:
-    """parser.error (one line, exit 2) for the first value outside its range (RANGE_CHECKS)."""
-    for dest, flag, ok, what in RANGE_CHECKS:
+def check_ranges(parser: argparse.ArgumentParser, args, checks=RANGE_CHECKS) -> None:
+    """parser.error (one line, exit 2) for the first value outside its range: `checks` holds
+    (dest, flag, ok, what) rows (RANGE_CHECKS for the training and test scripts; demo.py has its
+    own); a value of None (not given, no default) is not checked."""
+    for dest, flag, ok, what in checks:
         value = getattr(args, dest, None)
         if value is not None and not ok(value):
             parser.error(f"{flag} must be {what}, got {value}")
-    if isinstance(args.fold, int) and not 1 <= args.fold <= args.N_fold:
+    if isinstance(getattr(args, "fold", None), int) and not 1 <= args.fold <= args.N_fold:
         parser.error(f"--fold must be in 1..{args.N_fold}, got {args.fold}")
 
 

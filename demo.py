@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 import provenance
+from conf import RANGE_CHECKS, check_ranges, one_line_errors
 from faces import CROP_PRESETS
 from inference import AUDetector, FaceResult, InferenceError
 from model import CheckpointMismatchError
@@ -790,34 +791,33 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _at_least(n: int):
+    return lambda v: v >= n
+
+
+#: demo.py's ranges, checked like the training scripts' (conf.check_ranges)
+DEMO_RANGE_CHECKS = (
+    ("every_n", "--every-n", _at_least(1), "at least 1"),
+    ("redetect_every", "--redetect-every", _at_least(1), "at least 1"),
+    ("max_faces", "--max-faces", _at_least(1), "at least 1"),
+    ("batch_size", "-b/--batch-size", _at_least(1), "at least 1"),
+    ("threads", "--threads", _at_least(1), "at least 1"),
+    ("graph_every", "--graph-every", _at_least(1), "at least 1"),
+    ("model_workers", "--model-workers", _at_least(1), "at least 1"),
+    ("detect_size", "--detect-size", _at_least(0), "0 (full size) or more"),
+    ("benchmark_frames", "--benchmark-frames", _at_least(1), "at least 1"),
+    ("benchmark_repeats", "--benchmark-repeats", _at_least(1), "at least 1"),
+    *(row for row in RANGE_CHECKS if row[0] == "threshold"),
+)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line, checked: a bad value is one line and exit code 2."""
-    from conf import one_line_errors
-
     p = one_line_errors(get_args_parser())
     args = p.parse_args(argv)
     if args.output is None:
         args.output = str(Path("results") / args.exp_name)
-    if args.every_n < 1:
-        p.error("--every-n must be at least 1")
-    if args.redetect_every < 1:
-        p.error("--redetect-every must be at least 1")
-    if args.max_faces is not None and args.max_faces < 1:
-        p.error("--max-faces must be at least 1")
-    if args.batch_size < 1:
-        p.error("--batch-size must be at least 1")
-    if not 0.0 < args.threshold < 1.0:
-        p.error(f"--threshold must be between 0 and 1, got {args.threshold}")
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be at least 1")
-    if args.graph_every < 1:
-        p.error("--graph-every must be at least 1")
-    if args.model_workers < 1:
-        p.error("--model-workers must be at least 1")
-    if args.detect_size < 0:
-        p.error("--detect-size must be 0 (full size) or more")
-    if args.benchmark_frames < 1 or args.benchmark_repeats < 1:
-        p.error("--benchmark-frames and --benchmark-repeats must be at least 1")
+    check_ranges(p, args, DEMO_RANGE_CHECKS)
     if args.benchmark_onnx and not Path(args.benchmark_onnx).is_file():
         p.error(f"--benchmark-onnx {args.benchmark_onnx}: file not found")
     if args.device == "auto":

@@ -96,14 +96,19 @@ def neighbor_num_for(num_classes: int) -> int:
 
 
 def resolve_au_set(facts: dict, dataset: Optional[str] = None) -> tuple[list, Optional[list]]:
-    """(au_names, au_descriptions) of a model: `dataset` when given (it must have as many AUs),
-    else the names the checkpoint carries, else the known set of its AU count."""
+    """(au_names, au_descriptions) of a model: `dataset` when given (it must have as many AUs,
+    and the same names when the checkpoint carries names), else the names the checkpoint
+    carries, else the known set of its AU count."""
     n, source = facts["num_classes"], facts.get("source")
     if dataset:
         cfg = load_au_config(dataset)
         if len(cfg["au_names"]) != n:
             raise InferenceError(f"--dataset {cfg.get('config_path', cfg.get('name'))} names "
                                  f"{len(cfg['au_names'])} AUs but {source} predicts {n}")
+        stored = facts.get("au_names")
+        if stored and list(stored) != list(cfg["au_names"]):
+            raise InferenceError(f"--dataset {cfg.get('name')} names the AUs {list(cfg['au_names'])} but {source} "
+                                 f"stores {list(stored)}; drop --dataset (the file decides)")
         return list(cfg["au_names"]), cfg.get("au_descriptions")
     names = facts.get("au_names")
     if names and len(names) == n:
@@ -131,15 +136,6 @@ def _normalisation_table() -> np.ndarray:
 
 
 _NORMALISE = _normalisation_table()
-
-
-def _check_fact(path, what: str, flag: str, given, in_file):
-    """An argument that contradicts the model file is an error naming both (as model.load_model)."""
-    from model import CheckpointMismatchError
-
-    if given is not None and in_file is not None and given != in_file:
-        raise CheckpointMismatchError(f"{flag} {given} contradicts {path}, which holds {what} {in_file}; "
-                                      f"drop {flag} (the file decides) or use a file that fits")
 
 
 class AUDetector:
@@ -228,6 +224,7 @@ class AUDetector:
 
     def _load_onnx(self, path: Path, arc, stage, metric) -> tuple:
         """(OnnxAUModel, facts) of an exported file; arguments that contradict its metadata are errors."""
+        from model.checkpoint import agree_with_file
         from model.onnx_export import OnnxAUModel, OnnxModelError
 
         if self.device.type == "cuda":
@@ -250,9 +247,9 @@ class AUDetector:
             if facts.get(key) is None:
                 raise InferenceError(f"{path}: its metadata does not give the model's {key}; export it with "
                                      f"tool/export_onnx.py")
-        _check_fact(path, "the backbone", "--arc", arc, facts["arc"])
-        _check_fact(path, "stage", "--stage", None if stage is None else int(stage), int(facts["stage"]))
-        _check_fact(path, "the graph metric", "--metric", metric, facts.get("metric"))
+        agree_with_file(path, "the backbone", "--arc", arc, facts["arc"])
+        agree_with_file(path, "stage", "--stage", None if stage is None else int(stage), int(facts["stage"]))
+        agree_with_file(path, "the graph metric", "--metric", metric, facts.get("metric"))
         facts["variant"] = facts.get("variant") or "megraphau"
         facts["crop_size"] = model.crop_size or facts.get("crop_size")
         facts["source"] = str(path)

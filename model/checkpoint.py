@@ -69,13 +69,14 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     return clean, obj
 
 
-def load_weights_only(path: str | Path):
+def load_weights_only(path: str | Path, mmap: bool = False):
     """torch.load(path, weights_only=True) and nothing else: every .pth this project reads goes
     through here. A file that needs full unpickling (which can run arbitrary code) is refused with
     UnsafeCheckpointError, never loaded; a truncated or non-torch file is a CheckpointFileError.
-    Both messages are one line naming the file."""
+    Both messages are one line naming the file. mmap: tensors stay on disk until used (to read a
+    checkpoint's facts without reading its weights; zip-format files only)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         # torch names a global it refuses ("Unsupported global: GLOBAL builtins.print"): the file
         # wants to import and call something; any other unpickling failure is a damaged file
@@ -254,7 +255,7 @@ class LoadedModel:
         return self.info["checkpoint"]
 
 
-def _agree(path, what: str, flag: str, given, in_file):
+def agree_with_file(path, what: str, flag: str, given, in_file):
     """The file's value, unless a value was asked for that contradicts it (an error naming both)."""
     if given is not None and in_file is not None and given != in_file:
         raise CheckpointMismatchError(f"{flag} {given} contradicts {path}, which holds {what} {in_file}; "
@@ -287,8 +288,8 @@ def load_model(path: str | Path, *, arc: str | None = None, stage: int | None = 
     if stage1_into_stage2 and file_stage == 1 and stage == 2:
         build_stage = 2
     else:
-        build_stage = _agree(path, "stage", "--stage", stage, file_stage)
-    build_arc = _agree(path, "the backbone", "--arc", arc, facts["arc"])
+        build_stage = agree_with_file(path, "stage", "--stage", stage, file_stage)
+    build_arc = agree_with_file(path, "the backbone", "--arc", arc, facts["arc"])
     if build_arc is None:
         raise CheckpointMismatchError(f"cannot tell the backbone of {path} from its keys; pass --arc")
     n = facts["num_classes"]
@@ -298,13 +299,13 @@ def load_model(path: str | Path, *, arc: str | None = None, stage: int | None = 
     if n is None:
         raise CheckpointMismatchError(f"{path}: no AU classifier (head.sc / head.main_sc) in the state dict; "
                                       f"not a ME-GraphAU or OpenGraphAU checkpoint")
-    build_variant = _agree(path, "the variant", "variant", variant, facts["variant"]) or "megraphau"
+    build_variant = agree_with_file(path, "the variant", "variant", variant, facts["variant"]) or "megraphau"
     stored_cfg = obj.get("model_config") if isinstance(obj.get("model_config"), dict) else {}
     stored_facts = obj.get("facts") if isinstance(obj.get("facts"), dict) else {}
     if callable(neighbor_num):
         neighbor_num = neighbor_num(n)
     k = stored_facts.get("neighbor_num", stored_cfg.get("neighbor_num", neighbor_num or 4))
-    build_metric = _agree(path, "the graph metric", "--metric", metric,
+    build_metric = agree_with_file(path, "the graph metric", "--metric", metric,
                           stored_facts.get("metric", stored_cfg.get("metric"))) or "dots"
     model = build_model(build_stage, build_arc, n, int(k), build_metric, pretrained=False, variant=build_variant)
     info = load_state_dict_into(model, state_dict, obj, path)

@@ -45,10 +45,6 @@ then, in Python:
 
 
 
-class ExportError(ValueError):
-    """A problem with what was asked for (reported as one line, exit code 2)."""
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Export a ME-GraphAU / OpenGraphAU checkpoint to a verified ONNX file with its "
@@ -76,64 +72,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _au_config(args, facts: dict) -> tuple[dict | None, bool]:
-    """(dataset config for the AU names, whether it was assumed from the AU count)."""
-    from dataset import load_dataset_config
-    from inference import KNOWN_AU_SETS
-
-    if args.dataset:
-        return load_dataset_config(args.dataset), False
-    if facts.get("au_names"):
-        return None, False
-    n = facts.get("num_classes")
-    if n in KNOWN_AU_SETS:
-        return load_dataset_config(KNOWN_AU_SETS[n]), True
-    raise ExportError(f"{args.resume} predicts {n} AUs and does not name them, and {n} matches no known AU "
-                      f"set ({', '.join(f'{k}: {v}' for k, v in KNOWN_AU_SETS.items())}); "
-                      f"pass --dataset CONFIG whose au_names name them")
-
-
-def _fill_from_config(facts: dict, cfg: dict, path) -> None:
-    """The config's AU names/descriptions/dataset where the file does not say; a contradiction is an error."""
-    names = list(cfg["au_names"])
-    if len(names) != facts["num_classes"]:
-        raise ExportError(f"--dataset {cfg.get('name')} names {len(names)} AUs but {path} predicts "
-                          f"{facts['num_classes']}")
-    if facts.get("au_names") and list(facts["au_names"]) != names:
-        raise ExportError(f"--dataset {cfg.get('name')} names the AUs {names} but {path} stores "
-                          f"{list(facts['au_names'])}; drop --dataset (the file decides)")
-    if not facts.get("au_names"):
-        facts["au_names"] = names
-        if not facts.get("au_descriptions"):
-            facts["au_descriptions"] = cfg.get("au_descriptions")
-    if not facts.get("dataset"):
-        facts["dataset"] = cfg.get("name")
-
-
 def run_export(args) -> tuple[dict, dict, list[str]]:
     """(export_onnx's report, the exported facts, notes for the summary)."""
-    from model import checkpoint_facts, load_model, read_checkpoint
+    import provenance
+    from faces import preset_for
+    from inference import KNOWN_AU_SETS, load_au_config, neighbor_num_for, resolve_au_set
+    from model import load_model
     from model.onnx_export import export_onnx
 
     path = Path(args.resume)
-    state_dict, obj = read_checkpoint(path)  # the file's own facts decide neighbor_num etc.
-    file_facts = checkpoint_facts(obj, state_dict)
-    del state_dict, obj
-    cfg, assumed = _au_config(args, file_facts)
-    loaded = load_model(path, arc=args.arc, metric=args.metric,
-                        neighbor_num=cfg.get("neighbor_num") if cfg else None)
+    # a stage-1 release file's graph K: --dataset's, else that of its AU count (as AUDetector does)
+    neighbor_num = (lambda n: int(load_au_config(args.dataset)["neighbor_num"])) if args.dataset else neighbor_num_for
+    loaded = load_model(path, arc=args.arc, metric=args.metric, neighbor_num=neighbor_num)
     facts = dict(loaded.facts)
+    n = facts["num_classes"]
     notes = []
-    if cfg is not None:
-        _fill_from_config(facts, cfg, path)
-        if assumed:
-            notes.append(f"AU names of {cfg.get('name')} assumed from the AU count (--dataset to choose)")
+    if not args.dataset and not facts.get("au_names") and n in KNOWN_AU_SETS:
+        notes.append(f"AU names of {KNOWN_AU_SETS[n]} assumed from the AU count (--dataset to choose)")
+    # the AU set AUDetector gives this file (--dataset contradicting the file's names is an error);
+    # a file that names its AUs keeps its own names and descriptions
+    names, descriptions = resolve_au_set(facts, args.dataset)
+    if not facts.get("au_names"):
+        facts["au_names"], facts["au_descriptions"] = names, descriptions
+    if not facts.get("dataset"):
+        facts["dataset"] = load_au_config(args.dataset)["name"] if args.dataset else KNOWN_AU_SETS.get(n)
     if not facts.get("crop_preset"):  # the crops demo.py feeds a model of this AU count
-        from faces import preset_for
-
-        facts["crop_preset"] = preset_for(facts["num_classes"])
-    import provenance
-
+        facts["crop_preset"] = preset_for(n)
     report = export_onnx((loaded.model, facts), args.output, opset=args.opset,
                          batch_dynamic=not args.static_batch, verify=True, crop_size=args.crop_size,
                          provenance=provenance.collect(files={"checkpoint": path}))
@@ -169,11 +133,12 @@ def _one_line(err: BaseException) -> str:
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     if not isinstance(args, argparse.Namespace):
         args = get_args_parser().parse_args(args)
+    from inference import InferenceError
     from model.onnx_export import MissingDependencyError, OnnxVerificationError
 
     try:
         report, facts, notes = run_export(args)
-    except (FileNotFoundError, IsADirectoryError, ValueError, OnnxVerificationError,
+    except (FileNotFoundError, IsADirectoryError, ValueError, InferenceError, OnnxVerificationError,
             MissingDependencyError) as err:  # checkpoint, config and verification errors
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
