@@ -53,13 +53,13 @@ import cv2
 import numpy as np
 import torch
 
-import provenance
-from conf import RANGE_CHECKS, check_ranges, one_line_errors
-from faces import CROP_PRESETS
-from inference import AUDetector, FaceResult, InferenceError
-from model import CheckpointMismatchError
-from pipeline import STAGES, FrameResult, StageTimes, VideoPipeline, clock
-from visualize import annotate, letterbox
+from megraphau import provenance
+from megraphau.conf import RANGE_CHECKS, check_ranges, one_line_errors
+from megraphau.inference.detector import AUDetector, FaceResult, InferenceError
+from megraphau.inference.drawing import annotate, letterbox
+from megraphau.inference.faces import CROP_PRESETS
+from megraphau.inference.pipeline import STAGES, FrameResult, StageTimes, VideoPipeline, clock
+from megraphau.model import CheckpointMismatchError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
@@ -351,7 +351,7 @@ def save_graphs(graphs_dir: Optional[Path], out_dir: Path, rel: Path, frame: Opt
     relative to out_dir} (for predictions.json)."""
     if graphs_dir is None or not faces:
         return {}
-    from plots import draw_au_graph
+    from megraphau.analysis.plots import draw_au_graph
 
     stem = rel.with_suffix("").as_posix() + ("" if frame is None else f"_frame{frame}")
     n = OPENGRAPHAU_MAIN_AUS if detector.variant == "opengraphau" else len(detector.au_names)
@@ -586,7 +586,7 @@ def onnx_for_benchmark(detector: AUDetector, args: argparse.Namespace, workdir: 
     the benchmark compares the two engines' probabilities itself)."""
     if args.benchmark_onnx:
         return Path(args.benchmark_onnx)
-    from model.onnx_export import export_onnx
+    from megraphau.model.onnx_export import export_onnx
 
     facts = {**detector.facts, "au_names": list(detector.au_names), "au_descriptions": detector.au_descriptions,
              "crop_preset": detector.crop_preset, "crop_size": detector.crop_size}
@@ -707,7 +707,7 @@ OPENFACE_HELP = ("write predictions.csv with OpenFace's column names, for tools 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from conf import HelpFormatter
+    from megraphau.conf import HelpFormatter
 
     p = argparse.ArgumentParser(prog="demo.py", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                 formatter_class=HelpFormatter)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import conf
-import engine
+from megraphau import conf
+from megraphau.engine import core as engine
 
 EXAMPLES = """examples:
   python test.py --resume results/synth_stage2/bs_16_seed_0_lr_0.0003/best.pth   # the file names its dataset

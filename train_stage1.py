@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import conf
-import engine
+from megraphau import conf
+from megraphau.engine import core as engine
 
 EXAMPLES = """examples:
   python train_stage1.py --dataset SYNTH                       # the synthetic set with its own defaults

@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import conf
-import engine
+from megraphau import conf
+from megraphau.engine import core as engine
 
 EXAMPLES = """examples:
   python train_stage2.py --dataset SYNTH --resume results/synth_stage1/bs_16_seed_0_lr_0.001/best.pth

@@ -17,22 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
-from bench.table import format_table, script_argv  # noqa: E402
-from provenance import collect  # noqa: E402
+from megraphau.provenance import collect  # noqa: E402
+from megraphau.tables import format_table, script_argv  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,7 +70,7 @@ def release_style_loader(train: bool):
 
 def project_loader(train: bool):
     """dataset.read_image + dataset.build_transform (+ AUDataset's flip when training)."""
-    from dataset import build_transform, read_image
+    from megraphau.data.dataset import build_transform, read_image
     transform = build_transform(train=train, crop_size=224, resize=256)
 
     def load(path: Path) -> torch.Tensor:
@@ -87,7 +84,7 @@ def project_loader(train: bool):
 def project_available() -> str:
     """'' when dataset.build_transform and read_image import, else the reason."""
     try:
-        from dataset import build_transform, read_image  # noqa: F401
+        from megraphau.data.dataset import build_transform, read_image  # noqa: F401
     except Exception as error:  # noqa: BLE001 - report any import problem, do not crash the bench
         return f"dataset.build_transform unavailable: {type(error).__name__}: {error}"
     return ""

@@ -22,19 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.table import format_table  # noqa: E402
+from megraphau.tables import format_table  # noqa: E402
 
 PHOTO = ROOT / "tests" / "data" / "astronaut.jpg"
 BP4D_FRAMES = 146_000
@@ -77,7 +74,7 @@ def time_per_call(fn, calls: int, rounds: int) -> list[float]:
 
 
 def bench_detection(photo, rounds: int) -> list[list[str]]:
-    from faces import FaceDetector
+    from megraphau.inference.faces import FaceDetector
     frame = place(photo, (480, 640), 1.0, 0.0, (320, 240))
     rows = []
     for min_face in (40, 20):
@@ -91,7 +88,7 @@ def bench_detection(photo, rounds: int) -> list[list[str]]:
 
 def bench_tracking(photo, rounds: int) -> list[list[str]]:
     """FaceDetector.refine of each frame from the previous frame's detected face."""
-    from faces import FaceDetector
+    from megraphau.inference.faces import FaceDetector
     detector = FaceDetector()
     frames = [place(photo, (480, 640), 1.0, 0.5 * i, (300 + 3 * i, 230 + i)) for i in range(10)]
     previous = [detector.detect(frame) for frame in frames[:-1]]
@@ -121,7 +118,7 @@ def bench_crop_tool(photo, frames: int, rounds: int) -> tuple[list[list[str]], d
     """Frames/s of the crop tool's per-frame work (tool/crop_faces._crop_file: decode, detect
     on a 640 copy, warp, write) in this process or its worker pool, timed after the workers
     have started (each imports torch and facenet-pytorch once: seconds, reported apart)."""
-    from faces import FaceDetector
+    from megraphau.inference.faces import FaceDetector
     from tool import crop_faces
     detector = FaceDetector()
     opt = dict(size=256, preset="BP4D", min_face=0.1, detect_size=crop_faces.DETECT_SIZE,
@@ -169,7 +166,7 @@ def bench_crop_tool(photo, frames: int, rounds: int) -> tuple[list[list[str]], d
 def check_presets(photo, placements: int = 0) -> tuple[list[list[str]], dict]:
     """Worst deviations from the authors' crops over the placements (the first
     ``placements`` of each dataset when > 0), per preset."""
-    import faces
+    from megraphau.inference import faces
     detector = faces.FaceDetector()
     placements_of = {d: p[:placements or None] for d, p in PLACEMENTS.items()}
     worst = {}

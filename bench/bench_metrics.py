@@ -10,18 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.table import format_table, script_argv  # noqa: E402
-from provenance import collect  # noqa: E402
+from megraphau.provenance import collect  # noqa: E402
+from megraphau.tables import format_table, script_argv  # noqa: E402
 
 
 def release_style_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -56,7 +53,7 @@ def release_style_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
 def project_metrics():
     """metrics.compute_au_metrics, or None with the reason when it cannot be imported."""
     try:
-        from metrics import compute_au_metrics
+        from megraphau.engine.metrics import compute_au_metrics
     except Exception as error:  # noqa: BLE001 - report, do not crash the bench
         return None, f"metrics.compute_au_metrics unavailable: {type(error).__name__}: {error}"
     return compute_au_metrics, ""

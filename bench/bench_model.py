@@ -38,16 +38,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python bench/bench_model.py` from anywhere
-    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from bench.reference_mefl import reference_stage2_model  # noqa: E402
-from bench.table import format_table, script_argv  # noqa: E402
-from model import ARCHS, build_model  # noqa: E402
-from provenance import collect  # noqa: E402
+from megraphau.model import ARCHS, build_model  # noqa: E402
+from megraphau.model.mefl_reference import reference_stage2_model  # noqa: E402
+from megraphau.provenance import collect  # noqa: E402
+from megraphau.tables import format_table, script_argv  # noqa: E402
 
 EDGE_LOSS_WEIGHT = 0.05  # lam of the published BP4D command; the value does not change the cost
 REFERENCE = "reference"

@@ -28,14 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python bench/bench_onnx.py` from anywhere
-    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.table import format_table  # noqa: E402
-from model import ARCHS, build_model  # noqa: E402
-from model.onnx_export import OnnxAUModel, export_onnx  # noqa: E402
+from megraphau.model import ARCHS, build_model  # noqa: E402
+from megraphau.model.onnx_export import OnnxAUModel, export_onnx  # noqa: E402
+from megraphau.tables import format_table  # noqa: E402
 
 ENGINES = ("pytorch", "onnxruntime")
 

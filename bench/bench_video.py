@@ -23,8 +23,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as `python bench/bench_video.py` from anywhere
-    sys.path.insert(0, str(ROOT))
 
 PHOTO = ROOT / "tests" / "data" / "astronaut.jpg"
 
@@ -71,7 +69,7 @@ def save_random_checkpoint(path: Path, arc: str, stage: int, num_classes: int = 
     """A random-weight model saved the release's way ({'state_dict': {'module.' + key: tensor}})."""
     import torch
 
-    from model import build_model
+    from megraphau.model import build_model
 
     torch.manual_seed(0)
     model = build_model(stage, arc, num_classes, neighbor_num=4, pretrained=False)

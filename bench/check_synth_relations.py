@@ -24,13 +24,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import relations  # noqa: E402
+from megraphau.analysis import relations  # noqa: E402
 
 
 class CheckError(ValueError):
@@ -59,7 +57,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def load_stage2_model(path: str, config: dict) -> torch.nn.Module:
     """The stage-2 ME-GraphAU model of a checkpoint (model.load_model: the file decides the
     backbone and graph settings, loaded strictly); CheckError for any other model."""
-    from model import load_model
+    from megraphau.model import load_model
 
     loaded = load_model(path, num_classes=config["num_classes"], neighbor_num=config["neighbor_num"])
     facts = loaded.facts
@@ -72,7 +70,7 @@ def load_stage2_model(path: str, config: dict) -> torch.nn.Module:
 def load_test_split(config: dict, fold: int, crop_size: int, dataset_path: Optional[str] = None):
     """The test split of a fold, as test.py builds it (engine.build_datasets: the SYNTH set is
     generated first when its lists are missing)."""
-    import engine
+    from megraphau.engine import core as engine
 
     run = argparse.Namespace(dataset_config=config, dataset_path=str(dataset_path or config["dataset_path"]),
                              fold=fold, crop_size=crop_size)
@@ -83,7 +81,7 @@ def run_model(model: torch.nn.Module, loader, device: str) -> tuple[np.ndarray, 
     """(probs (M, N), labels (M, N), mean pair probabilities over the known pairs) of a loader
     over an AUDataset or a Subset of one, predicted as test.py does (engine.predict with a
     relations.PairProbabilityMeter)."""
-    import engine
+    from megraphau.engine import core as engine
 
     dataset = loader.dataset
     base, rows = (dataset.dataset, list(dataset.indices)) if hasattr(dataset, "indices") else (dataset, None)
@@ -170,8 +168,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from torch.utils.data import DataLoader, Subset
 
-    from dataset import DatasetError, load_dataset_config
-    from model import CheckpointMismatchError
+    from megraphau.data.dataset import DatasetError, load_dataset_config
+    from megraphau.model import CheckpointMismatchError
 
     try:
         config = load_dataset_config(args.dataset)
@@ -190,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = compare(config["au_names"], labels, probs, model_pairs, args.threshold, args.permutations)
     print(report(result))
     if args.figure is not None:
-        import plots
+        from megraphau.analysis import plots
 
         paths = plots.plot_cooccurrence(config["au_names"], {
             "ground truth": result["truth_both"], "model (mean p_both of the edges)": result["model_p_both"],

@@ -114,7 +114,7 @@ def test_release_style_metrics_counts():
 
 
 def test_bench_json_records_provenance(tmp_path):
-    import provenance
+    from megraphau import provenance
 
     out_json = tmp_path / "metrics.json"
     argv = ["--frames", "50", "--aus", "2", "--repeats", "1", "--json", str(out_json)]

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from faces import CROP_PRESETS, FaceDetector
+from megraphau.inference.faces import CROP_PRESETS, FaceDetector
 from tool.crop_faces import (
     NO_FACE_FILE,
     CropError,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from dataset import (
+from megraphau.data.dataset import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     AUDataset,
@@ -18,8 +18,8 @@ from dataset import (
     read_image,
     relations_from_labels,
 )
-from lists import relations_from_labels as compute_relations
-from lists import write_fold_lists
+from megraphau.data.lists import relations_from_labels as compute_relations
+from megraphau.data.lists import write_fold_lists
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,8 +148,8 @@ def test_items_deterministic_under_seed(tiny):
 def test_synthetic_set_is_generated_by_the_engine_not_the_dataset(tmp_path, monkeypatch):
     """AUDataset only reads; engine.build_datasets generates a synthetic set whose lists are
     missing (once), as the training and test scripts ask for it."""
-    import engine
-    import synth
+    from megraphau.engine import core as engine
+    from megraphau.synth import core as synth
 
     calls = []
 
@@ -382,7 +382,7 @@ def test_dataloader_workers_reproducible(tiny):
 
 def test_synth_set_end_to_end(tmp_path):
     """The generated SYNTH set (synth.py, tiny here) loads with the SYNTH config."""
-    import synth
+    from megraphau.synth import core as synth
 
     synth.generate_synthetic_dataset(tmp_path, subjects_per_part=1, tasks=1, frames=4, size=64)
     ds = AUDataset("SYNTH", fold=1, split="train", stage=2, crop_size=56, dataset_path=tmp_path)

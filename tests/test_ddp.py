@@ -11,9 +11,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-import engine
-import metrics
-import utils
+from megraphau import (
+    paths,  # noqa: I001
+    utils,
+)
+from megraphau.engine import core as engine
+from megraphau.engine import metrics
 
 NUM_ITEMS = 7  # odd: with 2 ranks the sampler repeats one item to pad
 
@@ -32,7 +35,7 @@ class TinyImages(Dataset):
 
 
 def _model():
-    from model import build_model
+    from megraphau.model import build_model
 
     torch.manual_seed(0)
     model = build_model(1, "resnet18", num_classes=4, neighbor_num=2, pretrained=False)
@@ -42,7 +45,7 @@ def _model():
 
 
 def _stage2_model():
-    from model import build_model
+    from megraphau.model import build_model
 
     torch.manual_seed(0)
     model = build_model(2, "resnet18", num_classes=4, neighbor_num=2, pretrained=False)
@@ -80,7 +83,7 @@ def _worker(rank: int, world_size: int, port: int, out_path: str):
         utils.broadcast_buffers(model)
         probs = engine.predict(model, loader, torch.device("cpu"))
         # test.py's stage-2 path: the pair meter (labels with unknowns), summed over the ranks
-        import relations
+        from megraphau.analysis import relations
 
         ds2 = TinyImagesWithUnknowns()
         sampler2 = DistributedSampler(ds2, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
@@ -122,7 +125,7 @@ def test_distributed_predictions_and_f1_equal_single_process(distributed):
 def test_distributed_pair_probabilities_equal_single_process(distributed):
     """test.py's stage-2 co-occurrence under DDP: the pair meter sees every item once (the
     sampler's padding repeat is left out) and holds the sums of both ranks."""
-    import relations
+    from megraphau.analysis import relations
 
     dist_meter = distributed
     ds = TinyImagesWithUnknowns()
@@ -145,8 +148,8 @@ def test_torchrun_training_two_processes_matches_single_process_test(tmp_path):
     import subprocess
     import sys
 
-    import conf
-    import synth as synth_faces
+    from megraphau import conf
+    from megraphau.synth import core as synth_faces
 
     root = synth_faces.generate_synthetic_dataset(tmp_path / "synth", subjects_per_part=1, tasks=2, frames=4,
                                                   seed=0, size=64)
@@ -154,7 +157,7 @@ def test_torchrun_training_two_processes_matches_single_process_test(tmp_path):
               "--crop-size", "48", "-b", "4", "-j", "0", "--no-progress", "--arc", "resnet18"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(conf.REPO_ROOT / "train_stage1.py"), *common, "--pretrained", "none", "-e", "2",
+           str(_free_port()), str(paths.REPO_ROOT / "train_stage1.py"), *common, "--pretrained", "none", "-e", "2",
            "--save-every", "0", "--exp-name", "ddp", "--grad-checkpointing", "2"]  # DDP with recomputation
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -13,10 +13,10 @@ import torch
 import yaml
 
 import demo
-import synth  # noqa: E402
-from faces import FaceDetector  # noqa: E402
-from inference import InferenceError
-from model import CheckpointMismatchError, build_model
+from megraphau.inference.detector import InferenceError
+from megraphau.inference.faces import FaceDetector  # noqa: E402
+from megraphau.model import CheckpointMismatchError, build_model
+from megraphau.synth import core as synth  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def test_folder_end_to_end(data, tmp_path, capsys):
                     "--draw_text", "--batch-size", "3"]))
     assert rc == 0
     assert "1 errors" in capsys.readouterr().out
-    names = yaml.safe_load((REPO / "config" / "OpenGraphAU.yaml").read_text())["au_names"]
+    names = yaml.safe_load((REPO / "megraphau" / "configs" / "OpenGraphAU.yaml").read_text())["au_names"]
     rows = read_csv(out / "predictions.csv")
     header = list(rows[0])
     assert header[:8] == ["file", "frame", "face", "x", "y", "w", "h", "no_face"]
@@ -225,7 +225,7 @@ def test_real_face_crops_follow_the_checkpoints_preset(data, tmp_path):
     the crop geometry of the data it was trained on (12 AUs BP4D, 8 DISFA, 41 OpenGraphAU), or
     --preset; --save-crops writes each face's crop, named after its CSV row, and MTCNN finds
     the landmarks of the OpenGraphAU crop where the authors' OpenGraphAU input has them."""
-    import faces
+    from megraphau.inference import faces
 
     photo = cv2.imread(str(REPO / "tests" / "data" / "astronaut.jpg"))
     frame = np.full((480, 640, 3), 110, np.uint8)

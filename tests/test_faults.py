@@ -22,17 +22,16 @@ import numpy as np
 import pytest
 import torch
 
-import conf
 import demo
-import engine
-import run_folder
-import synth
 import test as test_mod
 import train_stage1
 import train_stage2
-import utils
-from dataset import AUDataset, load_dataset_config
-from model import build_model, load_model
+from megraphau import conf, utils
+from megraphau.data.dataset import AUDataset, load_dataset_config
+from megraphau.engine import core as engine
+from megraphau.engine import run_folder
+from megraphau.model import build_model, load_model
+from megraphau.synth import core as synth
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
@@ -217,7 +216,7 @@ def test_stage_must_agree_with_the_checkpoint(tiny_synth, stage1_release_file, t
 def test_yaml_with_an_unknown_tag_is_refused_and_never_runs(tmp_path, capsys):
     marker = tmp_path / "yaml_payload_ran"
     config = tmp_path / "evil.yaml"
-    config.write_text((REPO / "config" / "SYNTH.yaml").read_text()
+    config.write_text((REPO / "megraphau" / "configs" / "SYNTH.yaml").read_text()
                       + f"\nextra: !!python/object/apply:os.system ['touch {marker}']\n")
     assert stage1_cli(["--dataset", str(config), "--output-dir", str(tmp_path)]) == 2
     line = one_error_line(capsys)

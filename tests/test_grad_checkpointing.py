@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import build_model
+from megraphau.model import build_model
 
 
 def saved_bytes(model, images) -> tuple[torch.Tensor, int]:

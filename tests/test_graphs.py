@@ -20,15 +20,14 @@ import numpy as np
 import pytest
 import torch
 
-import conf
 import demo
-import engine
-import plots
-import relations
-import synth
 import test as test_mod
-from dataset import load_dataset_config
-from model import build_model
+from megraphau import conf
+from megraphau.analysis import plots, relations
+from megraphau.data.dataset import load_dataset_config
+from megraphau.engine import core as engine
+from megraphau.model import build_model
+from megraphau.synth import core as synth
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,7 +85,7 @@ def _test_argv(root, out, *extra):
 def direct_outputs(ckpt, root, fold=1):
     """The test fold's images, labels, probabilities and edge logits, computed here directly
     (the checkpoint's model on the whole fold in one batch)."""
-    from model import load_model
+    from megraphau.model import load_model
 
     args = conf.parse_args(test_mod.get_args_parser(), _test_argv(root, "unused", "--fold", str(fold)), "test")
     ds = engine.build_datasets(args, stage=1, splits=("test",), fold=fold)["test"]

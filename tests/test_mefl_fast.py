@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from bench.reference_mefl import ReferenceGEM, reference_stage2_model
-from model import build_model
-from model.mefl import GEM
+from megraphau.model import build_model
+from megraphau.model.mefl import GEM
+from megraphau.model.mefl_reference import ReferenceGEM, reference_stage2_model
 
 B, D, C = 3, 49, 32
 

@@ -8,8 +8,15 @@ import timm
 import torch
 import torchvision
 
-from model import ARCHS, CheckpointMismatchError, MissingWeightsError, build_model, infer_config, load_checkpoint
-from model.anfl import knn_adjacency, normalize_adjacency
+from megraphau.model import (
+    ARCHS,
+    CheckpointMismatchError,
+    MissingWeightsError,
+    build_model,
+    infer_config,
+    load_checkpoint,
+)
+from megraphau.model.anfl import knn_adjacency, normalize_adjacency
 from reference_lists import REFERENCE, reference_entries  # noqa: E402  (tests/ is on sys.path)
 
 

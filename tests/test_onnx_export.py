@@ -21,9 +21,9 @@ pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
-from dataset import IMAGENET_MEAN, IMAGENET_STD, load_dataset_config  # noqa: E402
-from model import build_model, load_model, model_config_dict  # noqa: E402
-from model.onnx_export import (  # noqa: E402
+from megraphau.data.dataset import IMAGENET_MEAN, IMAGENET_STD, load_dataset_config  # noqa: E402
+from megraphau.model import build_model, load_model, model_config_dict  # noqa: E402
+from megraphau.model.onnx_export import (  # noqa: E402
     METADATA_KEY,
     OnnxAUModel,
     OnnxModelError,
@@ -32,8 +32,8 @@ from model.onnx_export import (  # noqa: E402
     is_onnx_file,
     sha256_file,
 )
-from model.opengraphau import AU_DESCRIPTIONS as OG_DESCRIPTIONS  # noqa: E402
-from model.opengraphau import AU_NAMES as OG_NAMES
+from megraphau.model.opengraphau import AU_DESCRIPTIONS as OG_DESCRIPTIONS  # noqa: E402
+from megraphau.model.opengraphau import AU_NAMES as OG_NAMES
 from tool import export_onnx as cli  # noqa: E402
 
 BP4D = ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]
@@ -220,7 +220,7 @@ def test_fp64_second_look(case):
     """Beyond the tolerance, ONNX Runtime passes only if about as close to float64 as PyTorch."""
     if case["name"] != "r18-s2-8au":
         pytest.skip("one stage-2 model is enough")
-    from model.onnx_export import _fp64_accepts, verify_onnx
+    from megraphau.model.onnx_export import _fp64_accepts, verify_onnx
     assert _fp64_accepts({"onnxruntime": 1.5e-4, "pytorch": 1e-4}, 1e-4)
     assert not _fp64_accepts({"onnxruntime": 2.5e-4, "pytorch": 1e-4}, 1e-4)
     assert not _fp64_accepts({"onnxruntime": 1e-3, "pytorch": 2e-3}, 1e-4)  # PyTorch itself unstable
@@ -357,7 +357,7 @@ def test_onnx_files_and_bad_input(tmp_path):
 
 def test_importable_without_onnx(monkeypatch, tmp_path):
     """The module imports without onnx/onnxruntime; using them names the package to install."""
-    import model
+    from megraphau import model
     monkeypatch.setattr(model, "onnx_export", model.onnx_export)  # restored afterwards
     for name in ("onnx", "onnxruntime", "onnxscript"):
         monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError

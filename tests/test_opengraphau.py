@@ -7,11 +7,11 @@ import pytest
 import torch
 import yaml
 
-from model import CheckpointMismatchError, build_model, infer_config, load_checkpoint, opengraphau
-from model.mefl import gated_graph_step
+from megraphau.model import CheckpointMismatchError, build_model, infer_config, load_checkpoint, opengraphau
+from megraphau.model.mefl import gated_graph_step
 from reference_lists import reference_entries  # noqa: E402  (tests/ is on sys.path)
 
-CONFIG = Path(__file__).resolve().parents[1] / "config" / "OpenGraphAU.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "megraphau" / "configs" / "OpenGraphAU.yaml"
 
 
 

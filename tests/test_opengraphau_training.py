@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import yaml
 
-import conf
-import synth as synth_faces  # noqa: E402
 import test as test_script
 import train_stage1
 import train_stage2
-from lists import write_fold_lists
+from megraphau import (
+    conf,  # noqa: I001
+)
+from megraphau.data.lists import write_fold_lists
+from megraphau.synth import core as synth_faces  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def ogau_dataset(tmp_path_factory):
         rows[0, :] = 1
         labelled.append(list(zip(paths, rows.tolist())))
     write_fold_lists(list_dir, "OpenGraphAU", labelled)
-    cfg = yaml.safe_load((conf.REPO_ROOT / "config" / "OpenGraphAU.yaml").read_text())
+    cfg = yaml.safe_load((paths.REPO_ROOT / "megraphau" / "configs" / "OpenGraphAU.yaml").read_text())
     cfg["dataset_path"] = str(root)
     config = root / "OpenGraphAU_tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))

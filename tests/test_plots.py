@@ -6,9 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-import plots
-import relations
-from dataset import load_dataset_config
+from megraphau.analysis import plots, relations
+from megraphau.data.dataset import load_dataset_config
 
 BP4D = load_dataset_config("BP4D")
 OPENGRAPHAU_MAIN = load_dataset_config("OpenGraphAU")["au_names"][:27]

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lists import DatasetError, compute_class_weights, write_fold_lists
-from lists import relations_from_labels as compute_relations
+from megraphau.data.lists import DatasetError, compute_class_weights, write_fold_lists
+from megraphau.data.lists import relations_from_labels as compute_relations
 from tool.prepare_lists import (
     BP4D_AUS,
     BP4D_PARTS,

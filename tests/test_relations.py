@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
-import relations
+from megraphau.analysis import relations
 
 # 7 frames x 4 AUs, -1 = unknown. AU3 is known only where AU0 is unknown: the pair (0, 3) has no
 # frame with both known, so its rates are NaN.
@@ -160,7 +160,7 @@ def test_precision_recall_curves_match_sklearn():
         assert c["precision_at_threshold"] == pytest.approx(tp / predicted.sum())
         assert c["recall_at_threshold"] == pytest.approx(tp / (y == 1).sum())
         assert c["n_known"] == known.sum() and c["n_positive"] == (y == 1).sum()
-    from metrics import compute_au_metrics
+    from megraphau.engine.metrics import compute_au_metrics
     f1 = compute_au_metrics(probs, labels, threshold=0.4)["f1"]
     assert np.allclose([c["f1_at_threshold"] for c in curves], f1)
     assert math.isnan(curves[3]["average_precision"]) and math.isnan(curves[3]["recall_at_threshold"])
@@ -208,8 +208,8 @@ def test_pair_probabilities_of_a_stage2_model():
     """Edge logits of a (random) stage-2 ResNet-18: shapes, the four matrices sum to 1, entry
     [i, j] is the softmax of edge i*N + j, and -log of the matrix of class 2*a_i + a_j at [i, j]
     is the stage-2 edge loss's cross-entropy."""
-    from dataset import relations_from_labels
-    from model import build_model
+    from megraphau.data.dataset import relations_from_labels
+    from megraphau.model import build_model
 
     n = 12
     model = build_model(2, "resnet18", n, 4, "dots", pretrained=False).eval()
@@ -238,9 +238,9 @@ def test_pair_probabilities_of_a_stage2_model():
 def test_check_synth_relations_runs_on_an_untrained_model(tmp_path, capsys, monkeypatch):
     """The bench script end to end on a tiny SYNTH set and a random stage-2 model (no quality check);
     the set is generated when missing, as the training scripts do (engine.prepare_data)."""
-    import synth as synth_faces
     from bench import check_synth_relations
-    from model import build_model
+    from megraphau.model import build_model
+    from megraphau.synth import core as synth_faces
 
     root = tmp_path / "synth"
     generated = []

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import synth
-from synth import (
+from megraphau.synth import core as synth
+from megraphau.synth.core import (
     AU_REGIONS,
     MARKER_NAME,
     SYNTH_AUS,

@@ -15,15 +15,18 @@ import pytest
 import torch
 import yaml
 
-import conf
-import engine
-import losses
-import provenance
-import synth as synth_faces
 import test as test_mod
 import train_stage1
 import train_stage2
-import utils
+from megraphau import (
+    conf,
+    paths,  # noqa: I001
+    provenance,
+    utils,
+)
+from megraphau.engine import core as engine
+from megraphau.engine import losses
+from megraphau.synth import core as synth_faces
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +204,7 @@ def test_evaluate_flag_and_fold_warning(tiny_synth, tmp_path):
     res1 = _train(_argv(tiny_synth, tmp_path / "ev", "--evaluate", "--resume", str(run / "best.pth")))
     assert res1["fold"] == 1 and res1["num_images"] == 8
     # a --arc that disagrees with the file is refused by the strict loader
-    from model import CheckpointMismatchError
+    from megraphau.model import CheckpointMismatchError
 
     with pytest.raises(CheckpointMismatchError, match="arc"):
         test_mod.main(conf.parse_args(test_mod.get_args_parser(), argv[:-2] + ["--arc", "resnet50"], "test"))
@@ -213,7 +216,7 @@ def check_provenance(prov, dataset_root, checkpoint):
     import hashlib
     import subprocess
 
-    head = subprocess.run(["git", "-C", str(conf.REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(["git", "-C", str(paths.REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:
         assert prov["git"]["commit"] == head.stdout.strip()
     assert prov["version"] == provenance.__version__ and prov["packages"]["torch"].startswith(torch.__version__[:3])

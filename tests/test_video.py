@@ -22,7 +22,7 @@ pytest.importorskip("onnxscript")
 
 import demo  # noqa: E402
 from bench.bench_video import write_face_video  # noqa: E402
-from model import CheckpointMismatchError, build_model  # noqa: E402
+from megraphau.model import CheckpointMismatchError, build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BP4D = ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]

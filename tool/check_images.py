@@ -21,10 +21,7 @@ import multiprocessing
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lists import DatasetError, read_lines  # noqa: E402
+from megraphau.data.lists import DatasetError, read_lines  # noqa: E402
 
 
 def list_files(list_dir: Path, name: str | None) -> list[Path]:
@@ -49,7 +46,7 @@ def _init_worker() -> None:
 
 def check_one(job: tuple[str, str]) -> tuple[str, str]:
     """(relative path, '' or why the image cannot be used)."""
-    from dataset import decode_image_file
+    from megraphau.data.dataset import decode_image_file
 
     root, rel = job
     return rel, decode_image_file(Path(root) / rel)[1]
@@ -87,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="check_images.py", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    import provenance  # the repository is on sys.path by now
+    from megraphau import provenance
 
     provenance.add_version_flag(parser)
     parser.add_argument("--dataset", default=None,
@@ -109,7 +106,7 @@ def resolve_folders(args) -> tuple[Path, Path, str | None]:
         return list_dir, Path(args.img_dir) if args.img_dir else list_dir.parent / "img", None
     if not args.dataset:
         raise DatasetError("give --dataset (BP4D, DISFA, SYNTH or a .yaml) or --list-dir")
-    from dataset import load_dataset_config
+    from megraphau.data.dataset import load_dataset_config
 
     cfg = load_dataset_config(args.dataset)
     root = Path(args.dataset_path or cfg["dataset_path"])

@@ -39,10 +39,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from faces import CROP_PRESETS, FaceDetector, FaceTracker, align_crop, centre_crop  # noqa: E402
+from megraphau.inference.faces import CROP_PRESETS, FaceDetector, FaceTracker, align_crop, centre_crop  # noqa: E402
 
 __all__ = ["CropError", "CropSummary", "crop_image", "crop_image_tree", "crop_videos",
            "find_disfa_videos", "preview_presets", "main", "IMAGE_EXTENSIONS",
@@ -365,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   python tool/crop_faces.py --input photos/ --output crops/ --preset OpenGraphAU
   python tool/crop_faces.py --input tests/data/astronaut.jpg --preview-presets presets.jpg
 """)
-    import provenance  # the repository is on sys.path by now
+    from megraphau import provenance
 
     provenance.add_version_flag(parser)
     parser.add_argument("--dataset", choices=["BP4D", "DISFA", "folder"],

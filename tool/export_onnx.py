@@ -22,9 +22,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 EPILOG = """examples:
   # a project checkpoint (it names its AUs and crop)
   python tool/export_onnx.py --resume runs/bp4d_s2/MEFARG_resnet50_fold1.pth --output me_graphau.onnx
@@ -36,7 +33,7 @@ EPILOG = """examples:
   python tool/export_onnx.py --resume ckpt.pth --output small.onnx --crop-size 160 --opset 20
 
 then, in Python:
-  from model.onnx_export import OnnxAUModel
+  from megraphau.model.onnx_export import OnnxAUModel
   model = OnnxAUModel("me_graphau.onnx", threads=2)
   probs, edge_logits = model(images)   # stage-2 ME-GraphAU; stage 1 / OpenGraphAU: probs only
   model.facts["au_names"], model.crop_size
@@ -50,7 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Export a ME-GraphAU / OpenGraphAU checkpoint to a verified ONNX file with its "
                     "facts (AU names, crop, stage, backbone, source) in the metadata.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    import provenance  # the repository is on sys.path by now
+    from megraphau import provenance
 
     provenance.add_version_flag(parser)
     parser.add_argument("--resume", required=True, metavar="CKPT", help="the checkpoint (.pth) to export")
@@ -74,11 +71,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def run_export(args) -> tuple[dict, dict, list[str]]:
     """(export_onnx's report, the exported facts, notes for the summary)."""
-    import provenance
-    from faces import preset_for
-    from inference import KNOWN_AU_SETS, load_au_config, neighbor_num_for, resolve_au_set
-    from model import load_model
-    from model.onnx_export import export_onnx
+    from megraphau import provenance
+    from megraphau.inference.detector import KNOWN_AU_SETS, load_au_config, neighbor_num_for, resolve_au_set
+    from megraphau.inference.faces import preset_for
+    from megraphau.model import load_model
+    from megraphau.model.onnx_export import export_onnx
 
     path = Path(args.resume)
     # a stage-1 release file's graph K: --dataset's, else that of its AU count (as AUDetector does)
@@ -133,8 +130,8 @@ def _one_line(err: BaseException) -> str:
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
     if not isinstance(args, argparse.Namespace):
         args = get_args_parser().parse_args(args)
-    from inference import InferenceError
-    from model.onnx_export import MissingDependencyError, OnnxVerificationError
+    from megraphau.inference.detector import InferenceError
+    from megraphau.model.onnx_export import MissingDependencyError, OnnxVerificationError
 
     try:
         report, facts, notes = run_export(args)

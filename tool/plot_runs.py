@@ -22,12 +22,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-import plots  # noqa: E402
+from megraphau.analysis import plots  # noqa: E402
 
 
 class RunFolderError(ValueError):
@@ -172,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
   python tool/plot_runs.py results/synth_stage1/bs_16_seed_0_lr_0.001 results/synth_stage2/bs_16_seed_0_lr_0.0003
   python tool/plot_runs.py runs/r50 runs/swin_b --labels ResNet-50 Swin-B --output backbones.png
 """)
-    import provenance  # the repository is on sys.path by now
+    from megraphau import provenance
 
     provenance.add_version_flag(parser)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders holding metrics.csv (and results.json)")

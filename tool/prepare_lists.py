@@ -39,10 +39,7 @@ from typing import Sequence
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lists import FOLD_PARTS, DatasetError, write_fold_lists  # noqa: E402
+from megraphau.data.lists import FOLD_PARTS, DatasetError, write_fold_lists  # noqa: E402
 
 BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 DISFA_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
@@ -271,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1].rsplit("\n\nThe list format", 1)[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    import provenance  # the repository is on sys.path by now
+    from megraphau import provenance
 
     provenance.add_version_flag(parser)
     parser.add_argument("--dataset", required=True, choices=("BP4D", "DISFA"))

@@ -15,14 +15,17 @@ from typing import Optional, Sequence
 
 import cv2
 
-if __package__ in (None, ""):  # run as a script: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from synth import DEFAULT_ROOT, MARKER_NAME, ensure_synthetic_dataset, generate_synthetic_dataset, preview_grid  # noqa: E402
+from megraphau.synth.core import (  # noqa: E402
+    DEFAULT_ROOT,
+    MARKER_NAME,
+    ensure_synthetic_dataset,
+    generate_synthetic_dataset,
+    preview_grid,
+)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from conf import HelpFormatter  # flags with their defaults, examples kept as written
+    from megraphau.conf import HelpFormatter  # flags with their defaults, examples kept as written
 
     parser = argparse.ArgumentParser(
         prog="synth_faces.py", description="Generate the SYNTH facial action unit data set (procedural faces, "
@@ -30,7 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         formatter_class=HelpFormatter, epilog="""examples:
   python tool/synth_faces.py --output data/SYNTH --seed 0      # 12 subjects x 2 tasks x 30 frames
   python tool/synth_faces.py --preview synth_preview.png       # a labelled grid of faces""")
-    import provenance  # the repository is on sys.path by now
+    from megraphau import provenance
 
     provenance.add_version_flag(parser)
     parser.add_argument("--output", default=str(DEFAULT_ROOT), help="data set root (default data/SYNTH)")

@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from relations import as_numpy, symmetrise
+from megraphau.analysis.relations import as_numpy, symmetrise
 
 __all__ = ["draw_au_graph", "format_f1_comparison", "paper_f1_series", "plot_cooccurrence", "plot_curves",
            "plot_f1_bars", "plot_pr_curves"]

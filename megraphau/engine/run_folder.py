@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from utils import UserError
+from megraphau.utils import UserError
 
 LOCK_NAME = ".run.lock"
 #: results of a training run (README, "What a run writes"): how an earlier run is recognised

@@ -1,7 +1,7 @@
 """The Python API for AU detection on images and video frames with a ME-GraphAU / OpenGraphAU
 checkpoint (Luo et al., IJCAI-ECAI 2022):
 
-    from inference import AUDetector
+    from megraphau.inference.detector import AUDetector
     detector = AUDetector("MEFARG_resnet50_BP4D_fold1.pth")      # or this project's best.pth
     faces = detector.predict_image(image_bgr)                    # all faces, largest first
     faces[0].probs, faces[0].labels, detector.au_names
@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import torch
 
-from dataset import IMAGENET_MEAN, IMAGENET_STD, build_transform, load_dataset_config, resize_for_crop
+from megraphau.data.dataset import IMAGENET_MEAN, IMAGENET_STD, build_transform, load_dataset_config, resize_for_crop
 
 #: The AU set a checkpoint's output count stands for when the file does not name its AUs.
 KNOWN_AU_SETS = {12: "BP4D", 8: "DISFA", 41: "OpenGraphAU"}
@@ -62,7 +62,7 @@ class FaceResult:
         i and column j in the AU list's order; None without edge logits (stage 1, OpenGraphAU)."""
         if self.edge_logits is None:
             return None
-        from relations import pair_probabilities
+        from megraphau.analysis.relations import pair_probabilities
 
         return pair_probabilities(self.edge_logits)
 
@@ -171,9 +171,9 @@ class AUDetector:
                  max_faces: Optional[int] = None, batch_size: int = 16, metric: Optional[str] = None,
                  preset: Optional[str] = None, redetect_every: int = 10, threads: Optional[int] = None,
                  detect_threads: Optional[int] = 1, detect_size: Optional[int] = 640, bf16: bool = False):
-        import faces
-        from model import build_model, load_model
-        from model.onnx_export import is_onnx_file
+        from megraphau.inference import faces
+        from megraphau.model import build_model, load_model
+        from megraphau.model.onnx_export import is_onnx_file
 
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -224,8 +224,8 @@ class AUDetector:
 
     def _load_onnx(self, path: Path, arc, stage, metric) -> tuple:
         """(OnnxAUModel, facts) of an exported file; arguments that contradict its metadata are errors."""
-        from model.checkpoint import agree_with_file
-        from model.onnx_export import OnnxAUModel, OnnxModelError
+        from megraphau.model.checkpoint import agree_with_file
+        from megraphau.model.onnx_export import OnnxAUModel, OnnxModelError
 
         if self.device.type == "cuda":
             import onnxruntime
@@ -278,7 +278,7 @@ class AUDetector:
         detection (faces [None]) the whole image."""
         if self.face_detector is None:
             return [image_bgr for _ in found]
-        from faces import align_crop
+        from megraphau.inference.faces import align_crop
 
         return [align_crop(image_bgr, f, preset=self.crop_preset, size=256) for f in found]
 

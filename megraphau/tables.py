@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from megraphau.paths import REPO_ROOT as ROOT  # noqa: E402
 
 
 def format_table(header: list[str], rows: list[list[str]], markdown: bool) -> str:

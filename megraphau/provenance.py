@@ -25,7 +25,7 @@ from pathlib import Path
 
 __version__ = "0.2.0"
 PROJECT = "ME-GraphAU"
-REPO_ROOT = Path(__file__).resolve().parent
+from megraphau.paths import REPO_ROOT  # noqa: E402
 
 # Label -> (import name, distribution names to try in order). The import name is used only for
 # a module that is already imported (its __version__ wins over metadata: it is what runs).

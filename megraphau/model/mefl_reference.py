@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from model.mefl import GEM, CrossAttn
+from megraphau.model.mefl import GEM, CrossAttn
 
 
 def reference_cross_attn(block: CrossAttn, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

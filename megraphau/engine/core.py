@@ -43,13 +43,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-import conf
-import provenance
-import run_folder
-import utils
-from losses import WeightedAsymmetricLoss, edge_loss
-from metrics import average_folds, compute_au_metrics, format_au_table
-from utils import log
+from megraphau import conf, provenance, utils
+from megraphau.engine import run_folder
+from megraphau.engine.losses import WeightedAsymmetricLoss, edge_loss
+from megraphau.engine.metrics import average_folds, compute_au_metrics, format_au_table
+from megraphau.utils import log
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,7 +83,7 @@ def setup_logging(folder: Path | None, filename: str) -> None:
 
 def check_amp(args) -> None:
     if args.amp != "none" and args.device.type != "cuda":
-        warnings.warn(f"--amp {args.amp} applies to CUDA only; running in float32 on {args.device}")
+        warnings.warn(f"--amp {args.amp} applies to CUDA only; running in float32 on {args.device}", stacklevel=2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +92,7 @@ def check_amp(args) -> None:
 def prepare_data(args, folds) -> None:
     """Generate the synthetic set when the run names it and its lists are missing (rank 0 does,
     the others wait). Real data sets are prepared by the tools (data/README.md)."""
-    from lists import list_file
+    from megraphau.data.lists import list_file
 
     cfg = args.dataset_config
     if not cfg.get("synthetic"):
@@ -104,7 +102,7 @@ def prepare_data(args, folds) -> None:
 
     def generate_on_main():
         if utils.is_main_process() and not all(p.is_file() for p in needed):
-            from synth import ensure_synthetic_dataset
+            from megraphau.synth.core import ensure_synthetic_dataset
 
             log.info("generating the synthetic data set %s in %s (once)", cfg["name"], args.dataset_path)
             ensure_synthetic_dataset(args.dataset_path)
@@ -114,7 +112,7 @@ def prepare_data(args, folds) -> None:
 
 def list_files_of_run(args, splits=("train", "test"), folds=None, stage: int = 1) -> dict:
     """{label: path} of the list files a run of `args` reads (for the provenance record)."""
-    from lists import list_file
+    from megraphau.data.lists import list_file
 
     name, list_dir = args.dataset_config["name"], Path(args.dataset_path) / "list"
     folds = [args.fold] if folds is None else folds
@@ -132,7 +130,7 @@ def list_files_of_run(args, splits=("train", "test"), folds=None, stage: int = 1
 
 def build_datasets(args, stage: int, splits=("train", "test"), fold=None) -> dict:
     """AUDataset objects of the fold (the test split always stage 1: images and labels)."""
-    from dataset import AUDataset
+    from megraphau.data.dataset import AUDataset
 
     fold = args.fold if fold is None else fold
     prepare_data(args, [fold])
@@ -177,10 +175,10 @@ def warn_if_other_fold(path, saved_fold, fold: int, testing: bool) -> None:
         return
     if testing:
         warnings.warn(f"{path} was trained on fold {saved_fold} but is tested on fold {fold}: the "
-                      f"test subjects of fold {fold} were training data for it, so the numbers are wrong")
+                      f"test subjects of fold {fold} were training data for it, so the numbers are wrong", stacklevel=2)
     else:
         warnings.warn(f"{path} was trained on fold {saved_fold} but this run trains fold {fold}: its "
-                      f"test subjects were training data there")
+                      f"test subjects were training data there", stacklevel=2)
 
 
 def pretrained_arg(args):
@@ -194,7 +192,7 @@ def pretrained_arg(args):
 
 def dataset_reference(args) -> str:
     """How a checkpoint names its dataset config: a built-in name, or the .yaml's absolute path."""
-    from dataset import CONFIG_DIR
+    from megraphau.data.dataset import CONFIG_DIR
 
     path = Path(args.dataset_config["config_path"]).resolve()
     return path.stem if path.parent == CONFIG_DIR.resolve() else str(path)
@@ -204,7 +202,7 @@ def run_facts(args, model) -> dict:
     """The facts every checkpoint of a run carries (model.checkpoint_facts reads them back):
     the model's configuration, the dataset, its AU names and descriptions, crop preset and
     size, and the fold."""
-    from model import model_config_dict
+    from megraphau.model import model_config_dict
 
     cfg = args.dataset_config
     return {**model_config_dict(model), "dataset": args.dataset_name, "dataset_config": dataset_reference(args),
@@ -215,7 +213,7 @@ def run_facts(args, model) -> dict:
 def build_training_model(args, stage: int):
     """The model a training run starts from: ImageNet backbone, or --resume (a stage-1 file
     initialises stage 2: shared keys load, the graph head starts fresh)."""
-    from model import build_model, load_model
+    from megraphau.model import build_model, load_model
 
     variant = args.dataset_config.get("variant", "megraphau")  # OpenGraphAU: 41 AUs
     if args.resume and not args.resume_training:
@@ -226,7 +224,7 @@ def build_training_model(args, stage: int):
         log.info("initialised from %s", args.resume)
         return loaded.model
     if stage == 2 and not args.resume_training:
-        warnings.warn("stage 2 without --resume: the paper starts stage 2 from a stage-1 checkpoint")
+        warnings.warn("stage 2 without --resume: the paper starts stage 2 from a stage-1 checkpoint", stacklevel=2)
     return build_model(stage, args.arc, args.num_classes, args.neighbor_num, args.metric,
                        pretrained=pretrained_arg(args), variant=variant)
 
@@ -266,7 +264,7 @@ class TrainState:
 
 def resume_training_state(args, model, optimizer, scaler) -> TrainState:
     """Model, optimizer, scaler and RNG from args.resume_training (a last.pth)."""
-    from model import load_checkpoint, read_checkpoint
+    from megraphau.model import load_checkpoint, read_checkpoint
 
     _, ckpt = read_checkpoint(args.resume_training)
     missing = [k for k in ("epoch", "step", "state_dict", "optimizer") if k not in ckpt]
@@ -289,7 +287,7 @@ def resume_training_state(args, model, optimizer, scaler) -> TrainState:
     for key in ("epochs", "batch_size", "learning_rate", "fold", "dataset_name", "world_size"):
         if key in saved and saved[key] != getattr(args, key):
             warnings.warn(f"--resume-training: {key} was {saved[key]!r}, now {getattr(args, key)!r}; "
-                          f"the continued run will differ from an uninterrupted one")
+                          f"the continued run will differ from an uninterrupted one", stacklevel=2)
     log.info("resumed %s after epoch %d (global step %d)", args.resume_training, state.epoch, state.step)
     return state
 
@@ -421,7 +419,7 @@ def save_epoch_checkpoints(args, model, optimizer, scaler, state: TrainState, fa
     name cur_model_fold{k}.pth (a hard link), best.pth when `improved` and
     epoch{E}_model_fold{k}.pth every --save-every epochs (model files: no optimizer state),
     metrics.csv and curves.png. Every file is written atomically."""
-    from plots import plot_curves
+    from megraphau.analysis.plots import plot_curves
 
     weights = model_file(model, state, facts, args)
     training = {**weights, "step": state.step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -720,7 +718,7 @@ PERMUTATIONS = 2000
 
 def agreement(pred: np.ndarray, truth: np.ndarray, permutations: int = PERMUTATIONS) -> dict:
     """Pearson r of two (N, N) matrices' off-diagonal entries and its permutation p-value."""
-    from relations import correlation_with, permutation_p_value
+    from megraphau.analysis.relations import correlation_with, permutation_p_value
 
     def number(v: float):
         return None if not np.isfinite(v) else round(float(v), 6)
@@ -737,8 +735,13 @@ def fold_figures(out_dir: Path, fold: int, au_names: list, probs: np.ndarray, la
     of the predicted AUs and, for stage 2 (pair_meter), the model's mean P(both) from its edge
     logits. Returns {"figures": [file names], "cooccurrence": {comparison: {"r", "p_value"}}}:
     Pearson r over the off-diagonal pairs, permutation p (small: closer than chance)."""
-    import plots
-    from relations import cooccurrence_from_labels, excess_cooccurrence, precision_recall_curves, predicted_cooccurrence
+    from megraphau.analysis import plots
+    from megraphau.analysis.relations import (
+        cooccurrence_from_labels,
+        excess_cooccurrence,
+        precision_recall_curves,
+        predicted_cooccurrence,
+    )
 
     files = []
     curves = precision_recall_curves(probs, labels, threshold)
@@ -777,8 +780,8 @@ def evaluate_checkpoint(args, fold: int, path: str, figures_dir: Path | None = N
     figures_dir: also draw the fold's figures there (fold_figures; rank 0), adding "figures"
     and "cooccurrence" to the result. For a stage-2 ME-GraphAU model the prediction then also
     accumulates the mean pair probabilities of its edge logits (predict's pair_meter)."""
-    from model import load_model
-    from relations import PairProbabilityMeter
+    from megraphau.analysis.relations import PairProbabilityMeter
+    from megraphau.model import load_model
 
     loaded = load_model(path, arc=args.arc, stage=getattr(args, "stage", None), num_classes=args.num_classes,
                         neighbor_num=args.neighbor_num, metric=getattr(args, "metric", None))
@@ -814,7 +817,7 @@ def evaluate_checkpoint(args, fold: int, path: str, figures_dir: Path | None = N
 def f1_figure(out_dir: Path, results: list[dict], dataset_config: dict) -> list[str]:
     """f1_bars.png/.csv: per-AU F1 of each tested fold, their mean (several folds) and, for BP4D
     and DISFA, the paper's numbers (plots.paper_f1_series)."""
-    import plots
+    from megraphau.analysis import plots
 
     first = results[0]
     paper = plots.paper_f1_series(dataset_config) if list(dataset_config.get("au_names") or []) == \
@@ -874,7 +877,7 @@ def test_checkpoints(args, out_dir: Path, folds: list[int]) -> dict:
         raise SystemExit("test.py needs --resume CHECKPOINT (use {fold} in the name with --fold all)")
     if len(folds) > 1 and "{fold}" not in args.resume:
         warnings.warn(f"--fold all with one checkpoint ({args.resume}) tests it on every fold, "
-                      f"including the folds it was trained on; use a name with {{fold}}")
+                      f"including the folds it was trained on; use a name with {{fold}}", stacklevel=2)
     checkpoints = {f"checkpoint_fold{k}": Path(checkpoint_for_fold(args.resume, k)) for k in folds}
     prepare_data(args, folds)  # the synthetic set's lists exist before they are hashed
     prov = provenance.collect(device=args.device, files={**checkpoints, **list_files_of_run(args, ("test",), folds)})

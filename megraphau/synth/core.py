@@ -70,8 +70,9 @@ __all__ = ["SYNTH_AUS", "AU_REGIONS", "FaceParams", "sample_identity", "sample_p
 #: The 12 AUs of the synthetic set, in label order.
 SYNTH_AUS = [1, 2, 4, 5, 6, 7, 9, 12, 15, 17, 25, 26]
 
-REPO_ROOT = Path(__file__).resolve().parent
-DEFAULT_ROOT = REPO_ROOT / "data" / "SYNTH"
+from megraphau.paths import DATA_DIR  # noqa: E402
+
+DEFAULT_ROOT = DATA_DIR / "SYNTH"
 MARKER_NAME = ".synth_complete.json"
 GENERATOR_VERSION = 2  # 2: exact numpy drawing, same pixels on every machine
 
@@ -959,7 +960,7 @@ def generate_synthetic_dataset(root, subjects_per_part: int = 4, tasks: int = 2,
     arguments, on every machine tried (module docstring). A marker file with the parameters is
     written last.
     """
-    from lists import write_fold_lists
+    from megraphau.data.lists import write_fold_lists
 
     if min(subjects_per_part, tasks, frames) < 1:
         raise ValueError(f"generate_synthetic_dataset: subjects_per_part, tasks and frames must be "

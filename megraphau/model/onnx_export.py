@@ -1,7 +1,7 @@
 """ONNX export and ONNX Runtime inference for ME-GraphAU / OpenGraphAU models.
 
-    from model import load_model
-    from model.onnx_export import export_onnx, OnnxAUModel
+    from megraphau.model import load_model
+    from megraphau.model.onnx_export import export_onnx, OnnxAUModel
 
     report = export_onnx(load_model("MEFARG_resnet50_BP4D_fold1.pth"), "me_graphau.onnx")
     onnx_model = OnnxAUModel("me_graphau.onnx", threads=2)

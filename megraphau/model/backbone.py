@@ -24,7 +24,7 @@ from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+from megraphau.paths import CHECKPOINT_DIR  # noqa: E402
 
 
 @dataclass(frozen=True)

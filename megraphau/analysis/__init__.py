@@ -1,0 +1,1 @@
+"""AU relations (co-occurrence, pair probabilities) and the figures drawn from them."""

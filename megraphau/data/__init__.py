@@ -1,0 +1,1 @@
+"""Dataset side: dataset configs (megraphau/configs/*.yaml), list and label files, images and transforms."""

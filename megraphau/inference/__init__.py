@@ -1,0 +1,1 @@
+"""Inference: AUDetector, MTCNN faces and crops, the video pipeline, drawing results."""
