@@ -12,11 +12,11 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from megraphau import (
-    paths,  # noqa: I001
     utils,
 )
 from megraphau.engine import core as engine
 from megraphau.engine import metrics
+from megraphau.paths import REPO_ROOT
 
 NUM_ITEMS = 7  # odd: with 2 ranks the sampler repeats one item to pad
 
@@ -157,7 +157,7 @@ def test_torchrun_training_two_processes_matches_single_process_test(tmp_path):
               "--crop-size", "48", "-b", "4", "-j", "0", "--no-progress", "--arc", "resnet18"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(paths.REPO_ROOT / "train_stage1.py"), *common, "--pretrained", "none", "-e", "2",
+           str(_free_port()), str(REPO_ROOT / "train_stage1.py"), *common, "--pretrained", "none", "-e", "2",
            "--save-every", "0", "--exp-name", "ddp", "--grad-checkpointing", "2"]  # DDP with recomputation
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -165,10 +165,11 @@ def test_stage1_into_stage2_loads_shared_keys(tmp_path, caplog, monkeypatch):
     release_checkpoint(stage1, path)
     stage2 = quiet_build(2, "resnet18", 12)
     before = {k: v.clone() for k, v in stage2.state_dict().items()}
-    # the training scripts route the "model" logger to their own handlers (propagate off);
+    # the training scripts route the "megraphau" loggers to their own handlers (propagate off);
     # make this test independent of which test ran first in the process
-    monkeypatch.setattr(logging.getLogger("model"), "propagate", True)
-    with caplog.at_level(logging.INFO, logger="model.checkpoint"):
+    for name in ("megraphau", "megraphau.model"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    with caplog.at_level(logging.INFO, logger="megraphau.model.checkpoint"):
         info = load_checkpoint(stage2, path)
     s1, s2 = stage1.state_dict(), stage2.state_dict()
     shared = [k for k in s2 if k in s1]
@@ -237,7 +238,7 @@ def test_resnet_imagenet_file_loads_and_errors(tmp_path):
 
 
 def test_missing_default_weights_warn(monkeypatch, tmp_path):
-    import model.backbone as backbone
+    import megraphau.model.backbone as backbone
     monkeypatch.setattr(backbone, "CHECKPOINT_DIR", tmp_path)
     with pytest.warns(UserWarning, match="RANDOM backbone"):
         build_model(1, "resnet18", 12)

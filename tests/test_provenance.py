@@ -17,7 +17,7 @@ import yaml
 
 from megraphau import provenance
 
-REPO = Path(provenance.__file__).resolve().parent
+REPO = Path(provenance.__file__).resolve().parents[1]
 HAS_GIT = shutil.which("git") is not None
 
 
@@ -81,7 +81,8 @@ def test_dirty_flag_follows_tracked_files_in_a_clone(no_git_above):
 def test_no_git_info_outside_a_checkout(no_git_above, capfd):
     copy = no_git_above / "copy"
     copy.mkdir()
-    for name in ("provenance.py", "README.md", "requirements.txt"):
+    for name in ("megraphau/provenance.py", "README.md", "requirements.txt"):
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, copy / name)
     assert provenance.git_info(copy) is None
     assert provenance.git_info(copy / "missing-folder") is None

@@ -20,12 +20,12 @@ import train_stage1
 import train_stage2
 from megraphau import (
     conf,
-    paths,  # noqa: I001
     provenance,
     utils,
 )
 from megraphau.engine import core as engine
 from megraphau.engine import losses
+from megraphau.paths import REPO_ROOT
 from megraphau.synth import core as synth_faces
 
 
@@ -216,7 +216,7 @@ def check_provenance(prov, dataset_root, checkpoint):
     import hashlib
     import subprocess
 
-    head = subprocess.run(["git", "-C", str(paths.REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:
         assert prov["git"]["commit"] == head.stdout.strip()
     assert prov["version"] == provenance.__version__ and prov["packages"]["torch"].startswith(torch.__version__[:3])

@@ -12,11 +12,11 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from megraphau import (
     conf,
-    paths,  # noqa: I001
     utils,
 )
 from megraphau.engine import core as engine
 from megraphau.engine import losses, metrics
+from megraphau.paths import REPO_ROOT
 
 
 def _probs_labels(m=40, n=5, unknown=0.2, seed=0):
@@ -260,7 +260,7 @@ def test_dataset_defaults_unknown_key_is_an_error(tmp_path):
     pytest.importorskip("dataset")
     import train_stage1
 
-    src = (paths.REPO_ROOT / "megraphau" / "configs" / "SYNTH.yaml").read_text()
+    src = (REPO_ROOT / "megraphau" / "configs" / "SYNTH.yaml").read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text(src.replace("learning_rate: 0.001", "learnin_rate: 0.001"))
     with pytest.raises(ValueError, match="learnin_rate"):

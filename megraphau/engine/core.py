@@ -75,7 +75,7 @@ def setup_logging(folder: Path | None, filename: str) -> None:
         fh.setFormatter(fmt)
         log.addHandler(fh)
     # the model package logs stage-1 -> stage-2 loading; show it in the same places
-    model_log = logging.getLogger("model")
+    model_log = logging.getLogger("megraphau.model")
     model_log.handlers = list(log.handlers)
     model_log.setLevel(log.level)
     model_log.propagate = False
