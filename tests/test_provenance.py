@@ -113,7 +113,7 @@ def test_package_versions():
 
 
 def test_import_and_collect_leave_heavy_packages_unimported():
-    code = ("import sys, provenance; p = provenance.collect('cpu'); provenance.header_line(p); "
+    code = ("import sys; from megraphau import provenance; p = provenance.collect('cpu'); provenance.header_line(p); "
             "print([m for m in ('torch', 'cv2', 'numpy', 'onnxruntime', 'facenet_pytorch', 'timm') "
             "if m in sys.modules]); print(p['packages']['torch'] is not None)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True,
@@ -259,7 +259,7 @@ def test_header_line():
 
 
 def test_module_runs_as_a_script():
-    out = subprocess.run([sys.executable, "provenance.py"], cwd=REPO, check=True, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "megraphau.provenance"], cwd=REPO, check=True, capture_output=True,
                          text=True).stdout
     header, record = out.split("\n", 1)
     assert header == provenance.header_line(json.loads(record))
