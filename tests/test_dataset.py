@@ -149,7 +149,6 @@ def test_synthetic_set_is_generated_by_the_engine_not_the_dataset(tmp_path, monk
     """AUDataset only reads; engine.build_datasets generates a synthetic set whose lists are
     missing (once), as the training and test scripts ask for it."""
     from megraphau.engine import core as engine
-    from megraphau.synth import core as synth
 
     calls = []
 
@@ -161,7 +160,7 @@ def test_synthetic_set_is_generated_by_the_engine_not_the_dataset(tmp_path, monk
                 cv2.imwrite(str(Path(path) / "img" / rel), np.zeros((8, 8, 3), np.uint8))
         write_fold_lists(Path(path) / "list", "TINY", PARTS)
 
-    monkeypatch.setattr(synth, "ensure_synthetic_dataset", ensure_synthetic_dataset)
+    monkeypatch.setattr("megraphau.synth.ensure_synthetic_dataset", ensure_synthetic_dataset)  # engine reads it there
     cfg = load_dataset_config(_write_config(tmp_path / "s.yaml", tmp_path / "S", synthetic=True))
     with pytest.raises(DatasetError, match="list file not found"):
         AUDataset(cfg, fold=3, split="test", crop_size=8)
@@ -381,10 +380,10 @@ def test_dataloader_workers_reproducible(tiny):
 
 
 def test_synth_set_end_to_end(tmp_path):
-    """The generated SYNTH set (synth.py, tiny here) loads with the SYNTH config."""
-    from megraphau.synth import core as synth
+    """The generated SYNTH set (megraphau.synth, tiny here) loads with the SYNTH config."""
+    from megraphau.synth import generate_synthetic_dataset
 
-    synth.generate_synthetic_dataset(tmp_path, subjects_per_part=1, tasks=1, frames=4, size=64)
+    generate_synthetic_dataset(tmp_path, subjects_per_part=1, tasks=1, frames=4, size=64)
     ds = AUDataset("SYNTH", fold=1, split="train", stage=2, crop_size=56, dataset_path=tmp_path)
     image, labels, relation = ds[0]
     assert len(ds) == 8 and image.shape == (3, 56, 56) and labels.shape == (12,)

@@ -149,10 +149,9 @@ def test_torchrun_training_two_processes_matches_single_process_test(tmp_path):
     import sys
 
     from megraphau import conf
-    from megraphau.synth import core as synth_faces
+    from megraphau.synth import generate_synthetic_dataset
 
-    root = synth_faces.generate_synthetic_dataset(tmp_path / "synth", subjects_per_part=1, tasks=2, frames=4,
-                                                  seed=0, size=64)
+    root = generate_synthetic_dataset(tmp_path / "synth", subjects_per_part=1, tasks=2, frames=4, seed=0, size=64)
     common = ["--dataset", "SYNTH", "--dataset-path", str(root), "--output-dir", str(tmp_path / "out"),
               "--crop-size", "48", "-b", "4", "-j", "0", "--no-progress", "--arc", "resnet18"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}

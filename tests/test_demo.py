@@ -16,7 +16,7 @@ import demo
 from megraphau.inference.detector import InferenceError
 from megraphau.inference.faces import FaceDetector  # noqa: E402
 from megraphau.model import CheckpointMismatchError, build_model
-from megraphau.synth import core as synth  # noqa: E402
+from megraphau.synth import SYNTH_AUS, render_face, sample_params  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def detectable_faces(count, size, rng, detector):
     """Synthetic faces the Haar detector finds (deterministic for a given rng)."""
     faces = []
     while len(faces) < count:
-        img = synth.render_face(rng.integers(0, 2, len(synth.SYNTH_AUS)), synth.sample_params(rng), size)
+        img = render_face(rng.integers(0, 2, len(SYNTH_AUS)), sample_params(rng), size)
         # a JPEG round trip: the face must still be found after compression
         jpeg = cv2.imdecode(cv2.imencode(".jpg", img)[1], cv2.IMREAD_COLOR)
         if len(detector.detect(img)) == 1 and len(detector.detect(jpeg)) == 1:
@@ -155,7 +155,7 @@ def test_api_and_au_sets(data):
     assert face.box == (0, 0, 140, 100) and face.labels.tolist() == (face.probs >= 0.5).astype(int).tolist()
     # a project checkpoint's own AU names and graph settings win over the 12-AU default (BP4D)
     obj = torch.load(data["bp1"], weights_only=True)
-    synth_names = [f"AU{a}" for a in synth.SYNTH_AUS]
+    synth_names = [f"AU{a}" for a in SYNTH_AUS]
     obj.update(au_names=synth_names, model_config={"neighbor_num": 2, "metric": "cosine"})
     torch.save(obj, data["root"] / "synth_own.pth")
     own = demo.AUDetector(data["root"] / "synth_own.pth", detect=False)

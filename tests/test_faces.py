@@ -246,7 +246,7 @@ def test_no_face_in_blank_noise_or_tiny_images(detector):
 
 def test_finds_the_synthetic_faces_of_synth(detector):
     """The generated SYNTH faces (and demo tests that draw them) are MTCNN faces too."""
-    from megraphau.synth.core import landmarks, render_face, sample_labels, sample_params
+    from megraphau.synth import landmarks, render_face, sample_labels, sample_params
     rng = np.random.default_rng(11)
     for _ in range(8):
         labels, params = sample_labels(rng, 1)[0], sample_params(rng)

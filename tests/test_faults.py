@@ -31,7 +31,7 @@ from megraphau.data.dataset import AUDataset, load_dataset_config
 from megraphau.engine import core as engine
 from megraphau.engine import run_folder
 from megraphau.model import build_model, load_model
-from megraphau.synth import core as synth
+from megraphau.synth import generate_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
@@ -44,7 +44,7 @@ SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "
 def tiny_synth(tmp_path_factory):
     """8 faces per part: 16 train / 8 test images per fold."""
     root = tmp_path_factory.mktemp("synth_faults")
-    synth.generate_synthetic_dataset(root, subjects_per_part=1, tasks=2, frames=4, seed=0, size=64)
+    generate_synthetic_dataset(root, subjects_per_part=1, tasks=2, frames=4, seed=0, size=64)
     return root
 
 

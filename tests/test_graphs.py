@@ -27,7 +27,7 @@ from megraphau.analysis import plots, relations
 from megraphau.data.dataset import load_dataset_config
 from megraphau.engine import core as engine
 from megraphau.model import build_model
-from megraphau.synth import core as synth
+from megraphau.synth import generate_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def save_release_checkpoint(path, stage, num_classes, variant="megraphau", size=
 def tiny_synth(tmp_path_factory):
     """8 test images per fold; fold 1's test labels get a few unknown (-1) entries."""
     root = tmp_path_factory.mktemp("synth_graphs")
-    synth.generate_synthetic_dataset(root, subjects_per_part=1, tasks=2, frames=4, seed=0, size=64)
+    generate_synthetic_dataset(root, subjects_per_part=1, tasks=2, frames=4, seed=0, size=64)
     label_file = root / "list" / "SYNTH_test_label_fold1.txt"
     labels = np.loadtxt(label_file, dtype=np.int64)
     labels[0, 1] = labels[3, 1] = labels[5, 10] = -1

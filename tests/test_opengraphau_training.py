@@ -17,13 +17,13 @@ from megraphau import (
 )
 from megraphau.data.lists import write_fold_lists
 from megraphau.paths import REPO_ROOT
-from megraphau.synth import core as synth_faces  # noqa: E402
+from megraphau.synth import generate_synthetic_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ogau_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("ogau")
-    synth_faces.generate_synthetic_dataset(root, subjects_per_part=1, tasks=1, frames=6, seed=1, size=64)
+    generate_synthetic_dataset(root, subjects_per_part=1, tasks=1, frames=6, seed=1, size=64)
     list_dir = root / "list"
     # the SYNTH test lists of folds 3, 2, 1 are parts 1, 2, 3
     parts = [(list_dir / f"SYNTH_test_img_path_fold{k}.txt").read_text().split() for k in (3, 2, 1)]

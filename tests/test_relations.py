@@ -240,16 +240,16 @@ def test_check_synth_relations_runs_on_an_untrained_model(tmp_path, capsys, monk
     the set is generated when missing, as the training scripts do (engine.prepare_data)."""
     from bench import check_synth_relations
     from megraphau.model import build_model
-    from megraphau.synth import core as synth_faces
+    from megraphau.synth import generate_synthetic_dataset
 
     root = tmp_path / "synth"
     generated = []
 
     def tiny_set(path, **kw):  # stands for the full default set: the same call, a tiny size
         generated.append(path)
-        return synth_faces.generate_synthetic_dataset(path, subjects_per_part=1, tasks=1, frames=4, seed=0, size=64)
+        return generate_synthetic_dataset(path, subjects_per_part=1, tasks=1, frames=4, seed=0, size=64)
 
-    monkeypatch.setattr(synth_faces, "ensure_synthetic_dataset", tiny_set)
+    monkeypatch.setattr("megraphau.synth.ensure_synthetic_dataset", tiny_set)  # engine.prepare_data reads it there
     ckpt = tmp_path / "stage2.pth"
     torch.save({"state_dict": build_model(2, "resnet18", 12, 4, "dots", pretrained=False).state_dict()}, ckpt)
     out_json, figure = tmp_path / "rel.json", tmp_path / "cooc.png"

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megraphau.synth import core as synth
-from megraphau.synth.core import (
+from megraphau.synth import (
     AU_REGIONS,
+    GENERATOR_VERSION,
     MARKER_NAME,
     SYNTH_AUS,
     ensure_synthetic_dataset,
     generate_synthetic_dataset,
     neutral_params,
+    raster,  # the rasteriser (its exact sample counts)
     render_face,
     sample_identity,
     sample_labels,
@@ -110,8 +111,8 @@ def _pixel_digests(tmp) -> dict:
 
 def test_pixels_pinned(tmp_path):
     """Seed 0 gives these pixels on every machine (see PINNED_PIXELS for what was checked); a
-    change of the drawing must bump synth.GENERATOR_VERSION and the digests."""
-    assert synth.GENERATOR_VERSION == 2
+    change of the drawing must bump GENERATOR_VERSION and the digests."""
+    assert GENERATOR_VERSION == 2
     assert _pixel_digests(tmp_path) == PINNED_PIXELS
 
 
@@ -160,7 +161,7 @@ def test_rasteriser_counts_samples_exactly():
         lo = rng.uniform(0, 12, (rows, k))
         hi = lo + rng.uniform(-1, 5, (rows, k))
         lo[rng.random((rows, k)) < 0.2] = np.inf
-        got = synth._coverage(np.stack([lo, hi]), box)
+        got = raster.coverage(np.stack([lo, hi]), box)
         x0, _, x1, _ = box
         xs = (x0 - 0.5) + (np.arange((x1 - x0) * 16) + 0.5) / 16
         inside = ((xs >= lo[:, :, None]) & (xs < hi[:, :, None])).any(axis=1)
@@ -168,13 +169,13 @@ def test_rasteriser_counts_samples_exactly():
         np.testing.assert_array_equal(np.zeros_like(want) if got is None else got[1], want)
     shape = (200, 200)
     area = lambda cover: cover[1].sum() / 64  # noqa: E731
-    assert area(synth._cover_ellipse((100.3, 90.7), (40.5, 20.2), 25.0, shape)) == pytest.approx(
+    assert area(raster.cover_ellipse((100.3, 90.7), (40.5, 20.2), 25.0, shape)) == pytest.approx(
         np.pi * 40.5 * 20.2, rel=2e-3)
     square = np.array([(50.2, 50.1), (150.2, 50.1), (150.2, 150.1), (50.2, 150.1)])
-    assert area(synth._cover_polygon(square, shape)) == pytest.approx(100 * 100, rel=1e-3)
+    assert area(raster.cover_polygon(square, shape)) == pytest.approx(100 * 100, rel=1e-3)
     line = np.array([(40.0, 60.3), (160.0, 120.3)])
     length = np.hypot(120, 60)
-    assert area(synth._cover_polyline(line, 6.0, shape)) == pytest.approx(6 * length + np.pi * 9, rel=3e-3)
+    assert area(raster.cover_polyline(line, 6.0, shape)) == pytest.approx(6 * length + np.pi * 9, rel=3e-3)
 
 
 def test_label_statistics_and_cooccurrence():
@@ -275,7 +276,7 @@ def test_concurrent_ensure_generates_once(tmp_path):
     """Two processes asking for the same set (as distributed ranks do) both get a complete set."""
     import subprocess
     import sys
-    code = ("import sys; from synth import ensure_synthetic_dataset as e; "
+    code = ("import sys; from megraphau.synth import ensure_synthetic_dataset as e; "
             "e(sys.argv[1], subjects_per_part=1, tasks=1, frames=3, size=64)")
     root = str(tmp_path / "SYNTH")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))

@@ -26,14 +26,14 @@ from megraphau import (
 from megraphau.engine import core as engine
 from megraphau.engine import losses
 from megraphau.paths import REPO_ROOT
-from megraphau.synth import core as synth_faces
+from megraphau.synth import generate_synthetic_dataset
 
 
 @pytest.fixture(scope="module")
 def tiny_synth(tmp_path_factory):
     """8 faces per part: 16 train / 8 test images per fold, for the mechanics (not for learning)."""
     root = tmp_path_factory.mktemp("synth_tiny")
-    synth_faces.generate_synthetic_dataset(root, subjects_per_part=1, tasks=2, frames=4, seed=0, size=64)
+    generate_synthetic_dataset(root, subjects_per_part=1, tasks=2, frames=4, seed=0, size=64)
     return root
 
 
@@ -234,7 +234,7 @@ def check_provenance(prov, dataset_root, checkpoint):
 @pytest.fixture(scope="module")
 def learn_synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_learn")
-    synth_faces.generate_synthetic_dataset(root, subjects_per_part=4, tasks=2, frames=20, seed=0, size=96)
+    generate_synthetic_dataset(root, subjects_per_part=4, tasks=2, frames=20, seed=0, size=96)
     return root
 
 

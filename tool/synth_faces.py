@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the SYNTH facial action unit data set (synth.py): procedurally drawn faces with 12
+"""Generate the SYNTH facial action unit data set (megraphau.synth): procedurally drawn faces with 12
 AUs, a BP4D-style image tree and the 3-fold lists.
 
     python tool/synth_faces.py --output data/SYNTH --seed 0      # 12 subjects x 2 tasks x 30 frames
@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import cv2
 
-from megraphau.synth.core import (  # noqa: E402
+from megraphau.synth import (
     DEFAULT_ROOT,
     MARKER_NAME,
     ensure_synthetic_dataset,

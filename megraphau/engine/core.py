@@ -102,7 +102,7 @@ def prepare_data(args, folds) -> None:
 
     def generate_on_main():
         if utils.is_main_process() and not all(p.is_file() for p in needed):
-            from megraphau.synth.core import ensure_synthetic_dataset
+            from megraphau.synth import ensure_synthetic_dataset
 
             log.info("generating the synthetic data set %s in %s (once)", cfg["name"], args.dataset_path)
             ensure_synthetic_dataset(args.dataset_path)
