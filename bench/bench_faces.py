@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from megraphau.inference import cropping  # noqa: E402
 from megraphau.tables import format_table  # noqa: E402
 
 PHOTO = ROOT / "tests" / "data" / "astronaut.jpg"
@@ -115,13 +116,12 @@ def _write_frames(photo, folder: Path, count: int) -> None:
 
 
 def bench_crop_tool(photo, frames: int, rounds: int) -> tuple[list[list[str]], dict]:
-    """Frames/s of the crop tool's per-frame work (tool/crop_faces._crop_file: decode, detect
-    on a 640 copy, warp, write) in this process or its worker pool, timed after the workers
-    have started (each imports torch and facenet-pytorch once: seconds, reported apart)."""
+    """Frames/s of the crop tool's per-frame work (cropping.crop_file: decode, detect on a 640
+    copy, warp, write) in this process or its worker pool, timed after the workers have started
+    (each imports torch and facenet-pytorch once: seconds, reported apart)."""
     from megraphau.inference.faces import FaceDetector
-    from tool import crop_faces
     detector = FaceDetector()
-    opt = dict(size=256, preset="BP4D", min_face=0.1, detect_size=crop_faces.DETECT_SIZE,
+    opt = dict(size=256, preset="BP4D", min_face=0.1, detect_size=cropping.DETECT_SIZE,
                skip_no_face=False)
     rows, numbers = [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,21 +135,21 @@ def bench_crop_tool(photo, frames: int, rounds: int) -> tuple[list[list[str]], d
 
         for workers in (1, 2):
             start = time.perf_counter()
-            pool = crop_faces._pool(workers, detector) if workers > 1 else None
+            pool = cropping.worker_pool(workers, detector) if workers > 1 else None
             warm = jobs(f"warm{workers}", paths[:2 * workers])
             if pool is None:
-                [crop_faces._crop_file(job, detector) for job in warm]
+                [cropping.crop_file(job, detector) for job in warm]
             else:
-                list(pool.map(crop_faces._crop_file, warm))
+                list(pool.map(cropping.crop_file, warm))
             start_up = time.perf_counter() - start
             rates = []
             for r in range(rounds):
                 batch = jobs(f"out{workers}_{r}", paths)
                 start = time.perf_counter()
                 if pool is None:
-                    results = [crop_faces._crop_file(job, detector) for job in batch]
+                    results = [cropping.crop_file(job, detector) for job in batch]
                 else:
-                    results = list(pool.map(crop_faces._crop_file, batch, chunksize=8))
+                    results = list(pool.map(cropping.crop_file, batch, chunksize=8))
                 rates.append(frames / (time.perf_counter() - start))
                 assert all(found and written for _, found, written in results)
             if pool is not None:

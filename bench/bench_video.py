@@ -6,7 +6,8 @@ whole demo runs on a short and a long video, each in a fresh process.
 The video is tests/data/astronaut.jpg (a public-domain photograph) moving and slowly scaling on a
 textured background, one face per frame, written as MJPG .avi. Models are random-weight
 release-style checkpoints (build_model(..., pretrained=False), 12 AUs, BP4D names): the weights do
-not change the speed. Each model is exported to ONNX once (tool/export_onnx.py's verification).
+not change the speed. Each model is exported to ONNX once (verified against PyTorch). Each
+benchmark runs `python demo.py --benchmark` in a fresh process.
 
   python bench/bench_video.py --arcs resnet18 resnet50 --stages 2 --frames 200 --repeats 2
   python bench/bench_video.py --memory --memory-frames 300 3000 --arcs resnet18 --engine onnx
@@ -81,8 +82,10 @@ def save_random_checkpoint(path: Path, arc: str, stage: int, num_classes: int = 
 
 
 def models(workdir: Path, arcs, stages) -> list[tuple[str, int, Path, Path]]:
-    """(arc, stage, .pth, .onnx) per model, made once in workdir (the .onnx by tool/export_onnx.py)."""
-    from tool import export_onnx as export_tool
+    """(arc, stage, .pth, .onnx) per model, made once in workdir (the .onnx exported and verified
+    as demo.py --benchmark exports a model: benchmark.export_detector, BP4D's AU names)."""
+    from megraphau.inference.benchmark import export_detector
+    from megraphau.inference.detector import AUDetector
 
     out = []
     for arc in arcs:
@@ -92,9 +95,7 @@ def models(workdir: Path, arcs, stages) -> list[tuple[str, int, Path, Path]]:
             if not pth.is_file():
                 save_random_checkpoint(pth, arc, stage)
             if not onnx.is_file():
-                code = export_tool.main(["--resume", str(pth), "--output", str(onnx), "--dataset", "BP4D"])
-                if code:
-                    raise SystemExit(f"export of {pth} failed")
+                export_detector(AUDetector(pth, dataset="BP4D", detect=False), onnx, verify=True)
             out.append((arc, stage, pth, onnx))
     return out
 
@@ -184,8 +185,6 @@ def main(argv=None) -> None:
     if args.memory:
         run_memory(args, args.workdir, made)
         return
-    import demo
-
     video = args.workdir / f"face_{args.frames}.avi"
     if not video.is_file():
         write_face_video(video, args.frames)
@@ -196,7 +195,7 @@ def main(argv=None) -> None:
         argv += ["--threads", str(args.threads)] if args.threads else []
         argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
         print(f"$ python demo.py {' '.join(argv + args.extra)}", flush=True)
-        demo.main(demo.parse_args(argv + args.extra))
+        subprocess.run([sys.executable, str(ROOT / "demo.py"), *argv, *args.extra], check=False)
         print(flush=True)
 
 

@@ -123,3 +123,22 @@ def test_bench_json_records_provenance(tmp_path):
     assert prov["version"] == provenance.__version__ and prov["device"]["type"] == "cpu"
     assert prov["command"] == provenance.command_line(["bench/bench_metrics.py", *argv])
     assert prov["git"] == provenance.git_info()
+
+
+def test_bench_and_tool_import_the_package_only():
+    """bench/ and tool/ scripts import megraphau, never demo.py or another script (a script is no library)."""
+    import ast
+
+    for path in sorted([*(ROOT / "bench").glob("*.py"), *(ROOT / "tool").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert name.split(".")[0] not in ("demo", "tool", "bench", "test"), f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("script", ["bench_video.py", "bench_faces.py"])
+def test_bench_scripts_run_from_any_folder(script, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]

@@ -1,21 +1,21 @@
-"""tool/crop_faces.py on a tmp tree of camera-like frames (the NASA astronaut portrait of
-tests/data, moved around) and short MJPG videos."""
+"""tool/crop_faces.py and megraphau.inference.cropping under it, on a tmp tree of camera-like
+frames (the NASA astronaut portrait of tests/data, moved around) and short MJPG videos."""
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from megraphau.inference.faces import CROP_PRESETS, FaceDetector
-from tool.crop_faces import (
+from megraphau.inference.cropping import (
     NO_FACE_FILE,
     CropError,
     crop_image_tree,
     crop_videos,
     find_disfa_videos,
-    main,
     preview_presets,
 )
+from megraphau.inference.faces import CROP_PRESETS, FaceDetector
+from tool.crop_faces import main  # the command line
 
 PHOTO = cv2.imread(str(Path(__file__).resolve().parent / "data" / "astronaut.jpg"))
 

@@ -13,8 +13,9 @@ import torch
 import yaml
 
 import demo
-from megraphau.inference.detector import InferenceError
+from megraphau.inference.detector import AUDetector, InferenceError
 from megraphau.inference.faces import FaceDetector  # noqa: E402
+from megraphau.inference.inputs import DemoError, list_inputs
 from megraphau.model import CheckpointMismatchError, build_model
 from megraphau.synth import SYNTH_AUS, render_face, sample_params  # noqa: E402
 
@@ -119,9 +120,9 @@ def test_folder_end_to_end(data, tmp_path, capsys):
         drawn, original = cv2.imread(str(out / "annotated" / rel)), cv2.imread(str(data["folder"] / rel))
         assert drawn is not None and drawn.shape != original.shape  # enlarged, with the AU panel
     # an output folder inside the input folder is not read back as input
-    with pytest.raises(demo.DemoError, match="holds no images"):
-        demo.list_inputs(out.parent, exclude=out)
-    assert len(demo.list_inputs(out.parent)[1]) == 4
+    with pytest.raises(DemoError, match="holds no images"):
+        list_inputs(out.parent, exclude=out)
+    assert len(list_inputs(out.parent)[1]) == 4
 
 
 def test_video(data, tmp_path):
@@ -142,14 +143,14 @@ def test_video(data, tmp_path):
 
 
 def test_api_and_au_sets(data):
-    det = demo.AUDetector(data["disfa2"], device="cpu")
+    det = AUDetector(data["disfa2"], device="cpu")
     assert det.au_names == ["AU1", "AU2", "AU4", "AU6", "AU9", "AU12", "AU25", "AU26"]
     assert det.model.config.neighbor_num == 3 and det.stage == 2 and det.arc == "resnet18"
     faces = det.predict_image(cv2.imread(str(data["two"])))
     assert len(faces) == 2 and faces[0].probs.shape == (8,)
     assert faces[0].box[2] * faces[0].box[3] > faces[1].box[2] * faces[1].box[3]  # largest first
     assert det.predict_image(np.zeros((90, 90, 3), np.uint8)) == []
-    bp = demo.AUDetector(data["bp1"], arc="resnet18", stage=1, detect=False)
+    bp = AUDetector(data["bp1"], arc="resnet18", stage=1, detect=False)
     assert bp.au_names[-1] == "AU24" and len(bp.au_descriptions) == 12
     (face,) = bp.predict_image(np.full((100, 140, 3), 100, np.uint8))
     assert face.box == (0, 0, 140, 100) and face.labels.tolist() == (face.probs >= 0.5).astype(int).tolist()
@@ -158,14 +159,14 @@ def test_api_and_au_sets(data):
     synth_names = [f"AU{a}" for a in SYNTH_AUS]
     obj.update(au_names=synth_names, model_config={"neighbor_num": 2, "metric": "cosine"})
     torch.save(obj, data["root"] / "synth_own.pth")
-    own = demo.AUDetector(data["root"] / "synth_own.pth", detect=False)
+    own = AUDetector(data["root"] / "synth_own.pth", detect=False)
     assert own.au_names == synth_names and own.model.config.neighbor_num == 2
     assert own.model.config.metric == "cosine"
     assert bp.crop_size == 224  # release checkpoints: the release's 224 crops
     # a project checkpoint trained with --crop-size is fed crops of that size
     obj.update(args={"crop_size": 80})
     torch.save(obj, data["root"] / "synth_crop80.pth")
-    small = demo.AUDetector(data["root"] / "synth_crop80.pth", detect=False)
+    small = AUDetector(data["root"] / "synth_crop80.pth", detect=False)
     assert small.crop_size == 80
     assert small.transform(torch.zeros(3, 256, 256, dtype=torch.uint8)).shape == (3, 80, 80)
 
@@ -174,21 +175,21 @@ def test_refusals(data, tmp_path, capsys):
     image = str(data["folder"] / "a.jpg")
     # a wrong --arc or --stage: an error naming the flag and what the file holds
     with pytest.raises(CheckpointMismatchError, match="--arc resnet50 contradicts .* the backbone resnet18"):
-        demo.AUDetector(data["bp1"], arc="resnet50")
+        AUDetector(data["bp1"], arc="resnet50")
     assert demo.main(demo.parse_args(["--resume", str(data["og2"]), "--stage", "1", "--input", image,
                       "--output", str(tmp_path / "x")])) == 2
     assert "--stage 1 contradicts" in capsys.readouterr().err
     with pytest.raises(CheckpointMismatchError, match="--stage 2 contradicts .* holds stage 1"):
-        demo.AUDetector(data["bp1"], stage=2)  # would leave the graph random
+        AUDetector(data["bp1"], stage=2)  # would leave the graph random
     # an AU count that matches no known set
     with pytest.raises(InferenceError, match="5 AUs.*no known AU set"):
-        demo.AUDetector(data["odd"])
+        AUDetector(data["odd"])
     config = tmp_path / "five.yaml"
     config.write_text(yaml.safe_dump({"dataset_path": "x", "num_classes": 5, "neighbor_num": 3,
                                       "au_names": ["AU1", "AU2", "AU4", "AU6", "AU99"]}))
-    assert demo.AUDetector(data["odd"], dataset=str(config), detect=False).au_names[-1] == "AU99"
+    assert AUDetector(data["odd"], dataset=str(config), detect=False).au_names[-1] == "AU99"
     with pytest.raises(InferenceError, match="names 12 AUs"):
-        demo.AUDetector(data["odd"], dataset="BP4D")
+        AUDetector(data["odd"], dataset="BP4D")
     # unreadable single inputs name the file
     assert demo.main(demo.parse_args(["--resume", str(data["bp1"]), "--input", str(data["folder"] / "corrupt.jpg"),
                       "--output", str(tmp_path / "y")])) == 1
@@ -233,9 +234,9 @@ def test_real_face_crops_follow_the_checkpoints_preset(data, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     cv2.imwrite(str(folder / "astronaut_640x480.png"), frame)
-    presets = {key: demo.AUDetector(data[key], detect=False).crop_preset for key in ("bp1", "disfa2", "og2")}
+    presets = {key: AUDetector(data[key], detect=False).crop_preset for key in ("bp1", "disfa2", "og2")}
     assert presets == {"bp1": "BP4D", "disfa2": "DISFA", "og2": "OpenGraphAU"}
-    assert demo.AUDetector(data["og2"], detect=False, preset="DISFA").crop_preset == "DISFA"
+    assert AUDetector(data["og2"], detect=False, preset="DISFA").crop_preset == "DISFA"
 
     out, crops = tmp_path / "out", tmp_path / "crops"
     assert demo.main(demo.parse_args(["--resume", str(data["og2"]), "--input", str(folder), "--output", str(out),

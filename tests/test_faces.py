@@ -7,10 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
+from megraphau.data.dataset import load_dataset_config
+from megraphau.data.lists import KNOWN_AU_SETS
 from megraphau.inference import faces
 from megraphau.inference.faces import (
     CROP_PRESETS,
-    PRESET_FOR_NUM_CLASSES,
     Face,
     FaceDetectionError,
     FaceDetector,
@@ -95,7 +96,9 @@ def test_presets_are_the_measured_landmarks_levelled_and_symmetric():
 
 
 def test_preset_for_model_outputs():
-    assert PRESET_FOR_NUM_CLASSES == {12: "BP4D", 8: "DISFA", 41: "OpenGraphAU"}
+    assert KNOWN_AU_SETS == {12: "BP4D", 8: "DISFA", 41: "OpenGraphAU"}
+    for n, name in KNOWN_AU_SETS.items():  # each known set: a config with that many AUs, a preset of its name
+        assert len(load_dataset_config(name)["au_names"]) == n and name in CROP_PRESETS
     assert [preset_for(n) for n in (12, 8, 41)] == ["BP4D", "DISFA", "OpenGraphAU"]
     assert preset_for(27) == "BP4D" and preset_for(27, default="OpenGraphAU") == "OpenGraphAU"
 

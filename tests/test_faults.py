@@ -582,12 +582,24 @@ def test_ctrl_c_in_test_and_demo(entry, tiny_synth, stage1_release_file, tmp_pat
         assert eval_cli(eval_argv(tiny_synth, tmp_path, stage1_release_file)) == 130
         assert one_error_line(capsys) == "interrupted: no results were written; run the same command again"
     else:
-        monkeypatch.setattr(demo, "process_images", interrupt)
+        monkeypatch.setattr(demo, "process_images", interrupt)  # the name demo.main calls
         image = next((tiny_synth / "img").rglob("*.jpg"))
         assert demo_cli(["--resume", str(stage1_release_file), "--input", str(image), "--no-detect",
                          "--output", str(tmp_path / "demo")]) == 130
         assert capsys.readouterr().err.strip() == \
             f"interrupted: the predictions so far are in {tmp_path / 'demo' / 'predictions.csv'}"
+
+
+def test_demo_bug_is_a_traceback_not_a_user_error(stage1_release_file, tmp_path, monkeypatch):
+    """A ValueError from a bug (not one of the user-error classes) is not turned into exit 2: it propagates
+    (python prints its traceback and exits 1)."""
+    def bug(*args, **kwargs):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(demo, "make_detector", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        demo_cli(["--resume", str(stage1_release_file), "--input", str(stage1_release_file),
+                  "--output", str(tmp_path / "demo")])
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from megraphau import conf
 from megraphau.analysis import plots, relations
 from megraphau.data.dataset import load_dataset_config
 from megraphau.engine import core as engine
+from megraphau.inference.detector import AUDetector
 from megraphau.model import build_model
 from megraphau.synth import generate_synthetic_dataset
 
@@ -247,7 +248,7 @@ def test_demo_stage2_pair_matrices_and_graph(photo, tmp_path, graph_calls):
     graph = cv2.imread(str(out / face["graph"]))
     assert graph is not None and graph.shape[0] > 400 and not (out / "graphs" / "astronaut_640x480_face0.csv").exists()
     # the matrices are relations.pair_probabilities of the model's edge logits on that crop
-    det = demo.AUDetector(ckpt, detect=False)
+    det = AUDetector(ckpt, detect=False)
     crop = cv2.imread(str(crops / "astronaut_640x480_face0.png"))
     with torch.no_grad():
         probs, edge_logits = det.model(det._to_tensor(crop)[None])
@@ -290,7 +291,7 @@ def test_demo_graph_without_edges(photo, tmp_path, graph_calls, caplog):
         call = graph_calls.pop()
         assert call["p_both"] is None and call["au_names"] == result["au_names"][:n] and words in call["title"]
         np.testing.assert_allclose(call["probs"], [face["probs"][a] for a in result["au_names"][:n]], atol=1e-6)
-        det = demo.AUDetector(ckpt, detect=False)
+        det = AUDetector(ckpt, detect=False)
         assert not det.has_edges and det.classify([cv2.imread(str(photo))], edges=True)[1] is None
 
 

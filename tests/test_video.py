@@ -22,6 +22,12 @@ pytest.importorskip("onnxscript")
 
 import demo  # noqa: E402
 from bench.bench_video import write_face_video  # noqa: E402
+from megraphau.inference.benchmark import onnx_for_benchmark  # noqa: E402
+from megraphau.inference.detector import AUDetector, InferenceError  # noqa: E402
+from megraphau.inference.inputs import DemoError, video_frames  # noqa: E402
+from megraphau.inference.pipeline import VideoPipeline  # noqa: E402
+from megraphau.inference.runner import sequential_results  # noqa: E402
+from megraphau.inference.writers import openface_au_name  # noqa: E402
 from megraphau.model import CheckpointMismatchError, build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +47,7 @@ def models(tmp_path_factory):
                 "optimizer": {}}, pth)
     # exported as demo.py --benchmark does (from the detector's model; not verified: the tests below
     # compare the two engines themselves)
-    exported = demo.onnx_for_benchmark(demo.AUDetector(pth, detect=False), demo.parse_args(["--input", "x"]), root)
+    exported = onnx_for_benchmark(AUDetector(pth, detect=False), root)
     onnx = exported.rename(root / "MEFARG_resnet18_BP4D_fold1.onnx")
     return {"pth": pth, "onnx": onnx}
 
@@ -99,28 +105,28 @@ def test_onnx_gives_the_checkpoints_predictions(models, tmp_path):
     lines = (outs["onnx"] / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(line)["file"] for line in lines] == ["frame00.png", "frame17.png", "frame39.png"]
 
-    det = demo.AUDetector(models["onnx"], threads=1)
+    det = AUDetector(models["onnx"], threads=1)
     assert (det.backend, det.arc, det.stage, det.crop_size, det.crop_preset) == \
         ("onnxruntime", "resnet18", 2, 224, "BP4D")
     with pytest.raises(CheckpointMismatchError, match="--stage 1 contradicts"):
-        demo.AUDetector(models["onnx"], stage=1)
+        AUDetector(models["onnx"], stage=1)
 
 
 def test_bf16_is_close_and_for_pytorch_only(models):
     """--bf16: bfloat16 autocast, probabilities near float32's; an ONNX model refuses it."""
-    fp32 = demo.AUDetector(models["pth"], detect=False, threads=1)
-    bf16 = demo.AUDetector(models["pth"], detect=False, threads=1, bf16=True)
+    fp32 = AUDetector(models["pth"], detect=False, threads=1)
+    bf16 = AUDetector(models["pth"], detect=False, threads=1, bf16=True)
     crops = [np.random.default_rng(k).integers(0, 256, (256, 256, 3), dtype=np.uint8) for k in range(2)]
     probs, edges = bf16.classify(crops, edges=True)
     assert probs.dtype == np.float32 and edges.shape == (2, 144, 4)
     assert np.abs(probs - fp32.classify(crops)).max() < 2e-2
-    with pytest.raises(demo.InferenceError, match="bfloat16 is for PyTorch models"):
-        demo.AUDetector(models["onnx"], bf16=True)
+    with pytest.raises(InferenceError, match="bfloat16 is for PyTorch models"):
+        AUDetector(models["onnx"], bf16=True)
 
 
 def test_model_input_is_the_test_transform(models):
     """The fast crop -> model input (a look-up table) is the torchvision test transform, bit for bit."""
-    det = demo.AUDetector(models["onnx"], detect=False)
+    det = AUDetector(models["onnx"], detect=False)
     crop = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     assert np.array_equal(det.model_input(crop), det._to_tensor(crop).numpy())
 
@@ -147,10 +153,10 @@ def test_pipelined_video_gives_the_sequential_rows(models, video, tmp_path):
     assert len(lines[0]["faces"][0]["pair_probs"]["p_both"]) == 12  # stage 2: the pair relations
 
     # the Python side: two model workers, the PyTorch model, results in order
-    det = demo.AUDetector(models["pth"], batch_size=3, threads=1)
-    frames = list(demo.video_frames(video))
-    reference = list(demo.sequential_results(det, frames))
-    with demo.VideoPipeline(det, frames, model_workers=2) as results:
+    det = AUDetector(models["pth"], batch_size=3, threads=1)
+    frames = list(video_frames(video))
+    reference = list(sequential_results(det, frames))
+    with VideoPipeline(det, frames, model_workers=2) as results:
         got = list(results)
     assert [r.index for r in got] == [r.index for r in reference] == list(range(12))
     for a, b in zip(reference, got):
@@ -161,14 +167,14 @@ def test_pipelined_video_gives_the_sequential_rows(models, video, tmp_path):
 
 
 def test_pipeline_stage_error_reaches_the_caller(models):
-    det = demo.AUDetector(models["onnx"], threads=1)
+    det = AUDetector(models["onnx"], threads=1)
 
     def broken():
         yield 0, np.zeros((48, 64, 3), np.uint8)
-        raise demo.DemoError("clip.mp4: decoding failed")
+        raise DemoError("clip.mp4: decoding failed")
 
-    with pytest.raises(demo.DemoError, match="decoding failed"):
-        list(demo.VideoPipeline(det, broken()))
+    with pytest.raises(DemoError, match="decoding failed"):
+        list(VideoPipeline(det, broken()))
 
 
 def test_rows_are_flushed_as_made(models, tmp_path):
@@ -223,7 +229,7 @@ def test_openface_columns(models, video, tmp_path):
         probs = np.array([float(r[f"{c}_p"]) for c in codes])
         assert [int(r[f"{c}_c"]) for c in codes] == ((probs >= 0.5) & (r["success"] == "1")).astype(int).tolist()
         assert (0.6 < float(r["confidence"]) <= 1) == (r["success"] == "1")
-    assert [demo.openface_au_name(n) for n in ("AU1", "AU45", "AUL1", "AUR14", "Smile")] == \
+    assert [openface_au_name(n) for n in ("AU1", "AU45", "AUL1", "AUR14", "Smile")] == \
            ["AU01", "AU45", "AUL01", "AUR14", "Smile"]
 
 

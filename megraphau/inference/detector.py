@@ -32,9 +32,7 @@ import numpy as np
 import torch
 
 from megraphau.data.dataset import IMAGENET_MEAN, IMAGENET_STD, build_transform, load_dataset_config, resize_for_crop
-
-#: The AU set a checkpoint's output count stands for when the file does not name its AUs.
-KNOWN_AU_SETS = {12: "BP4D", 8: "DISFA", 41: "OpenGraphAU"}
+from megraphau.data.lists import KNOWN_AU_SETS  # the AU set of a file that does not name its AUs
 
 
 class InferenceError(RuntimeError):

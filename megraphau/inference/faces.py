@@ -40,11 +40,13 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from megraphau.data.lists import KNOWN_AU_SETS
+
 if TYPE_CHECKING:  # torch is imported when a detector is built
     import torch
 
 __all__ = ["Face", "FaceDetector", "FaceTracker", "FaceDetectionError", "CROP_PRESETS",
-           "MEASURED_LANDMARKS", "PRESET_FOR_NUM_CLASSES", "CROP_SIZE", "FIT_WEIGHTS",
+           "MEASURED_LANDMARKS", "CROP_SIZE", "FIT_WEIGHTS",
            "preset_for", "crop_template", "similarity_transform", "align_matrix", "align_crop",
            "centre_crop"]
 
@@ -95,14 +97,11 @@ CROP_PRESETS: Dict[str, np.ndarray] = {
 for _template in CROP_PRESETS.values():
     _template.setflags(write=False)
 
-#: The crop preset of the data a model with that many AU outputs was trained on.
-PRESET_FOR_NUM_CLASSES = {12: "BP4D", 8: "DISFA", 41: "OpenGraphAU"}
-
-
 def preset_for(num_classes: int, default: str = "BP4D") -> str:
-    """Crop preset for a model with ``num_classes`` AU outputs (12: BP4D, 8: DISFA,
-    41: OpenGraphAU); ``default`` for any other count (e.g. a model trained on own data)."""
-    return PRESET_FOR_NUM_CLASSES.get(int(num_classes), default)
+    """Crop preset for a model with ``num_classes`` AU outputs: that of the data set it was
+    trained on (lists.KNOWN_AU_SETS: 12 BP4D, 8 DISFA, 41 OpenGraphAU; each has a preset of its
+    name); ``default`` for any other count (e.g. a model trained on own data)."""
+    return KNOWN_AU_SETS.get(int(num_classes), default)
 
 
 def crop_template(preset: Union[str, np.ndarray] = "BP4D", size: int = CROP_SIZE) -> np.ndarray:

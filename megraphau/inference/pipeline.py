@@ -18,7 +18,7 @@ runs in one thread in order (model batches may run in several workers, model_wor
 collected in order), so results keep the frames' order; a frame without a face gives an empty
 face list. Faces of consecutive frames share model batches (up to detector.batch_size faces).
 
-The same frames through AUDetector.predict_images(track=True) or demo.sequential_results (one
+The same frames through AUDetector.predict_images(track=True) or runner.sequential_results (one
 thread) give the same faces and probabilities: all use AUDetector's find_faces, crops,
 model_inputs, run_model and face_results; only the batch boundaries differ.
 """
@@ -117,7 +117,7 @@ def _init_torch_threads(n: Optional[int]) -> None:
 
 
 class VideoPipeline:
-    """Results of `frames` ((index, BGR frame) pairs, e.g. demo.video_frames) through `detector`
+    """Results of `frames` ((index, BGR frame) pairs, e.g. inputs.video_frames) through `detector`
     (inference.AUDetector), as FrameResult(index, frame, faces) in the frames' order.
 
     track: consecutive frames of one video (the face tracker; detector.tracker is reset first);
