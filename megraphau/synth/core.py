@@ -20,7 +20,7 @@ its label is 1:
                              lower when they do not)
 
 Cue sizes are chosen so that they survive the CPU quickstart's 91-pixel resize (80-pixel crops,
-config/SYNTH.yaml): there a ResNet-18 from scratch (train_stage1.py, fold 1, 8 epochs) reaches a
+megraphau/configs/SYNTH.yaml): there a ResNet-18 from scratch (train_stage1.py, fold 1, 8 epochs) reaches a
 test-fold mean F1 of 72-82 over seeds (all-positive baseline 42); every AU beats its all-positive
 F1, AU5 and AU7 are the hardest cues (F1 59-65 in every seed), AU9 and AU15 the least stable ones.
 
@@ -955,7 +955,7 @@ def generate_synthetic_dataset(root, subjects_per_part: int = 4, tasks: int = 2,
 
     ``root/img/{subject}/{task}/{frame}.jpg`` (subjects S01.. in three parts of
     ``subjects_per_part``, tasks T1.., frames 1..``frames``; each subject one fixed identity,
-    each frame fresh labels and jitter) and the SPEC §2 fold lists in ``root/list/`` with prefix
+    each frame fresh labels and jitter) and the subject-independent 3-fold lists in ``root/list/`` with prefix
     "SYNTH" (written by ``lists.write_fold_lists``). Identical bytes for the same
     arguments, on every machine tried (module docstring). A marker file with the parameters is
     written last.
