@@ -5,7 +5,7 @@ process) for ME-GraphAU's train and test image pipelines:
   on uint8 tensors, and for training the horizontal flip (p 0.5) that AUDataset applies;
 - release-style: PIL open/convert, Resize(256), RandomCrop(224), RandomHorizontalFlip,
   ColorJitter(0.4, 0.4, 0.4, 0), ToTensor, Normalize (test: Resize, CenterCrop, ToTensor,
-  Normalize), written here after the release's description (SPEC section 4).
+  Normalize), written here after the release's training and test transforms.
 
 The bench writes its own 256x256 JPEG face-sized images (random smooth colour fields) to a
 temporary folder; both pipelines read the same files, alternating rounds.
@@ -50,7 +50,7 @@ def write_images(folder: Path, count: int, size: int = 256, seed: int = 0) -> li
 
 
 def release_style_transform(train: bool, crop_size: int = 224, resize: int = 256):
-    """PIL pipeline in the release's style (SPEC section 4), flip included for training."""
+    """PIL pipeline in the release's style, flip included for training."""
     if train:
         steps = [T.Resize(resize), T.RandomCrop(crop_size), T.RandomHorizontalFlip(),
                  T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0)]

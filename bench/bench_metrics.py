@@ -1,7 +1,7 @@
 """Time to compute per-AU F1 and accuracy over one test fold (default 46,034 frames x 12 AUs, the
 size of BP4D fold 1) with random predictions: metrics.compute_au_metrics (vectorised) against a
-release-style loop that counts TP/FP/FN/TN in Python frame by frame and AU by AU (SPEC sections
-1 and 6), and whether the two agree.
+release-style loop that counts TP/FP/FN/TN in Python frame by frame and AU by AU (the paper's
+per-AU F1), and whether the two agree.
 
   python bench/bench_metrics.py [--frames 46034 --aus 12 --repeats 3] [--markdown] [--json out.json]
 """

@@ -93,7 +93,7 @@ class Row:
 
 
 def weighted_asymmetric_loss(probs: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """The paper's loss (SPEC section 4): -mean w_i [y log p + (1 - y) p_detached log(1 - p)]."""
+    """The paper's weighted asymmetric loss: -mean w_i [y log p + (1 - y) p_detached log(1 - p)]."""
     probs = probs.float()
     positive = labels * torch.log(probs.clamp_min(1e-8))
     negative = (1 - labels) * probs.detach() * torch.log((1 - probs).clamp_min(1e-8))

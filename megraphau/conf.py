@@ -104,7 +104,7 @@ def get_common_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", dest="no_progress", help="no tqdm progress bars")
     g.add_argument("--overwrite", action="store_true",
                    help="let a new run replace the outputs of an earlier run in its run folder (without it, "
-                        "such a folder is refused; see README, Reliability)")
+                        "such a folder is refused; see docs/reliability.md)")
     return p
 
 

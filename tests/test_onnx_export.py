@@ -96,7 +96,7 @@ def case(request, workdir):
     if how == "cli-release":
         save_release_checkpoint(model, ckpt)
         out["cli"] = run_cli(["--resume", str(ckpt), "--output", str(onnx_path), "--crop-size", str(crop)])
-        loaded = load_model(ckpt, neighbor_num=3)  # DISFA's K, as the tool takes from config/DISFA.yaml
+        loaded = load_model(ckpt, neighbor_num=3)  # DISFA's K, as the tool takes from megraphau/configs/DISFA.yaml
         facts = {**loaded.facts, "au_names": DISFA, "dataset": "DISFA", "crop_size": crop,
                  "crop_preset": "DISFA"}  # the crops demo.py feeds an 8-AU release model
         facts["au_descriptions"] = load_dataset_config("DISFA")["au_descriptions"]

@@ -1,5 +1,5 @@
 """OpenGraphAU (41 AUs): release-identical state dicts, the side-AU classifier, the stage-2 node
-update, checkpoint loading and config/OpenGraphAU.yaml."""
+update, checkpoint loading and megraphau/configs/OpenGraphAU.yaml."""
 from collections import OrderedDict
 from pathlib import Path
 

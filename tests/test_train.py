@@ -118,7 +118,7 @@ def test_seed_reproducibility_and_exact_resume(tiny_synth, tmp_path, monkeypatch
     assert [h["f1"] for h in resumed["history"]] == [h["f1"] for h in full["history"]]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
 
-    # the run folder holds everything the README lists; a finished run keeps no optimizer state
+    # the run folder holds everything docs/training.md lists; a finished run keeps no optimizer state
     run = full["run_dir"]
     for name in ("args.yaml", "train.log", "metrics.csv", "curves.png", "last.pth", "best.pth",
                  "cur_model_fold1.pth", "epoch1_model_fold1.pth", "epoch2_model_fold1.pth"):

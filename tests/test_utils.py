@@ -233,7 +233,7 @@ def test_scripts_expose_parsers():
     import train_stage2
 
     assert train_stage1.get_args_parser().parse_args([]).learning_rate == 1e-4
-    assert train_stage2.get_args_parser().parse_args([]).learning_rate == 1e-5  # SPEC §4 stage 2
+    assert train_stage2.get_args_parser().parse_args([]).learning_rate == 1e-5  # the paper's stage-2 learning rate
     import test as test_mod  # tests/ runs with the repository first on sys.path
 
     assert test_mod.get_args_parser().parse_args([]).arc is None  # the checkpoint decides

@@ -1,7 +1,7 @@
 """Crop raw BP4D / DISFA frames (or any image tree) to the 256x256 face crops ME-GraphAU trains on.
 
 The release's images are 256x256 face crops that the authors made with MTCNN five-point
-landmarks and a similarity alignment. This tool makes them from the raw data with
+landmarks and a similarity alignment (docs/data.md). This tool makes them from the raw data with
 megraphau.inference.cropping (largest face, its five landmarks warped onto the preset's template, border
 replication where the crop leaves the frame):
 

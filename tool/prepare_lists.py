@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write the 3-fold list files of BP4D / DISFA (ME-GraphAU, IJCAI-ECAI 2022, SPEC §2).
+"""Write the subject-independent 3-fold list files of BP4D / DISFA (ME-GraphAU, IJCAI-ECAI 2022).
 
 Raw label layouts read by the command line (the datasets are licensed; see data/README.md):
 
@@ -57,7 +57,7 @@ DISFA_PARTS = (
 BP4D_UNCODED = 9
 DISFA_OCCURRENCE_THRESHOLD = 2
 
-# Fold-1 values computed by the release from the full training labels (SPEC §2), for --check.
+# Fold-1 values computed by the release from the full training labels, for --check.
 KNOWN_FOLD1 = {
     "BP4D": {"weights": [1.342985, 1.689665, 1.248091, 0.561356, 0.433044, 0.435894, 0.457287,
                          0.541004, 1.408054, 0.722762, 1.493145, 1.666711], "test_size": 46034},
@@ -241,7 +241,7 @@ def release_style_weights(labels: np.ndarray) -> np.ndarray:
 
 def check_against_known(list_dir, dataset: str, tol: float = 2e-6,
                         known: dict | None = None) -> list[str]:
-    """Compare fold 1 with the release's weights and test size (SPEC §2); returns problems.
+    """Compare fold 1 with the release's weights and test size; returns problems.
 
     The weights are recomputed from the fold-1 training labels the release's way
     (:func:`release_style_weights`), so the check tests the raw data, not our -1 convention.

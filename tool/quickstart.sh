@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Quickstart on the built-in synthetic data set (SYNTH, generated into data/SYNTH on first use):
-# install, train stage 1 (ANFL), train stage 2 (MEFL) from stage 1's best.pth, test, print the table.
+# install (python -m pip install -e .: the package megraphau and its dependencies), train stage 1
+# (ANFL), train stage 2 (MEFL) from stage 1's best.pth, test, print the table.
 # ResNet-18 without ImageNet weights on the CPU: a few minutes on 2 cores.
 # SYNTH's images are the same on every machine; the trained numbers are not (the CPU's float
-# kernels differ): README gives the table for --seed 0 with the range measured over seeds.
+# kernels differ): README gives the table for --seed 0, docs/data.md the range measured over seeds.
 # Extra arguments go to every command, e.g. `bash tool/quickstart.sh --device cuda`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 
-$PY -m pip install -q -r requirements.txt
+$PY -m pip install -q -e .
 
 # --overwrite: running the quickstart again replaces its own earlier runs (a run folder holding an
 # earlier run is otherwise refused)

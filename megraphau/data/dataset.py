@@ -6,13 +6,13 @@ Public API (stable; the training, test and demo scripts code against exactly thi
   names the file (and line).
 - :func:`load_dataset_config`: ``'BP4D'``, ``'DISFA'``, ``'SYNTH'``, ``'OpenGraphAU'`` or a
   path to a ``.yaml`` -> a validated dict.
-- :func:`build_transform`: the release's train / test transforms (SPEC §4) without the flip,
+- :func:`build_transform`: the release's train / test transforms (docs/training.md) without the flip,
   on uint8 tensors.
 - :class:`AUDataset`: one split of one fold, from ``{dataset_path}/list/`` (the format of
   lists.py, written by ``tool/prepare_lists.py``) and ``{dataset_path}/img/``.
 
 Labels are 0 / 1 and -1 for "unknown"; -1 entries are meant to be left out of the loss and
-the metrics (SPEC §7).
+the metrics (the paper's protocol).
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ __all__ = ["AUDataset", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "NAMED_
 def load_dataset_config(name_or_path: Union[str, os.PathLike]) -> dict:
     """Read and validate a dataset config.
 
-    A known name (``BP4D``, ``DISFA``, ``SYNTH``, ``OpenGraphAU``, or any ``config/{name}.yaml``
-    of this repository) reads ``<repo>/config/{name}.yaml`` whatever the working directory; a
+    A known name (``BP4D``, ``DISFA``, ``SYNTH``, ``OpenGraphAU``, or any ``configs/{name}.yaml``
+    of this package) reads ``megraphau/configs/{name}.yaml`` whatever the working directory; a
     path to a ``.yaml``/``.yml`` file reads that file.
 
     Returned keys: name, dataset_path (absolute; relative paths are taken from the repo root),
@@ -81,7 +81,7 @@ def load_dataset_config(name_or_path: Union[str, os.PathLike]) -> dict:
 
 
 def named_config_path(name: str) -> Path:
-    """config/{name}.yaml of a built-in dataset, the name matched case-insensitively ('bp4d');
+    """megraphau/configs/{name}.yaml of a built-in dataset, the name matched case-insensitively ('bp4d');
     DatasetError with a "did you mean" for a typo ('SYNHT')."""
     known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) or list(NAMED_CONFIGS)
     by_lower = {k.lower(): k for k in known}
@@ -154,7 +154,7 @@ def resize_for_crop(crop_size: int) -> int:
 
 
 def build_transform(train: bool, crop_size: int = 224, resize: Optional[int] = None) -> Callable:
-    """The release's image transform (SPEC §4) without the horizontal flip.
+    """The release's image transform without the horizontal flip.
 
     Input: a uint8 tensor (3, H, W) (a PIL image or HWC uint8 array also works). Output: float32
     (3, crop_size, crop_size), ImageNet-normalised.

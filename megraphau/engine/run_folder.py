@@ -35,7 +35,7 @@ from pathlib import Path
 from megraphau.utils import UserError
 
 LOCK_NAME = ".run.lock"
-#: results of a training run (README, "What a run writes"): how an earlier run is recognised
+#: results of a training run (docs/training.md, "What a run writes"): how an earlier run is recognised
 TRAINING_RESULTS = ("last.pth", "best.pth", "cur_model_fold*.pth", "epoch*_model_fold*.pth", "metrics.csv",
                     "curves.png")
 #: results of a test run (test.py, --evaluate)

@@ -80,7 +80,7 @@ class FaceResult:
 
 
 def load_au_config(name_or_path: str) -> dict:
-    """A dataset config (config/{name}.yaml or a .yaml path) naming AUs; InferenceError if bad."""
+    """A dataset config (megraphau/configs/{name}.yaml or a .yaml path) naming AUs; InferenceError if bad."""
     try:
         return load_dataset_config(name_or_path)
     except ValueError as err:
