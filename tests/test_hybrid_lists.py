@@ -474,3 +474,30 @@ def test_xlsx_reader_cells(tmp_path):
 
 
 RELEASE_CONSTANTS_SHA256 = "6bcf3491bdb4a10676a31442ae5b3e91326f9055abff51e7de714948edb5ab57"
+
+
+def test_fold1_lists_for_the_training(full_tree):
+    """Beside the release's files: fold 1 in this repository's format (train = hybrid train,
+    test = hybrid test), which AUDataset reads with the OpenGraphAU config."""
+    from megraphau.data.dataset import AUDataset, load_dataset_config
+
+    _, _, out = full_tree
+    for split in ("train", "test"):
+        for kind in ("img_path", "label"):
+            assert (out / f"OpenGraphAU_{split}_{kind}_fold1.txt").read_bytes() == \
+                (out / f"hybrid_{split}_{kind}.txt").read_bytes()
+    assert not (out / "OpenGraphAU_train_AU_relation_fold1.txt").exists()
+    weights = [float(w) for w in (out / "OpenGraphAU_weight_fold1.txt").read_text().split("\t")]
+    release = [float(w) for w in (out / "hybrid_train_weight.txt").read_text().split("\t")]
+    np.testing.assert_allclose(weights, release, atol=2e-6)  # every AU coded: the same formula
+    ds = AUDataset(load_dataset_config("OpenGraphAU"), fold=1, split="train", stage=2, dataset_path=out.parent,
+                   validate=False)
+    assert len(ds) == len((out / "hybrid_train_img_path.txt").read_text().splitlines()) and ds.relations is None
+
+
+def test_partial_hybrid_without_fold1_when_an_au_is_never_present(tmp_path, capsys):
+    raw = make_raw_tree(tmp_path / "raw", tmp_path / "img", datasets=("CASME2",))
+    assert prepare_main(["--dataset", "OpenGraphAU", "--raw-root", str(raw), "--output", str(tmp_path / "l")]) == 0
+    text = capsys.readouterr().out
+    assert "fold-1 lists (OpenGraphAU_*_fold1.txt) not written" in text and "coded but never present" in text
+    assert not list((tmp_path / "l").glob("OpenGraphAU_*"))

@@ -235,8 +235,7 @@ def compute_class_weights_coded(labels: np.ndarray, au_names: Sequence[str], sou
     never = [au_names[i] for i in np.flatnonzero(coded & ((labels == 1).sum(axis=0) == 0))]
     if never:
         raise DatasetError(f"{source}: {', '.join(never)} coded but never present in the {labels.shape[0]} "
-                           f"training images; its class weight 1/r would be infinite (leave it blank where "
-                           f"not coded, or drop the column)")
+                           f"training images; its class weight 1/r would be infinite")
     weights = np.ones(labels.shape[1])
     if coded.any():
         weights[coded] = compute_class_weights(labels[:, coded], source)

@@ -152,8 +152,11 @@ def prepare_own_lists(csv_path, list_dir, au_set: str = "auto", val_fraction: fl
     n_test = min(max(1, round(val_fraction * len(paths))), len(paths) - 1)
     test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])  # CSV order within each list
     au_names = [f"AU{a}" for a in target]
-    weights = compute_class_weights_coded(labels[train_idx], au_names,
-                                          f"{csv_path} (training part, {len(train_idx)} images)")
+    try:
+        weights = compute_class_weights_coded(labels[train_idx], au_names,
+                                              f"{csv_path} (training part, {len(train_idx)} images)")
+    except DatasetError as err:
+        raise DatasetError(f"{err} (leave it blank where it is not coded, or drop the column)") from None
     files = write_split_lists(list_dir, name, 1,
                               ([written_paths[i] for i in train_idx], labels[train_idx]),
                               ([written_paths[i] for i in test_idx], labels[test_idx]), weights)
