@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write the subject-independent 3-fold list files of BP4D / DISFA (ME-GraphAU, IJCAI-ECAI 2022).
+"""Write the list files of BP4D / DISFA (3 folds), OpenGraphAU's hybrid, or one's own labels.
 
 Raw label layouts read by the command line (the datasets are licensed; see data/README.md):
 
@@ -27,6 +27,27 @@ Outputs in --list-dir (default data/{DATASET}/list), for k = 1, 2, 3 and D = BP4
 Fold k trains on two subject parts and tests on the third: fold1 = part1+part2 / part3,
 fold2 = part1+part3 / part2, fold3 = part2+part3 / part1.
 
+OpenGraphAU  --dataset OpenGraphAU --raw-root RAW [--output OUT] [--img-dir IMG]
+  RAW is the release's working directory (megraphau/data/hybrid.py lists the layout):
+  BP4D/AUCoding/AU_OCC, DISFA/ActionUnit_Labels, CK+/FACS, RAF-AU/RAFAU_label.txt with
+  RAF-AU-{train,val,test}_ids.txt, CASME2/CASME2-coding-20140508.xlsx,
+  AFFW-2/list/AU_Set/{TrainFromTrain_Set,ValFromTrain_Set,Validation_Set}. Data sets not there
+  are skipped (noted). Writes into OUT (default data/OpenGraphAU/list), byte for byte as the
+  release's tools: hybrid_{train,val,test}_img_path.txt, hybrid_{train,val,test}_label.txt
+  (41 AUs, -1 = not coded) and hybrid_train_weight.txt; and, for train_stage1.py /
+  train_stage2.py --dataset OpenGraphAU --fold 1, the same lists as
+  OpenGraphAU_{train,test}_{img_path,label}_fold1.txt and OpenGraphAU_weight_fold1.txt.
+  CK+ frames count when their image is in IMG/CK+ (default: img/ beside OUT), else in
+  CK+/cohn-kanade-images.
+
+Own labels   --from-csv labels.csv --output OUT [--au-set auto] [--val-fraction 0.2] [--seed 0]
+  A CSV with an image column (image, path, file, ...) and AU columns (AU1, AU01, 12, AUL12, ...)
+  holding 1, 0, or blank / -1 for "not coded". Writes fold 1 of the AU set (BP4D, DISFA,
+  OpenGraphAU; auto = the smallest holding every AU of the CSV): {SET}_{train,test}_img_path_fold1.txt,
+  _label_fold1.txt, {SET}_weight_fold1.txt, {SET}_train_AU_relation_fold1.txt. Images are
+  looked up in --img-dir (default: img/ beside OUT); train with --dataset SET --dataset-path
+  (the folder holding OUT) --fold 1.
+
 The list format itself (file names, relations, class weights, writing) lives in lists.py.
 """
 from __future__ import annotations
@@ -39,7 +60,14 @@ from typing import Sequence
 
 import numpy as np
 
-from megraphau.data.lists import FOLD_PARTS, DatasetError, write_fold_lists  # noqa: E402
+from megraphau.data import hybrid, own_labels
+from megraphau.data.lists import (
+    FOLD_PARTS,
+    DatasetError,
+    compute_class_weights_coded,
+    write_fold_lists,
+    write_split_lists,
+)
 
 BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 DISFA_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
@@ -271,11 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     from megraphau import provenance
 
     provenance.add_version_flag(parser)
-    parser.add_argument("--dataset", required=True, choices=("BP4D", "DISFA"))
-    parser.add_argument("--label-dir", required=True,
+    parser.add_argument("--dataset", choices=("BP4D", "DISFA", "OpenGraphAU"),
+                        help="the data set whose raw labels to read (or --from-csv)")
+    parser.add_argument("--label-dir", default=None,
                         help="BP4D: AUCoding/AU_OCC; DISFA: ActionUnit_Labels")
-    parser.add_argument("--list-dir", default=None,
-                        help="output folder (default: data/{DATASET}/list of this repository)")
+    parser.add_argument("--raw-root", default=None,
+                        help="OpenGraphAU: the folder holding BP4D/, DISFA/, CK+/, RAF-AU/, CASME2/, AFFW-2/")
+    parser.add_argument("--list-dir", "--output", dest="list_dir", default=None,
+                        help="output folder (default: data/{DATASET}/list of this repository; "
+                             "required with --from-csv)")
+    parser.add_argument("--img-dir", default=None,
+                        help="face crops (default: img/ beside the output folder): OpenGraphAU looks "
+                             "for CK+ frames in its CK+/, --from-csv for the CSV's images")
     parser.add_argument("--drop-uncoded", action="store_true",
                         help="BP4D: drop frames with any 'not coded' (9) label instead of "
                              "writing -1 (unknown) for them")
@@ -283,11 +318,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compare fold 1 with the release (class weights computed its way, "
                              "test size); full real data without --drop-uncoded; exit 1 on a "
                              "mismatch")
+    parser.add_argument("--from-csv", default=None, metavar="CSV",
+                        help="own labels: a CSV of image paths and AU columns (1, 0, blank or -1)")
+    parser.add_argument("--au-set", default="auto", choices=("auto", "BP4D", "DISFA", "OpenGraphAU"),
+                        help="--from-csv: the model's AU set to write (default auto: the smallest set "
+                             "holding every AU of the CSV)")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="--from-csv: fraction of the images held out as fold 1's test list (default 0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="--from-csv: seed of the random split (default 0)")
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.dataset is None) == (args.from_csv is None):
+        parser.error("give either --dataset or --from-csv")
+    if args.from_csv is not None:
+        if args.list_dir is None:
+            parser.error("--from-csv needs --output (the list folder to write)")
+        return main_own_labels(args)
+    if args.dataset == "OpenGraphAU":
+        if args.raw_root is None:
+            parser.error("--dataset OpenGraphAU needs --raw-root")
+        return main_hybrid(args)
+    if args.label_dir is None:
+        parser.error(f"--dataset {args.dataset} needs --label-dir")
     repo = Path(__file__).resolve().parents[1]
     list_dir = Path(args.list_dir) if args.list_dir else repo / "data" / args.dataset / "list"
     try:
@@ -324,6 +380,60 @@ def main(argv=None) -> int:
         if problems:
             return 1
         print("check: fold1 weights and test size match the release")
+    return 0
+
+
+def main_hybrid(args) -> int:
+    """--dataset OpenGraphAU: the release's hybrid lists, then fold 1 in this repository's format."""
+    repo = Path(__file__).resolve().parents[1]
+    list_dir = Path(args.list_dir) if args.list_dir else repo / "data" / "OpenGraphAU" / "list"
+    try:
+        merged, notes = hybrid.prepare_hybrid(args.raw_root, list_dir, img_dir=args.img_dir)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"OpenGraphAU: wrote the hybrid lists to {list_dir}")
+    for note in notes:
+        print(f"  {note}")
+    print("  hybrid: " + ", ".join(f"{s} {len(merged[s][0])}" for s in hybrid.SPLITS) + " frames")
+    train_labels = merged["train"][1]
+    names = [f"AU{a}" for a in hybrid.HYBRID_AUS]
+    absent = [names[i] for i in np.flatnonzero((train_labels > 0).sum(axis=0) == 0)]
+    if absent:
+        print(f"  note: never present in the training frames: {' '.join(absent)}; the release's "
+              f"formula gives them no finite class weight (hybrid_train_weight.txt has nan/inf)")
+    try:
+        weights = compute_class_weights_coded(train_labels, names, f"{list_dir}/hybrid_train_label.txt")
+    except DatasetError as err:
+        print(f"  fold-1 lists (OpenGraphAU_*_fold1.txt) not written: {err}")
+        return 0
+    if not merged["test"][0]:
+        print("  fold-1 lists (OpenGraphAU_*_fold1.txt) not written: the test split is empty")
+        return 0
+    # no relation file: 41*41 ints per frame; the training computes them from the labels instead
+    write_split_lists(list_dir, "OpenGraphAU", 1, merged["train"], merged["test"], weights, relations=False)
+    print("  fold 1 for train_stage1.py / train_stage2.py --dataset OpenGraphAU: OpenGraphAU_*_fold1.txt "
+          "(train = hybrid train, test = hybrid test)")
+    return 0
+
+
+def main_own_labels(args) -> int:
+    """--from-csv: fold 1 of one's own labels."""
+    try:
+        summary = own_labels.prepare_own_lists(args.from_csv, args.list_dir, au_set=args.au_set,
+                                               val_fraction=args.val_fraction, seed=args.seed,
+                                               img_dir=args.img_dir)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    name, folder = summary["au_set"], Path(args.list_dir).resolve().parent
+    print(f"{args.from_csv}: {name} lists (fold 1) written to {args.list_dir}")
+    print(f"  AUs in the CSV: {' '.join(summary['aus'])}; written in {name}'s order of "
+          f"{len(own_labels.AU_SETS[name])} AUs")
+    print(f"  train {summary['train']} images, test {summary['test']} images")
+    if summary["uncoded_aus"]:
+        print(f"  not coded in any training image (-1, left out of the loss): {' '.join(summary['uncoded_aus'])}")
+    print(f"  train: python train_stage1.py --dataset {name} --dataset-path {folder} --fold 1 ...")
     return 0
 
 

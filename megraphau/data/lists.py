@@ -221,3 +221,46 @@ def write_fold_lists(list_dir, prefix: str, parts: Sequence[Sequence]) -> None:
         _write_int_rows(list_file(list_dir, prefix, "label", k, "test"), test_labels)
         _write_lines(list_file(list_dir, prefix, "weight", k), ["\t".join(f"{w:f}" for w in weights)])
         _write_int_rows(list_file(list_dir, prefix, "AU_relation", k, "train"), relations_from_labels(train_labels))
+
+
+# ----------------------------------------------------------------------------- one fold, own labels
+def compute_class_weights_coded(labels: np.ndarray, au_names: Sequence[str], source: str) -> np.ndarray:
+    """Class weights of the release's formula over the AUs that have coded training labels.
+
+    Lists of one's own labels (tool/prepare_lists.py --from-csv) may leave AUs of a model's set
+    uncoded (-1) in every frame: those are left out of the loss, so their weight is never used
+    and is written as 1; the others get w_i = (1/r_i) / sum_j(1/r_j) * n over the n coded AUs
+    (r_i among the frames where AU i is coded). A coded AU that is never present would get an
+    infinite weight: a DatasetError naming it and `source`.
+    """
+    labels = np.asarray(labels)
+    coded = (labels >= 0).sum(axis=0) > 0
+    never = [au_names[i] for i in np.flatnonzero(coded & ((labels == 1).sum(axis=0) == 0))]
+    if never:
+        raise DatasetError(f"{source}: {', '.join(never)} coded but never present in the {labels.shape[0]} "
+                           f"training images; its class weight 1/r would be infinite")
+    weights = np.ones(labels.shape[1])
+    if coded.any():
+        weights[coded] = compute_class_weights(labels[:, coded], source)
+    return weights
+
+
+def write_split_lists(list_dir, prefix: str, fold: int, train: tuple, test: tuple,
+                      weights: np.ndarray, relations: bool = True) -> list[Path]:
+    """Write one fold's files (see the module docstring) from (paths, labels (M, N)) of the
+    training and test images and the N class weights; returns the paths written. Without
+    `relations` no relation file is written (the dataset then computes them from the labels)."""
+    list_dir = Path(list_dir)
+    list_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split, (paths, labels) in (("train", train), ("test", test)):
+        labels = np.asarray(labels, dtype=np.int64).reshape(len(paths), -1)
+        written += [list_file(list_dir, prefix, kind, fold, split) for kind in ("img_path", "label")]
+        _write_lines(written[-2], paths)
+        _write_int_rows(written[-1], labels)
+        if split == "train" and relations:
+            written.append(list_file(list_dir, prefix, "AU_relation", fold, "train"))
+            _write_int_rows(written[-1], relations_from_labels(labels))
+    written.append(list_file(list_dir, prefix, "weight", fold))
+    _write_lines(written[-1], ["\t".join(f"{w:f}" for w in weights)])
+    return written
