@@ -11,6 +11,14 @@ benchmark runs `python demo.py --benchmark` in a fresh process.
 
   python bench/bench_video.py --arcs resnet18 resnet50 --stages 2 --frames 200 --repeats 2
   python bench/bench_video.py --memory --memory-frames 300 3000 --arcs resnet18 --engine onnx
+
+After the pipeline benchmark, every engine x precision (PyTorch fp32/bf16, ONNX Runtime fp32/int8;
+the ones this machine does not offer listed with the reason) is timed on the model alone over
+--frames face crops (inference/precision.py's photograph crops, batches of --batch-size, default
+16), beside its accuracy guard (max abs probability difference to float32 of the same engine on
+held-out face crops, bound 0.02) and the roofline (inference/roofline.py: FLOPs per face, the
+measured matrix-product peak of that engine and precision at the thread count, the achieved
+fraction of it, and the faces/s the peak would allow). --precisions-only skips the pipeline part.
 """
 from __future__ import annotations
 
@@ -22,6 +30,8 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,6 +172,87 @@ def run_memory(args, workdir: Path, made) -> None:
               + ("" if m["code"] == 0 else f" exit {m['code']}"))
 
 
+# ---- engine x precision table with guards and roofline (issue 24) --------------------------
+PRECISION_BATCH = 16  # AUDetector's default batch size
+
+
+def precision_rows(made, frames: int, threads: int | None = None, batch_size: int | None = None) -> list[dict]:
+    """One row per model x engine x precision: 'model', 'engine', 'precision', 'refused' (the reason,
+    or None), 'seconds_per_face', 'guard' (probability_guard against float32 of the same engine; ONNX
+    Runtime fp32 against PyTorch fp32; None for PyTorch fp32, the reference) and 'roofline'."""
+    import torch
+
+    from megraphau.inference import precision as P
+    from megraphau.inference import roofline as R
+    from megraphau.model import load_model
+
+    threads = threads or torch.get_num_threads()
+    batch_size = batch_size or PRECISION_BATCH
+    peaks, rows = {}, []
+    for arc, stage, pth, onnx in made:
+        model = load_model(pth, neighbor_num=lambda n: 4).model  # save_random_checkpoint's K
+        crop = 224
+        flops = R.model_flops(model, crop)
+        int8 = P.int8_path(onnx)
+        if not int8.is_file() and P.unsupported_reason("onnxruntime", "int8") is None:
+            P.quantize_int8(onnx, int8)
+        guard_inputs = P.model_inputs(P.guard_crops(), crop)
+        faces = P.model_inputs(P.photo_crops(min(frames, 32), seed=2), crop)
+        faces = np.resize(faces, (frames, *faces.shape[1:]))  # (frames, 3, S, S), the crops repeated
+        sources = {"pytorch": model, "onnxruntime": None}
+        references = {}
+        for engine in P.ENGINES:
+            for precision in P.PRECISIONS:
+                row = {"model": f"{arc} stage {stage}", "engine": engine, "precision": precision,
+                       "refused": P.unsupported_reason(engine, precision), "seconds_per_face": None,
+                       "guard": None, "roofline": None}
+                rows.append(row)
+                if row["refused"]:
+                    continue
+                source = sources[engine] or (int8 if precision == "int8" else onnx)
+                runner = P.make_runner(engine, precision, source, threads=threads)
+                runner(faces[:batch_size])  # warm-up (ONNX Runtime's first run allocates)
+                start = time.perf_counter()
+                P.run_batched(runner, faces, batch_size)
+                row["seconds_per_face"] = (time.perf_counter() - start) / frames
+                if precision == "fp32":
+                    references[engine] = runner
+                reference = references["pytorch"] if precision == "fp32" else references[engine]
+                if (engine, precision) != ("pytorch", "fp32"):
+                    row["guard"] = P.probability_guard(reference, runner, guard_inputs, precision, engine)
+                if (engine, precision) not in peaks:
+                    peaks[engine, precision] = R.matmul_peak(precision, engine, threads=threads)
+                row["roofline"] = R.roofline(flops, row["seconds_per_face"], peaks[engine, precision])
+    return rows
+
+
+def precision_table(rows: list[dict], threads: int | None = None) -> str:
+    """The rows of precision_rows as a markdown table (refused combinations with their reason)."""
+    lines = [f"engine x precision, model alone ({threads or 'default'} threads); guard: max |p - p_fp32| on face "
+             f"crops (bound 0.02); roofline: measured matrix-product peak of that engine and precision",
+             "| model | engine | precision | ms/face | faces/s | guard | GFLOP/face | peak GFLOP/s | achieved GFLOP/s "
+             "| fraction of peak | faces/s bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        head = f"| {r['model']} | {r['engine']} | {r['precision']} "
+        if r["refused"]:
+            lines.append(head + f"| not offered: {r['refused']} |" + "|" * 7)  # 11 cells
+            continue
+        g, roof = r["guard"], r["roofline"]
+        guard = "reference" if g is None else (f"{g['max_abs_diff']:.2g} {'pass' if g['passed'] else 'FAIL'}"
+                                               + (" (vs PyTorch fp32)" if r["precision"] == "fp32" else ""))
+        peak = "n/a" if roof["peak_gflops"] is None else f"{roof['peak_gflops']:.0f}"
+        fraction = "n/a" if roof["fraction"] is None else f"{roof['fraction']:.0%}"
+        bound = "n/a" if roof["bound_fps"] is None else f"{roof['bound_fps']:.0f}"
+        lines.append(head + f"| {1000 * r['seconds_per_face']:.1f} | {roof['measured_fps']:.1f} | {guard} | "
+                     f"{roof['gflop_per_face']:.2f} | {peak} | {roof['achieved_gflops']:.1f} | {fraction} | {bound} |")
+    return "\n".join(lines)
+
+
+def run_precisions(args, made) -> None:
+    rows = precision_rows(made, args.frames, args.threads, args.batch_size)
+    print(precision_table(rows, args.threads), flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,11 +270,17 @@ def main(argv=None) -> None:
     parser.add_argument("--memory-frames", nargs="+", type=int, default=[300, 3000])
     parser.add_argument("--memory-annotate", nargs="+", default=["no-annotate"], choices=["no-annotate", "annotated"])
     parser.add_argument("--engine", default="onnx", choices=["onnx", "pytorch"], help="--memory: the model file")
+    parser.add_argument("--precisions-only", action="store_true",
+                        help="only the engine x precision table (guards, roofline), not the pipeline benchmark")
+    parser.add_argument("--no-precisions", action="store_true", help="skip the engine x precision table")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     made = models(args.workdir, args.arcs, args.stages)
     if args.memory:
         run_memory(args, args.workdir, made)
+        return
+    if args.precisions_only:
+        run_precisions(args, made)
         return
     video = args.workdir / f"face_{args.frames}.avi"
     if not video.is_file():
@@ -197,6 +294,8 @@ def main(argv=None) -> None:
         print(f"$ python demo.py {' '.join(argv + args.extra)}", flush=True)
         subprocess.run([sys.executable, str(ROOT / "demo.py"), *argv, *args.extra], check=False)
         print(flush=True)
+    if not args.no_precisions:
+        run_precisions(args, made)
 
 
 if __name__ == "__main__":

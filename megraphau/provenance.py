@@ -228,14 +228,16 @@ def command_line(argv=None) -> str:
     return shlex.join([Path(sys.executable).name or "python", *(str(a) for a in argv)])
 
 
-def collect(device=None, files: dict | None = None, argv=None) -> dict:
+def collect(device=None, files: dict | None = None, argv=None, precision: dict | None = None) -> dict:
     """Everything needed to trace a result back: project and version, git checkout (or None),
     package versions, device, the exact command, working folder, UTC time, host name, the set
     reproducibility environment variables, and for each `files` label its path, SHA-256 and size.
+    precision: the numeric precision the outputs were computed in (inference.precision's
+    precision_facts), recorded under "precision" when given.
 
     Never raises; every value is a plain JSON/YAML type."""
     files = files or {}
-    return {
+    record = {
         "project": PROJECT,
         "version": __version__,
         "git": _call(git_info, REPO_ROOT),
@@ -249,6 +251,9 @@ def collect(device=None, files: dict | None = None, argv=None) -> dict:
         "files": {str(label): _call(file_info, path) or {"path": str(path), "sha256": None, "bytes": None}
                   for label, path in files.items()},
     }
+    if precision is not None:
+        record["precision"] = precision
+    return record
 
 
 def _device_summary(device: dict) -> str:
