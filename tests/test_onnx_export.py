@@ -297,7 +297,7 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_cli_verification_failure_is_one_line(tmp_path, monkeypatch):
-    import model.onnx_export as onnx_export
+    import megraphau.model.onnx_export as onnx_export
 
     def failing(*args, **kwargs):
         raise OnnxVerificationError("ONNX Runtime disagrees with PyTorch beyond 0.0001: batch 1: probs 0.3",
@@ -361,8 +361,8 @@ def test_importable_without_onnx(monkeypatch, tmp_path):
     monkeypatch.setattr(model, "onnx_export", model.onnx_export)  # restored afterwards
     for name in ("onnx", "onnxruntime", "onnxscript"):
         monkeypatch.setitem(sys.modules, name, None)  # `import name` raises ImportError
-    monkeypatch.delitem(sys.modules, "model.onnx_export")
-    fresh = importlib.import_module("model.onnx_export")
+    monkeypatch.delitem(sys.modules, "megraphau.model.onnx_export")
+    fresh = importlib.import_module("megraphau.model.onnx_export")
     with pytest.raises(fresh.MissingDependencyError, match="pip install onnxruntime"):
         fresh.OnnxAUModel(tmp_path)
     with pytest.raises(fresh.MissingDependencyError, match="pip install onnxscript"):
