@@ -34,8 +34,9 @@ from pathlib import Path
 
 import yaml
 
+#: --arc choices: megraphau.model.ARCHS's names (listed here so that --help needs no torch)
 ARCS = ["resnet18", "resnet50", "resnet101", "swin_transformer_tiny", "swin_transformer_small",
-        "swin_transformer_base"]
+        "swin_transformer_base", "mae_vit_base"]
 #: The dataset of a run that names none and whose --resume file does not say (the release's default).
 DEFAULT_DATASET = "BP4D"
 

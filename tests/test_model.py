@@ -31,7 +31,8 @@ def quiet_build(*args, **kwargs):
 
 @pytest.mark.parametrize("num_classes", [12, 8])
 @pytest.mark.parametrize("stage", [1, 2])
-@pytest.mark.parametrize("arc", list(ARCHS))
+# the release's ME-GraphAU has no MAE ViT: its keys are checked in test_mae_vit.py
+@pytest.mark.parametrize("arc", [a for a in ARCHS if ARCHS[a].family != "mae_vit"])
 def test_state_dict_matches_release(arc, stage, num_classes):
     model = quiet_build(stage, arc, num_classes, neighbor_num=4 if num_classes == 12 else 3)
     ours = model_entries(model)

@@ -27,9 +27,6 @@ import numpy as np
 FOLD_PARTS = {1: ((0, 1), 2), 2: ((0, 2), 1), 3: ((1, 2), 0)}
 # The release's BP4D lists keep the raw "not coded" value 9; it is read as unknown (-1).
 RELEASE_UNCODED = 9
-#: The data set whose AUs a model with that many AU outputs predicts (the released checkpoints
-#: do not name their AUs): its dataset config names them, its crop preset frames the faces.
-KNOWN_AU_SETS = {12: "BP4D", 8: "DISFA", 41: "OpenGraphAU"}
 
 
 class DatasetError(ValueError):

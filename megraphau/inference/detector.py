@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from megraphau.data.dataset import IMAGENET_MEAN, IMAGENET_STD, build_transform, load_dataset_config, resize_for_crop
-from megraphau.data.lists import KNOWN_AU_SETS  # the AU set of a file that does not name its AUs
+from megraphau.model.facts import AU_SET_FOR_NUM_CLASSES, has_edge_logits, variant_for
 
 
 class InferenceError(RuntimeError):
@@ -89,7 +89,7 @@ def load_au_config(name_or_path: str) -> dict:
 
 def neighbor_num_for(num_classes: int) -> int:
     """The stage-1 graph's K of the known AU set of this size (BP4D 4, DISFA 3), else 4."""
-    name = KNOWN_AU_SETS.get(num_classes)
+    name = AU_SET_FOR_NUM_CLASSES.get(num_classes)
     return int(load_au_config(name)["neighbor_num"]) if name else 4
 
 
@@ -111,14 +111,14 @@ def resolve_au_set(facts: dict, dataset: Optional[str] = None) -> tuple[list, Op
     names = facts.get("au_names")
     if names and len(names) == n:
         descriptions = facts.get("au_descriptions")
-        if descriptions is None and n in KNOWN_AU_SETS:  # older project files: names only
-            known = load_au_config(KNOWN_AU_SETS[n])
+        if descriptions is None and n in AU_SET_FOR_NUM_CLASSES:  # older project files: names only
+            known = load_au_config(AU_SET_FOR_NUM_CLASSES[n])
             descriptions = known.get("au_descriptions") if list(known["au_names"]) == list(names) else None
         return list(names), descriptions
-    if n in KNOWN_AU_SETS:
-        cfg = load_au_config(KNOWN_AU_SETS[n])
+    if n in AU_SET_FOR_NUM_CLASSES:
+        cfg = load_au_config(AU_SET_FOR_NUM_CLASSES[n])
         return list(cfg["au_names"]), cfg.get("au_descriptions")
-    known = ", ".join(f"{k} ({v})" for k, v in KNOWN_AU_SETS.items())
+    known = ", ".join(f"{k} ({v})" for k, v in AU_SET_FOR_NUM_CLASSES.items())
     raise InferenceError(f"{source} predicts {n} AUs, which matches no known AU set ({known}); pass "
                          f"--dataset CONFIG whose au_names name them")
 
@@ -193,7 +193,7 @@ class AUDetector:
                 raise InferenceError("without a checkpoint, give arc, stage and dataset (random weights)")
             cfg = load_au_config(dataset)
             n = int(cfg["num_classes"])
-            variant = cfg.get("variant") or ("opengraphau" if n == 41 else "megraphau")
+            variant = cfg.get("variant") or variant_for(n)
             self.model = build_model(int(stage), arc, n, int(cfg["neighbor_num"]), metric or "dots",
                                      pretrained=False, variant=variant)
             self.facts = {"arc": arc, "stage": int(stage), "num_classes": n, "variant": variant,
@@ -315,7 +315,7 @@ class AUDetector:
     def has_edges(self) -> bool:
         """Whether the model predicts AU-pair relations (stage-2 ME-GraphAU: edge logits);
         stage 1 and OpenGraphAU (both stages) give AU probabilities only."""
-        return self.stage == 2 and self.variant != "opengraphau"
+        return has_edge_logits(self.stage, self.variant)
 
     @torch.inference_mode()
     def run_model(self, inputs: np.ndarray, edges: bool = False):

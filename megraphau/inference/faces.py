@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from megraphau.data.lists import KNOWN_AU_SETS
+from megraphau.model.facts import AU_SET_FOR_NUM_CLASSES
 
 if TYPE_CHECKING:  # torch is imported when a detector is built
     import torch
@@ -99,9 +99,9 @@ for _template in CROP_PRESETS.values():
 
 def preset_for(num_classes: int, default: str = "BP4D") -> str:
     """Crop preset for a model with ``num_classes`` AU outputs: that of the data set it was
-    trained on (lists.KNOWN_AU_SETS: 12 BP4D, 8 DISFA, 41 OpenGraphAU; each has a preset of its
+    trained on (megraphau.model.facts: 12 BP4D, 8 DISFA, 41 OpenGraphAU; each has a preset of its
     name); ``default`` for any other count (e.g. a model trained on own data)."""
-    return KNOWN_AU_SETS.get(int(num_classes), default)
+    return AU_SET_FOR_NUM_CLASSES.get(int(num_classes), default)
 
 
 def crop_template(preset: Union[str, np.ndarray] = "BP4D", size: int = CROP_SIZE) -> np.ndarray:

@@ -35,7 +35,7 @@ from megraphau.analysis import plots
 from megraphau.inference.detector import AUDetector, FaceResult
 from megraphau.inference.drawing import letterbox
 from megraphau.inference.inputs import DemoError
-from megraphau.model.opengraphau import NUM_MAIN as OPENGRAPHAU_MAIN_AUS
+from megraphau.model.facts import OPENGRAPHAU_NUM_MAIN as OPENGRAPHAU_MAIN_AUS
 
 __all__ = ["OPENFACE_HELP", "PAIR_PROBS_NOTE", "AnnotatedVideo", "ResultWriter", "annotated_path", "compact_json",
            "graph_title", "openface_au_name", "save_crops", "save_graphs"]

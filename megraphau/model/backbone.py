@@ -1,7 +1,9 @@
-"""Backbones of ME-GraphAU (Luo et al., IJCAI-ECAI 2022): torchvision ResNets and timm Swins.
+"""Backbones of ME-GraphAU (Luo et al., IJCAI-ECAI 2022): torchvision ResNets and timm Swins,
+and OpenGraphAU's MAE ViT-B/16 (mae_vit.py).
 
-Each backbone maps an ImageNet-normalised (B, 3, 224, 224) batch to tokens (B, 49, C_in), with
-no pooling and no classifier.
+Each backbone maps an ImageNet-normalised (B, 3, 224, 224) batch to tokens (B, T, C_in), with
+no pooling and no classifier: T = 49 (7 x 7 maps) for ResNets and Swins, 196 for the ViT. The
+facts of each --arc (ARCHS) are in facts.py.
 
 State dicts follow the public release: ResNets in torchvision's layout without `fc`; Swins in
 Microsoft's original layout (each stage's patch merging at the end of that stage, with the
@@ -15,7 +17,6 @@ import contextlib
 import re
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,64 +25,14 @@ from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from megraphau.paths import CHECKPOINT_DIR  # noqa: E402
+from megraphau.paths import CHECKPOINT_DIR
 
+from .facts import ARCHS, ArcSpec, arc_spec, checkpoint_stages
+from .mae_vit import MAEViTTokens, mae_vit_layout
+from .statedict import CheckpointFileError, CheckpointMismatchError, load_weights_only, sub_state_dict
 
-@dataclass(frozen=True)
-class ArcSpec:
-    family: str  # "resnet" | "swin"
-    in_channels: int  # C_in of the tokens
-    pretrained_file: str  # the release's ImageNet file name in checkpoints/
-    url: str  # where that file is published
-    resnet_layers: tuple[int, ...] = ()
-    resnet_block: str = ""
-    swin_embed_dim: int = 0
-    swin_depths: tuple[int, ...] = ()
-    swin_heads: tuple[int, ...] = ()
-    drop_path_rate: float = 0.0
-
-    @property
-    def out_channels(self) -> int:
-        """C, the width of the AU head: C_in / 4 for ResNets, C_in / 2 for Swins."""
-        return self.in_channels // 4 if self.family == "resnet" else self.in_channels // 2
-
-
-_TV = "https://download.pytorch.org/models/"
-_MS = "https://github.com/SwinTransformer/storage/releases/download/v1.0.0/"
-ARCHS: dict[str, ArcSpec] = {
-    "resnet18": ArcSpec("resnet", 512, "resnet18-5c106cde.pth", _TV + "resnet18-5c106cde.pth",
-                        resnet_layers=(2, 2, 2, 2), resnet_block="basic"),
-    "resnet50": ArcSpec("resnet", 2048, "resnet50-19c8e357.pth", _TV + "resnet50-19c8e357.pth",
-                        resnet_layers=(3, 4, 6, 3), resnet_block="bottleneck"),
-    "resnet101": ArcSpec("resnet", 2048, "resnet101-5d3b4d8f.pth", _TV + "resnet101-5d3b4d8f.pth",
-                         resnet_layers=(3, 4, 23, 3), resnet_block="bottleneck"),
-    "swin_transformer_tiny": ArcSpec(
-        "swin", 768, "swin_tiny_patch4_window7_224.pth", _MS + "swin_tiny_patch4_window7_224.pth",
-        swin_embed_dim=96, swin_depths=(2, 2, 6, 2), swin_heads=(3, 6, 12, 24), drop_path_rate=0.2),
-    "swin_transformer_small": ArcSpec(
-        "swin", 768, "swin_small_patch4_window7_224.pth", _MS + "swin_small_patch4_window7_224.pth",
-        swin_embed_dim=96, swin_depths=(2, 2, 18, 2), swin_heads=(3, 6, 12, 24), drop_path_rate=0.3),
-    "swin_transformer_base": ArcSpec(
-        "swin", 1024, "swin_base_patch4_window7_224.pth", _MS + "swin_base_patch4_window7_224.pth",
-        swin_embed_dim=128, swin_depths=(2, 2, 18, 2), swin_heads=(4, 8, 16, 32), drop_path_rate=0.5),
-}
-
-
-def arc_spec(arc: str) -> ArcSpec:
-    if arc not in ARCHS:
-        raise ValueError(f"unknown --arc {arc!r}; choose one of {', '.join(ARCHS)}")
-    return ARCHS[arc]
-
-
-NUM_STAGES = 4  # residual stages of a ResNet, Swin stages
-
-
-def checkpoint_stages(stages: int | bool) -> int:
-    """Number of leading backbone stages to recompute: True = all, False = none."""
-    stages = NUM_STAGES if stages is True else int(stages)
-    if not 0 <= stages <= NUM_STAGES:
-        raise ValueError(f"gradient checkpointing covers 0..{NUM_STAGES} backbone stages, got {stages}")
-    return stages
+__all__ = ["ARCHS", "ArcSpec", "CHECKPOINT_DIR", "MAEViTTokens", "MissingWeightsError", "ResNetTokens", "SwinTokens",
+           "arc_spec", "build_backbone", "load_imagenet_weights", "swin_timm_to_microsoft"]
 
 
 @contextlib.contextmanager
@@ -190,12 +141,6 @@ def swin_timm_to_microsoft(state_dict: dict, model: SwinTransformer) -> OrderedD
     return out
 
 
-def _sub_state_dict(state_dict: dict, prefix: str) -> OrderedDict:
-    """Pop the keys under `prefix` out of `state_dict`, returned without the prefix."""
-    keys = [k for k in state_dict if k.startswith(prefix)]
-    return OrderedDict((k[len(prefix):], state_dict.pop(k)) for k in keys)
-
-
 class SwinTokens(SwinTransformer):
     """timm's Swin Transformer (patch 4, window 7, 224) returning the last stage's tokens after
     the final LayerNorm, with state dicts in Microsoft's layout (see module docstring)."""
@@ -221,13 +166,13 @@ class SwinTokens(SwinTransformer):
 
     @staticmethod
     def _to_microsoft_layout(module, state_dict, prefix, local_metadata):
-        for k, v in swin_timm_to_microsoft(_sub_state_dict(state_dict, prefix), module).items():
+        for k, v in swin_timm_to_microsoft(sub_state_dict(state_dict, prefix), module).items():
             state_dict[prefix + k] = v
         return state_dict
 
     @staticmethod
     def _from_any_layout(module, state_dict, prefix, *args):
-        local = _sub_state_dict(state_dict, prefix)
+        local = sub_state_dict(state_dict, prefix)
         # timm's own converter: moves Microsoft's merging layers, drops the derived buffers
         for k, v in checkpoint_filter_fn(local, module).items():
             state_dict[prefix + k] = v
@@ -235,6 +180,8 @@ class SwinTokens(SwinTransformer):
 
 def build_backbone(arc: str) -> nn.Module:
     spec = arc_spec(arc)
+    if spec.family == "mae_vit":
+        return MAEViTTokens(spec.in_channels, spec.vit_depth, spec.vit_heads, spec.vit_patch, spec.drop_path_rate)
     return ResNetTokens(spec) if spec.family == "resnet" else SwinTokens(spec)
 
 
@@ -244,9 +191,14 @@ class MissingWeightsError(FileNotFoundError):
 
 def missing_weights_message(arc: str, path: Path) -> str:
     spec = arc_spec(arc)
-    return (f"ImageNet weights for --arc {arc} not found: {path}. Download {spec.url} and save it "
+    what = "MAE ImageNet-1k pretraining weights" if spec.family == "mae_vit" else "ImageNet weights"
+    text = (f"{what} for --arc {arc} not found: {path}. Download {spec.url} and save it "
             f"as {CHECKPOINT_DIR / spec.pretrained_file} (see checkpoints/checkpoints.txt), or pass "
             f"--pretrained PATH.")
+    if spec.family == "mae_vit":
+        text += (" An MAE-pytorch pretraining checkpoint (the release's starting point, keys 'encoder.*') "
+                 "loads as well.")
+    return text
 
 
 def load_imagenet_weights(backbone: nn.Module, arc: str, path: str | Path | None = None) -> Path | None:
@@ -266,8 +218,6 @@ def load_imagenet_weights(backbone: nn.Module, arc: str, path: str | Path | None
                       + "\nTraining starts from a RANDOM backbone: expect much lower accuracy.\n"
                       + "!" * 80, stacklevel=2)
         return None
-    from .checkpoint import CheckpointFileError, CheckpointMismatchError, load_weights_only
-
     obj = load_weights_only(path)  # weights only: a file that could run code is refused, never loaded
     state_dict = obj.get("model", obj.get("state_dict", obj)) if isinstance(obj, dict) else obj
     if not isinstance(state_dict, dict):
@@ -276,6 +226,10 @@ def load_imagenet_weights(backbone: nn.Module, arc: str, path: str | Path | None
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     # the ImageNet classifiers are not part of the backbone
     state_dict = {k: v for k, v in state_dict.items() if not re.match(r"^(fc|head)\.", k)}
+    if isinstance(backbone, MAEViTTokens) and mae_vit_layout(state_dict) == "timm":
+        warnings.warn(f"{path}: facebookresearch MAE weights; their class token and 2-D position table are "
+                      f"dropped (the release's encoder has a fixed 1-D table and no class token), so the "
+                      f"encoder starts close to, not exactly at, the pretrained function", stacklevel=2)
     try:
         result = backbone.load_state_dict(state_dict, strict=False)
     except RuntimeError as err:  # shapes of another architecture

@@ -8,7 +8,6 @@ shared keys load, the edge and graph parts start fresh, and both lists are logge
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .backbone import SwinTokens, _sub_state_dict, swin_timm_to_microsoft
+from .backbone import SwinTokens, swin_timm_to_microsoft
+from .facts import ARCHS
+from .megraphau import build_model
+from .statedict import (  # noqa: F401  (the errors and load_weights_only are this module's API too)
+    CheckpointFileError,
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    load_weights_only,
+    sub_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +33,6 @@ log = logging.getLogger(__name__)
 STAGE2_ONLY = ("head.edge_extractor.", "head.gnn.", "head.edge_fc.")
 STAGE1_ONLY = ("head.gnn.",)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel / DDP, torch.compile
-
-
-class CheckpointMismatchError(ValueError):
-    """The file does not fit the model (keys, shapes) or contradicts what was asked for."""
-
-
-class CheckpointFileError(ValueError):
-    """The file is not a readable checkpoint (truncated, not a torch file, no state dict)."""
-
-
-class UnsafeCheckpointError(CheckpointFileError):
-    """The file needs full unpickling (it could run code); it is never loaded."""
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
@@ -69,35 +65,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     return clean, obj
 
 
-def load_weights_only(path: str | Path, mmap: bool = False):
-    """torch.load(path, weights_only=True) and nothing else: every .pth this project reads goes
-    through here. A file that needs full unpickling (which can run arbitrary code) is refused with
-    UnsafeCheckpointError, never loaded; a truncated or non-torch file is a CheckpointFileError.
-    Both messages are one line naming the file. mmap: tensors stay on disk until used (to read a
-    checkpoint's facts without reading its weights; zip-format files only)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        # torch names a global it refuses ("Unsupported global: GLOBAL builtins.print"): the file
-        # wants to import and call something; any other unpickling failure is a damaged file
-        if "Unsupported global" in str(exc) or "not an allowed global" in str(exc):
-            raise UnsafeCheckpointError(
-                f"{path}: refused, NOT loaded: the file holds Python objects besides tensors and plain "
-                f"values, and unpickling them could run code. Only load such a file in your own code, "
-                f"with torch.load(weights_only=False), if you trust its source.") from None
-        # torch's own text here suggests weights_only=False, which is exactly what must not be done
-        raise CheckpointFileError(f"{path}: not a readable checkpoint (damaged, truncated or not a torch "
-                                  f"file: the unpickler stopped)") from None
-    except Exception as exc:  # truncated, or not a torch file at all
-        raise CheckpointFileError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
-                                  f"{_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _count_blocks(state_dict: dict, prefix: str) -> int:
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     idx = {int(m.group(1)) for k in state_dict if (m := pattern.match(k))}
@@ -117,6 +84,11 @@ def infer_config(state_dict: dict) -> dict:
         depth = _count_blocks(state_dict, "backbone.layers.2.blocks.")
         arc = {(96, 6): "swin_transformer_tiny", (96, 18): "swin_transformer_small",
                (128, 18): "swin_transformer_base"}.get((dim, depth))
+    elif "backbone.encoder.patch_embed.proj.weight" in state_dict:  # the MAE ViT (mae_vit.py)
+        dim, _, patch, _ = state_dict["backbone.encoder.patch_embed.proj.weight"].shape
+        depth = _count_blocks(state_dict, "backbone.encoder.blocks.")
+        arc = next((name for name, spec in ARCHS.items() if spec.family == "mae_vit"
+                    and (spec.in_channels, spec.vit_patch, spec.vit_depth) == (dim, patch, depth)), None)
     stage = 2 if "head.edge_extractor.FAM.linear_q.weight" in state_dict else 1
     if "head.main_sc" in state_dict:
         variant = "opengraphau"
@@ -159,7 +131,7 @@ def load_state_dict_into(model: nn.Module, state_dict: dict, obj: dict, path: st
     if isinstance(backbone, SwinTokens) and "backbone.layers.0.downsample.reduction.weight" not in state_dict \
             and "backbone.layers.1.downsample.reduction.weight" in state_dict:
         # a Swin saved in timm's layout: compare keys in the release's (Microsoft) layout
-        timm_backbone = _sub_state_dict(state_dict, "backbone.")
+        timm_backbone = sub_state_dict(state_dict, "backbone.")
         try:
             converted = swin_timm_to_microsoft(timm_backbone, backbone)
         except AttributeError:  # blocks the model does not have: reported as unexpected keys below
@@ -280,8 +252,6 @@ def load_model(path: str | Path, *, arc: str | None = None, stage: int | None = 
     shared keys load, the edge and graph parts start fresh). Otherwise a stage-1 file asked for
     as stage 2 is refused (its graph head would be random).
     """
-    from .megraphau import build_model
-
     state_dict, obj = read_checkpoint(path)
     facts = checkpoint_facts(obj, state_dict)
     file_stage = facts["stage"]

@@ -1,8 +1,9 @@
 """MEFARG: the full ME-GraphAU model (Luo et al., "Learning Multi-dimensional Edge Feature-based AU
 Relation Graph for Facial Action Unit Recognition", IJCAI-ECAI 2022).
 
-backbone -> tokens (B, 49, C_in) -> global_linear (B, 49, C) -> stage-1 head (ANFL) or
-stage-2 head (ANFL's node features + MEFL's edge features and gated graph).
+backbone -> tokens (B, T, C_in) -> global_linear (B, T, C) -> stage-1 head (ANFL) or
+stage-2 head (ANFL's node features + MEFL's edge features and gated graph); T = 49 tokens
+(ResNets, Swins) or 196 (the MAE ViT).
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import torch
 from torch import nn
 
 from . import anfl, mefl, opengraphau
-from .backbone import arc_spec, build_backbone, load_imagenet_weights
+from .backbone import build_backbone, load_imagenet_weights
 from .basic_block import LinearBlock
-
-VARIANTS = ("megraphau", "opengraphau")
+from .facts import VARIANTS, arc_spec
 
 
 @dataclass
@@ -69,7 +69,7 @@ class MEFARG(nn.Module):
         self.backbone.set_grad_checkpointing(stages)
 
     def forward(self, x: torch.Tensor):
-        x = self.global_linear(self.backbone(x))  # (B, 49, C)
+        x = self.global_linear(self.backbone(x))  # (B, T, C)
         return self.head(x)
 
 

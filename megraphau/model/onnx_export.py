@@ -20,7 +20,6 @@ Importing this module needs neither onnx nor onnxruntime: export needs ``onnx`` 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import time
@@ -33,7 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from megraphau.provenance import sha256_file
+
 from .checkpoint import FACT_KEYS, LoadedModel
+from .facts import ARCHS
 
 #: ImageNet normalisation of the model's input (the same values as dataset.IMAGENET_MEAN/STD).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,7 +48,6 @@ MIN_OPSET = 18  # the dynamo exporter's own opsets; older ones would need a vers
 MIN_TORCH = (2, 6)  # torch.onnx.export(dynamo=True) with dynamic_shapes and ONNXProgram.save
 VERIFY_BATCHES = (1, 5)
 TOLERANCE = 1e-4
-SWIN_CROP = 224
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "METADATA_KEY", "MissingDependencyError", "OnnxAUModel",
            "OnnxModelError", "OnnxVerificationError", "export_onnx", "is_onnx_file", "read_metadata",
@@ -91,14 +92,6 @@ def _package_version(name: str) -> str | None:
         return version(name)
     except Exception:
         return None
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _plain(value):
@@ -205,8 +198,9 @@ def _check_crop(facts: dict, crop_size: int) -> None:
     if crop_size < 32:
         raise ValueError(f"crop size {crop_size}: the backbones need at least 32 x 32 pixels")
     arc = facts.get("arc") or ""
-    if arc.startswith("swin") and crop_size != SWIN_CROP:
-        raise ValueError(f"--arc {arc} takes {SWIN_CROP} x {SWIN_CROP} crops only (its windows and "
+    fixed = ARCHS[arc].crop_size if arc in ARCHS else None
+    if fixed is not None and crop_size != fixed:
+        raise ValueError(f"--arc {arc} takes {fixed} x {fixed} crops only (its windows and "
                          f"position tables are fixed), got crop size {crop_size}")
 
 
@@ -223,7 +217,7 @@ def export_onnx(loaded: LoadedModel | tuple, path: str | os.PathLike, opset: int
     opset: the ONNX opset (>= 18); None: the exporter's default.
     batch_dynamic: a dynamic batch axis (else the graph takes batch 1 only).
     crop_size: the input's height and width; None: facts['crop_size'], else 224. It is stored as
-        facts['crop_size'] (the size the graph takes). Swin backbones take 224 only.
+        facts['crop_size'] (the size the graph takes). Swin and ViT backbones take 224 only.
     provenance: any JSON-able dict, stored as it is under 'provenance'.
     tolerance: probabilities within `tolerance` absolute; edge logits within `tolerance` relative
         to their scale, max|a - b| / max(1, max|a|). An output beyond it is checked against a

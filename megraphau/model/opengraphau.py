@@ -15,6 +15,7 @@ from torch import nn
 
 from . import anfl
 from .basic_block import LinearBlock, au_specific_features, cosine_classifier, init_linear_normal
+from .facts import OPENGRAPHAU_NUM_CLASSES, OPENGRAPHAU_NUM_MAIN, OPENGRAPHAU_NUM_SIDE
 from .mefl import GEM, gated_graph_step
 
 MAIN_AUS = ("1", "2", "4", "5", "6", "7", "9", "10", "11", "12", "13", "14", "15", "16", "17",
@@ -27,6 +28,8 @@ SIDE_BASES = ("1", "2", "4", "6", "10", "12", "14")  # the AU each left/right pa
 SIDE_AUS = tuple(f"{side}{au}" for au in SIDE_BASES for side in "LR")  # L1 R1 L2 R2 ... L14 R14
 NUM_MAIN, NUM_SIDE = len(MAIN_AUS), len(SIDE_AUS)  # 27, 14
 NUM_CLASSES = NUM_MAIN + NUM_SIDE  # 41
+if (NUM_MAIN, NUM_SIDE, NUM_CLASSES) != (OPENGRAPHAU_NUM_MAIN, OPENGRAPHAU_NUM_SIDE, OPENGRAPHAU_NUM_CLASSES):
+    raise ImportError("opengraphau's AU lists disagree with facts.py's OpenGraphAU counts")
 AU_NAMES = tuple(f"AU{a}" for a in MAIN_AUS + SIDE_AUS)  # AU1 ... AU39, AUL1, AUR1, ...
 MAIN_DESCRIPTIONS = (
     "inner brow raiser", "outer brow raiser", "brow lowerer", "upper lid raiser", "cheek raiser",
