@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from megraphau.data.dataset import load_dataset_config
-from megraphau.data.lists import KNOWN_AU_SETS
 from megraphau.inference import faces
 from megraphau.inference.faces import (
     CROP_PRESETS,
@@ -23,6 +22,7 @@ from megraphau.inference.faces import (
     preset_for,
     similarity_transform,
 )
+from megraphau.model.facts import AU_SET_FOR_NUM_CLASSES as KNOWN_AU_SETS
 
 PHOTO = Path(__file__).resolve().parent / "data" / "astronaut.jpg"
 
