@@ -17,7 +17,7 @@ cooccurrence_fold{k} (the test fold's ground-truth P(AU i and AU j) beside that 
 AUs and, for a stage-2 ME-GraphAU model, the mean P(both) of its edge logits; results.json's
 "cooccurrence" gives the Pearson r of each against the truth with a permutation p-value). Under
 torchrun each rank tests a share of the images; every image counts exactly once. The evaluation
-itself is engine.test_checkpoints.
+itself is engine.evaluation.test_checkpoints.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import argparse
 import sys
 
 from megraphau import conf
-from megraphau.engine import core as engine
+from megraphau.engine import cli
 
 EXAMPLES = """examples:
   python test.py --resume results/synth_stage2/bs_16_seed_0_lr_0.0003/best.pth   # the file names its dataset
@@ -59,8 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args) -> dict:
     """Test as `args` say (parsed by conf.parse_args); returns the summary dict (results.json)."""
-    return engine.test_main(args)
+    return cli.test_main(args)
 
 
 if __name__ == "__main__":
-    sys.exit(engine.test_cli(get_args_parser()))
+    sys.exit(cli.test_cli(get_args_parser()))

@@ -3,7 +3,7 @@
     python train_stage1.py --dataset BP4D --arc resnet50 --exp-name resnet_first_stage -b 64 -lr 0.0001 --fold 1
     torchrun --nproc_per_node 4 train_stage1.py ...      # several GPUs (DDP)
 
-The training loop, checkpoints and evaluation are engine.run_training (shared with stage 2).
+The training run, checkpoints and evaluation are engine.training.run_training (shared with stage 2).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from megraphau import conf
-from megraphau.engine import core as engine
+from megraphau.engine import cli
 
 EXAMPLES = """examples:
   python train_stage1.py --dataset SYNTH                       # the synthetic set with its own defaults
@@ -31,9 +31,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> dict:
-    """Train stage 1 as `args` say (parsed by conf.parse_args); returns engine.run_training's dict."""
-    return engine.train_main(args, stage=1)
+    """Train stage 1 as `args` say (parsed by conf.parse_args); returns training.run_training's dict."""
+    return cli.train_main(args, stage=1)
 
 
 if __name__ == "__main__":
-    sys.exit(engine.train_cli(get_args_parser(), stage=1))
+    sys.exit(cli.train_cli(get_args_parser(), stage=1))

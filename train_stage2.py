@@ -7,7 +7,7 @@ Loss: the weighted asymmetric loss plus --lam times the cross-entropy of the edg
 against the co-occurrence classes 2*a_i + a_j. --resume names the stage-1 checkpoint: its
 backbone, global_linear, class_linears and sc load, the edge and graph parts start fresh.
 Checkpoints and logs use the fold being trained (the release's stage 2 wrote fold+1).
-The training loop is engine.run_training (shared with stage 1).
+The training run is engine.training.run_training (shared with stage 1).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from megraphau import conf
-from megraphau.engine import core as engine
+from megraphau.engine import cli
 
 EXAMPLES = """examples:
   python train_stage2.py --dataset SYNTH --resume results/synth_stage1/bs_16_seed_0_lr_0.001/best.pth
@@ -36,9 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args) -> dict:
-    """Train stage 2 as `args` say (parsed by conf.parse_args); returns engine.run_training's dict."""
-    return engine.train_main(args, stage=2)
+    """Train stage 2 as `args` say (parsed by conf.parse_args); returns training.run_training's dict."""
+    return cli.train_main(args, stage=2)
 
 
 if __name__ == "__main__":
-    sys.exit(engine.train_cli(get_args_parser(), stage=2))
+    sys.exit(cli.train_cli(get_args_parser(), stage=2))

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from megraphau.analysis import relations  # noqa: E402
+from megraphau.engine import data, loop  # noqa: E402
 
 
 class CheckError(ValueError):
@@ -68,27 +69,24 @@ def load_stage2_model(path: str, config: dict) -> torch.nn.Module:
 
 
 def load_test_split(config: dict, fold: int, crop_size: int, dataset_path: Optional[str] = None):
-    """The test split of a fold, as test.py builds it (engine.build_datasets: the SYNTH set is
-    generated first when its lists are missing)."""
-    from megraphau.engine import core as engine
-
+    """The test split of a fold, as test.py builds it (engine.data.build_datasets, after
+    data.prepare_synth has generated the SYNTH set when its lists are missing)."""
     run = argparse.Namespace(dataset_config=config, dataset_path=str(dataset_path or config["dataset_path"]),
                              fold=fold, crop_size=crop_size)
-    return engine.build_datasets(run, stage=1, splits=("test",))["test"]
+    data.prepare_synth(run, [fold])
+    return data.build_datasets(run, stage=1, splits=("test",))["test"]
 
 
 def run_model(model: torch.nn.Module, loader, device: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """(probs (M, N), labels (M, N), mean pair probabilities over the known pairs) of a loader
-    over an AUDataset or a Subset of one, predicted as test.py does (engine.predict with a
+    over an AUDataset or a Subset of one, predicted as test.py does (engine.loop.predict with a
     relations.PairProbabilityMeter)."""
-    from megraphau.engine import core as engine
-
     dataset = loader.dataset
     base, rows = (dataset.dataset, list(dataset.indices)) if hasattr(dataset, "indices") else (dataset, None)
     labels = np.asarray(base.labels, dtype=np.int64)
     labels = labels if rows is None else labels[rows]
     meter = relations.PairProbabilityMeter()
-    probs = engine.predict(model.to(device), loader, torch.device(device), pair_meter=meter)
+    probs = loop.predict(model.to(device), loader, torch.device(device), pair_meter=meter)
     return probs, labels, meter.result()
 
 

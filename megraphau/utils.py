@@ -7,8 +7,8 @@
 - user errors: one line and exit code 2 instead of a traceback, also under torchrun (rank 0
   prints the message, the other ranks a short note) and from data-loader workers.
 
-The loss lives in losses.py, the metrics in metrics.py, the training and evaluation loops in
-engine.py.
+The loss lives in engine/losses.py, the metrics in engine/metrics.py, the training and evaluation
+loops in engine/loop.py (the package's modules: engine/__init__.py).
 """
 from __future__ import annotations
 

@@ -145,10 +145,11 @@ def test_items_deterministic_under_seed(tiny):
     torch.testing.assert_close(a, b)
 
 
-def test_synthetic_set_is_generated_by_the_engine_not_the_dataset(tmp_path, monkeypatch):
-    """AUDataset only reads; engine.build_datasets generates a synthetic set whose lists are
-    missing (once), as the training and test scripts ask for it."""
-    from megraphau.engine import core as engine
+def test_synthetic_set_is_generated_by_an_explicit_step_not_the_dataset(tmp_path, monkeypatch):
+    """AUDataset and engine.data.build_datasets only read; the explicit step data.prepare_synth
+    (which the training and test runs call first) generates a synthetic set whose lists are
+    missing, once."""
+    from megraphau.engine import data
 
     calls = []
 
@@ -164,11 +165,16 @@ def test_synthetic_set_is_generated_by_the_engine_not_the_dataset(tmp_path, monk
     cfg = load_dataset_config(_write_config(tmp_path / "s.yaml", tmp_path / "S", synthetic=True))
     with pytest.raises(DatasetError, match="list file not found"):
         AUDataset(cfg, fold=3, split="test", crop_size=8)
-    assert calls == []
     args = types.SimpleNamespace(dataset_config=cfg, dataset_path=str(tmp_path / "S"), fold=3, crop_size=8)
-    ds = engine.build_datasets(args, stage=1, splits=("test",))["test"]
-    assert calls == [tmp_path / "S"] and len(ds) == 2
-    engine.build_datasets(args, stage=2)
+    with pytest.raises(DatasetError, match="list file not found"):
+        data.build_datasets(args, stage=1, splits=("test",))
+    assert calls == []
+    data.prepare_synth(args, [3])
+    assert calls == [tmp_path / "S"]
+    ds = data.build_datasets(args, stage=1, splits=("test",))["test"]
+    assert len(ds) == 2
+    data.prepare_synth(args, [3])
+    data.build_datasets(args, stage=2)
     assert len(calls) == 1  # lists exist now: not generated again
 
 

@@ -14,8 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from megraphau import (
     utils,
 )
-from megraphau.engine import core as engine
-from megraphau.engine import metrics
+from megraphau.engine import loop, metrics
 from megraphau.paths import REPO_ROOT
 
 NUM_ITEMS = 7  # odd: with 2 ranks the sampler repeats one item to pad
@@ -81,14 +80,14 @@ def _worker(rank: int, world_size: int, port: int, out_path: str):
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.running_mean.add_(1.0)
         utils.broadcast_buffers(model)
-        probs = engine.predict(model, loader, torch.device("cpu"))
+        probs = loop.predict(model, loader, torch.device("cpu"))
         # test.py's stage-2 path: the pair meter (labels with unknowns), summed over the ranks
         from megraphau.analysis import relations
 
         ds2 = TinyImagesWithUnknowns()
         sampler2 = DistributedSampler(ds2, num_replicas=world_size, rank=rank, shuffle=False, drop_last=False)
         meter = relations.PairProbabilityMeter()
-        engine.predict(_stage2_model(), DataLoader(ds2, batch_size=2, sampler=sampler2), torch.device("cpu"),
+        loop.predict(_stage2_model(), DataLoader(ds2, batch_size=2, sampler=sampler2), torch.device("cpu"),
                        pair_meter=meter)
         if rank == 0:
             np.savez(out_path, probs=probs, sums=meter.sums, counts=meter.counts)
@@ -109,7 +108,7 @@ def test_distributed_predictions_and_f1_equal_single_process(distributed):
     dist_probs = distributed["probs"]
 
     ds = TinyImages()
-    single = engine.predict(_model(), DataLoader(ds, batch_size=2), torch.device("cpu"))
+    single = loop.predict(_model(), DataLoader(ds, batch_size=2), torch.device("cpu"))
     assert dist_probs.shape == single.shape == (NUM_ITEMS, 4)
     np.testing.assert_allclose(dist_probs, single, rtol=0, atol=1e-5)
     threshold = float(np.median(single))  # a threshold giving non-trivial F1 for this random model
@@ -130,13 +129,13 @@ def test_distributed_pair_probabilities_equal_single_process(distributed):
     dist_meter = distributed
     ds = TinyImagesWithUnknowns()
     single = relations.PairProbabilityMeter()
-    engine.predict(_stage2_model(), DataLoader(ds, batch_size=2), torch.device("cpu"), pair_meter=single)
+    loop.predict(_stage2_model(), DataLoader(ds, batch_size=2), torch.device("cpu"), pair_meter=single)
     np.testing.assert_allclose(dist_meter["sums"], single.sums, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(dist_meter["counts"], single.counts)
     assert single.counts[1, 1] == NUM_ITEMS - 2 and single.counts[0, 0] == NUM_ITEMS
     # and a model without edge logits is refused rather than silently ignored
     with pytest.raises(ValueError, match="stage-2"):
-        engine.predict(_model(), DataLoader(ds, batch_size=2), torch.device("cpu"),
+        loop.predict(_model(), DataLoader(ds, batch_size=2), torch.device("cpu"),
                        pair_meter=relations.PairProbabilityMeter())
 
 

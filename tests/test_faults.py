@@ -13,6 +13,7 @@ import errno
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,8 +29,8 @@ import train_stage1
 import train_stage2
 from megraphau import conf, utils
 from megraphau.data.dataset import AUDataset, load_dataset_config
-from megraphau.engine import core as engine
-from megraphau.engine import run_folder
+from megraphau.engine import cli as engine_cli
+from megraphau.engine import run_folder, training
 from megraphau.model import build_model, load_model
 from megraphau.synth import generate_synthetic_dataset
 
@@ -89,15 +90,15 @@ def exit_code(run, *args) -> int:
 
 
 def stage1_cli(argv):
-    return exit_code(engine.train_cli, train_stage1.get_args_parser(), 1, argv)
+    return exit_code(engine_cli.train_cli, train_stage1.get_args_parser(), 1, argv)
 
 
 def stage2_cli(argv):
-    return exit_code(engine.train_cli, train_stage2.get_args_parser(), 2, argv)
+    return exit_code(engine_cli.train_cli, train_stage2.get_args_parser(), 2, argv)
 
 
 def eval_cli(argv):
-    return exit_code(engine.test_cli, test_mod.get_args_parser(), argv)
+    return exit_code(engine_cli.test_cli, test_mod.get_args_parser(), argv)
 
 
 def demo_cli(argv):
@@ -340,7 +341,30 @@ def test_second_run_in_a_locked_folder_refuses_naming_the_first(cli, tiny_synth,
     line = one_error_line(capsys)
     assert f"{folder} is in use by another run (PID {os.getpid()} on" in line
     assert "python train_stage1.py --exp-name first" in line
-    assert sorted(p.name for p in folder.iterdir()) == [run_folder.LOCK_NAME]  # the second wrote nothing
+    assert {p.name for p in folder.iterdir()} <= set(run_folder.LOCK_FILES)  # the second wrote nothing
+
+
+def test_lock_of_a_killed_run_does_not_block(tmp_path):
+    """A run killed while it holds its folder (SIGKILL: no clean-up) leaves no stale lock."""
+    folder = tmp_path / "run"
+    code = ("import os, signal, sys; from megraphau.engine import run_folder; "
+            "run_folder.claim(sys.argv[1], 'train', command='killed run'); os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "killed run" in (folder / run_folder.HOLDER_NAME).read_text()  # its note is left behind ...
+    with run_folder.claim(folder, "train", command="next run") as lock:  # ... and the lock is free
+        assert "next run" in (folder / run_folder.HOLDER_NAME).read_text()
+    assert lock.removed == []
+
+
+def test_run_folder_imports_without_fcntl(tmp_path):
+    """run_folder imports where fcntl does not exist (Windows): the lock is filelock's."""
+    code = ("import sys; sys.modules['fcntl'] = None; from megraphau.engine import run_folder; "
+            "lock = run_folder.claim(sys.argv[1], 'train'); lock.release(); print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
 def earlier_training_run(folder: Path) -> dict:
@@ -370,15 +394,16 @@ def test_earlier_run_is_kept_unless_overwrite(kind, tiny_synth, stage1_release_f
     assert f"{folder} holds an earlier run" in line and "--overwrite" in line
     if kind == "train":
         assert f"--resume-training {folder / 'last.pth'}" in line
-    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != run_folder.LOCK_NAME} == before
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name not in run_folder.LOCK_FILES} == before
 
     # --overwrite: the run starts (its work stubbed out here) on a folder without the earlier run's outputs
     seen = {}
     stub = "train_in_folder" if kind == "train" else "test_checkpoints"
-    monkeypatch.setattr(engine, stub, lambda *a, **k: seen.update(files=sorted(p.name for p in folder.iterdir())) or {})
+    monkeypatch.setattr(training if kind == "train" else engine_cli, stub,
+                        lambda *a, **k: seen.update(files=sorted(p.name for p in folder.iterdir())) or {})
     assert cli(argv + ["--overwrite"]) == 0
     if kind == "train":  # everything of the earlier run is gone; this run's args.yaml and log begin
-        assert seen["files"] == [run_folder.LOCK_NAME, "args.yaml", "train.log"]
+        assert seen["files"] == sorted([*run_folder.LOCK_FILES, "args.yaml", "train.log"])
         assert "exp_name: Test" in (folder / "args.yaml").read_text()
     else:  # a test run replaces the test outputs only: checkpoints and training files stay
         assert "results.json" not in seen["files"] and {"last.pth", "best.pth", "epoch1_model_fold1.pth",
@@ -541,7 +566,7 @@ def test_full_disk_during_training_is_one_line(tiny_synth, tmp_path, capsys, mon
 def interrupted_run(tiny_synth, tmp_path_factory):
     """A 2-epoch run interrupted (KeyboardInterrupt) at the start of epoch 2: (code, stderr, argv)."""
     argv = train_argv(tiny_synth, tmp_path_factory.mktemp("ctrl_c"), epochs=2)
-    train_one_epoch = engine.train_one_epoch
+    train_one_epoch = training.train_one_epoch
 
     def interrupted_in_epoch_2(args, net, loader, optimizer, scaler, criterion, state, epoch, *rest):
         if epoch == 1:
@@ -549,7 +574,7 @@ def interrupted_run(tiny_synth, tmp_path_factory):
         return train_one_epoch(args, net, loader, optimizer, scaler, criterion, state, epoch, *rest)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "train_one_epoch", interrupted_in_epoch_2)
+        patch.setattr(training, "train_one_epoch", interrupted_in_epoch_2)
         err_file = tmp_path_factory.mktemp("ctrl_c_err") / "stderr"
         with open(err_file, "w") as fh, pytest.MonkeyPatch.context() as stderr:
             stderr.setattr(sys, "stderr", fh)
@@ -578,7 +603,7 @@ def test_ctrl_c_in_test_and_demo(entry, tiny_synth, stage1_release_file, tmp_pat
         raise KeyboardInterrupt
 
     if entry == "test.py":
-        monkeypatch.setattr(engine, "test_checkpoints", interrupt)
+        monkeypatch.setattr(engine_cli, "test_checkpoints", interrupt)
         assert eval_cli(eval_argv(tiny_synth, tmp_path, stage1_release_file)) == 130
         assert one_error_line(capsys) == "interrupted: no results were written; run the same command again"
     else:

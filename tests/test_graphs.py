@@ -25,7 +25,7 @@ import test as test_mod
 from megraphau import conf
 from megraphau.analysis import plots, relations
 from megraphau.data.dataset import load_dataset_config
-from megraphau.engine import core as engine
+from megraphau.engine import data, evaluation
 from megraphau.inference.detector import AUDetector
 from megraphau.model import build_model
 from megraphau.synth import generate_synthetic_dataset
@@ -89,7 +89,7 @@ def direct_outputs(ckpt, root, fold=1):
     from megraphau.model import load_model
 
     args = conf.parse_args(test_mod.get_args_parser(), _test_argv(root, "unused", "--fold", str(fold)), "test")
-    ds = engine.build_datasets(args, stage=1, splits=("test",), fold=fold)["test"]
+    ds = data.build_datasets(args, stage=1, splits=("test",), fold=fold)["test"]
     images = torch.stack([ds[k][0] for k in range(len(ds))])
     model = load_model(ckpt, num_classes=12, neighbor_num=4).model.eval()
     with torch.no_grad():
@@ -147,7 +147,7 @@ def test_test_py_stage2_figures_match_direct_counts(tiny_synth, tmp_path):
     off = ~np.eye(12, dtype=bool)
     r = np.corrcoef(model_both[off], count_both(labels)[off])[0, 1]
     assert cooc["model_p_both_vs_truth"]["r"] == pytest.approx(r, abs=1e-5)
-    assert 0 < cooc["model_p_both_vs_truth"]["p_value"] <= 1 and cooc["permutations"] == engine.PERMUTATIONS
+    assert 0 < cooc["model_p_both_vs_truth"]["p_value"] <= 1 and cooc["permutations"] == evaluation.PERMUTATIONS
 
     # F1 bars: the fold's F1 and its mean; SYNTH has no paper numbers
     bars = read_csv(run / "f1_bars.csv")
@@ -202,7 +202,7 @@ def test_f1_bars_beside_the_papers_numbers(tmp_path):
     names = bp4d["au_names"]
     results = [{"fold": k, "f1": list(np.linspace(30, 70, len(names)) + k), "au_names": names, "dataset": "BP4D",
                 "stage": 2, "arc": "resnet50", "threshold": 0.5} for k in (1, 2)]
-    files = engine.f1_figure(tmp_path, results, bp4d)
+    files = evaluation.f1_figure(tmp_path, results, bp4d)
     assert files == ["f1_bars.png", "f1_bars.csv"]
     header = list(read_csv(tmp_path / "f1_bars.csv")[0])
     paper = plots.paper_f1_series(bp4d)

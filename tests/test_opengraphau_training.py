@@ -16,7 +16,7 @@ from megraphau import (
     conf,  # noqa: I001
 )
 from megraphau.data.lists import write_fold_lists
-from megraphau.paths import REPO_ROOT
+from megraphau.paths import CONFIG_DIR
 from megraphau.synth import generate_synthetic_dataset  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def ogau_dataset(tmp_path_factory):
         rows[0, :] = 1
         labelled.append(list(zip(paths, rows.tolist())))
     write_fold_lists(list_dir, "OpenGraphAU", labelled)
-    cfg = yaml.safe_load((REPO_ROOT / "megraphau" / "configs" / "OpenGraphAU.yaml").read_text())
+    cfg = yaml.safe_load((CONFIG_DIR / "OpenGraphAU.yaml").read_text())
     cfg["dataset_path"] = str(root)
     config = root / "OpenGraphAU_tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))

@@ -124,7 +124,7 @@ def test_refusals_are_one_line(tmp_path):
 
 
 def test_f1_guard_arithmetic(tmp_path):
-    from megraphau.synth import core as synth_faces
+    from megraphau import synth as synth_faces
 
     root = synth_faces.generate_synthetic_dataset(tmp_path / "synth", subjects_per_part=1, tasks=2, frames=4,
                                                   seed=0, size=64)

@@ -237,7 +237,7 @@ def test_pair_probabilities_of_a_stage2_model():
 
 def test_check_synth_relations_runs_on_an_untrained_model(tmp_path, capsys, monkeypatch):
     """The bench script end to end on a tiny SYNTH set and a random stage-2 model (no quality check);
-    the set is generated when missing, as the training scripts do (engine.prepare_data)."""
+    the set is generated when missing, as the training scripts do (engine.data.prepare_synth)."""
     from bench import check_synth_relations
     from megraphau.model import build_model
     from megraphau.synth import generate_synthetic_dataset

@@ -23,8 +23,7 @@ from megraphau import (
     provenance,
     utils,
 )
-from megraphau.engine import core as engine
-from megraphau.engine import losses
+from megraphau.engine import cli, losses, training
 from megraphau.paths import REPO_ROOT
 from megraphau.synth import generate_synthetic_dataset
 
@@ -60,14 +59,14 @@ class Killed(Exception):
 
 def kill_after_epoch(monkeypatch, epoch):
     """The run dies right after writing epoch `epoch`'s checkpoints (a test hook outside the parser)."""
-    save = engine.save_epoch_checkpoints
+    save = training.save_epoch_checkpoints
 
     def save_then_die(args, model, optimizer, scaler, state, *rest):
         save(args, model, optimizer, scaler, state, *rest)
         if state.epoch >= epoch:
             raise Killed
 
-    monkeypatch.setattr(engine, "save_epoch_checkpoints", save_then_die)
+    monkeypatch.setattr(training, "save_epoch_checkpoints", save_then_die)
 
 
 def nan_loss_at_step(monkeypatch, step):
@@ -80,7 +79,7 @@ def nan_loss_at_step(monkeypatch, step):
             NaNAtStep.calls += 1
             return loss * float("nan") if NaNAtStep.calls == step + 1 else loss
 
-    monkeypatch.setattr(engine, "WeightedAsymmetricLoss", NaNAtStep)
+    monkeypatch.setattr(training, "WeightedAsymmetricLoss", NaNAtStep)
 
 
 def _state(path):
@@ -126,7 +125,8 @@ def test_seed_reproducibility_and_exact_resume(tiny_synth, tmp_path, monkeypatch
     assert (run / "cur_model_fold1.pth").stat().st_ino == (run / "last.pth").stat().st_ino
     for name in ("last.pth", "best.pth", "epoch1_model_fold1.pth"):
         ck = _state(run / name)
-        assert {"epoch", "state_dict", "facts", "model_config", "fold", "args", "history"} <= ck.keys(), name
+        assert {"epoch", "state_dict", "facts", "fold", "args", "history"} <= ck.keys(), name
+        assert "model_config" not in ck, name  # the facts are written once
         assert "optimizer" not in ck and "rng" not in ck, name
     facts = _state(run / "best.pth")["facts"]
     assert facts["fold"] == 1 and facts["arc"] == "resnet18" and facts["dataset"] == "SYNTH"
@@ -162,13 +162,13 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tiny_synth, 
     argv = _argv(tiny_synth, tmp_path)
     with monkeypatch.context() as patch:
         nan_loss_at_step(patch, 5)
-        assert engine.train_cli(train_stage1.get_args_parser(), 1, argv) == 3
+        assert cli.train_cli(train_stage1.get_args_parser(), 1, argv) == 3
     out = capsys.readouterr().out
     assert "non-finite loss (nan) at epoch 2, step 2/4" in out and "last good checkpoint" in out
     last = _state(_run_dir(argv) / "last.pth")
     assert last["epoch"] == 1 and "optimizer" in last  # an unfinished run keeps its training state
     # a diverging learning rate is caught the same way (no injected NaN)
-    assert engine.train_cli(train_stage1.get_args_parser(), 1,
+    assert cli.train_cli(train_stage1.get_args_parser(), 1,
                             _argv(tiny_synth, tmp_path / "lr", "-lr", "1e10", epochs=1)) == 3
     assert "non-finite loss" in capsys.readouterr().out
 

@@ -1,7 +1,8 @@
-"""Unit tests of losses.py, metrics.py, the recipe in engine.py (lr), utils.py (checkpoints, RNG)
+"""Unit tests of losses.py, metrics.py, the recipe in engine/recipe.py (lr), utils.py (checkpoints, RNG)
 and conf.py (flags)."""
 import math
 import random
+import types
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from megraphau import (
     conf,
     utils,
 )
-from megraphau.engine import core as engine
-from megraphau.engine import losses, metrics
+from megraphau.engine import checkpoints, losses, metrics, recipe
+from megraphau.model import build_model, load_model, model_config_dict
 from megraphau.paths import REPO_ROOT
 
 
@@ -89,11 +90,11 @@ def test_edge_loss_ignores_unknown_and_is_zero_when_nothing_known():
 
 
 def test_cosine_lr():
-    assert engine.cosine_lr(0, 100, 1e-4) == pytest.approx(1e-4)
-    assert engine.cosine_lr(50, 100, 1e-4) == pytest.approx(5e-5)
-    assert engine.cosine_lr(100, 100, 1e-4) == pytest.approx(0.0, abs=1e-20)
-    assert engine.cosine_lr(25, 100, 2.0) == pytest.approx(1 + math.cos(math.pi / 4))
-    values = [engine.cosine_lr(t, 10, 1.0) for t in range(11)]
+    assert recipe.cosine_lr(0, 100, 1e-4) == pytest.approx(1e-4)
+    assert recipe.cosine_lr(50, 100, 1e-4) == pytest.approx(5e-5)
+    assert recipe.cosine_lr(100, 100, 1e-4) == pytest.approx(0.0, abs=1e-20)
+    assert recipe.cosine_lr(25, 100, 2.0) == pytest.approx(1 + math.cos(math.pi / 4))
+    values = [recipe.cosine_lr(t, 10, 1.0) for t in range(11)]
     assert all(a > b for a, b in zip(values, values[1:]))
 
 
@@ -157,6 +158,25 @@ def test_save_checkpoint_is_atomic_and_weights_only_loadable(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["last.pth"]  # no temporary left
     loaded = torch.load(path, weights_only=True)
     assert loaded["epoch"] == 3 and torch.equal(loaded["state_dict"]["w"], torch.ones(3))
+
+
+def test_checkpoint_facts_written_once_and_older_files_with_both_still_load(tmp_path):
+    """A model file states its facts once ("facts"); files that also hold the older
+    "model_config" load the same, and so do files with only "model_config"."""
+    model = build_model(1, "resnet18", 12, 3, "cosine", pretrained=False)
+    facts = {**model_config_dict(model), "dataset": "SYNTH", "au_names": [f"AU{k}" for k in range(12)], "fold": 2}
+    args = types.SimpleNamespace(seed=0)
+    written = checkpoints.model_file(model, checkpoints.TrainState(epoch=1), facts, args)
+    assert written["facts"] == facts and "model_config" not in written
+    cfg = {k: facts[k] for k in ("stage", "arc", "num_classes", "neighbor_num", "metric", "variant")}
+    files = {"facts": {k: v for k, v in written.items() if k != "args"},
+             "both": {"state_dict": model.state_dict(), "facts": facts, "model_config": cfg},
+             "model_config only": {"state_dict": model.state_dict(), "model_config": cfg}}
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / f"{name}.pth")
+        loaded = load_model(tmp_path / f"{name}.pth")
+        assert (loaded.facts["neighbor_num"], loaded.facts["metric"]) == (3, "cosine"), name
+    assert load_model(tmp_path / "both.pth").facts["fold"] == load_model(tmp_path / "facts.pth").facts["fold"] == 2
 
 
 def test_rng_capture_restore_roundtrip(tmp_path):

@@ -60,7 +60,7 @@ def format_au_table(au_names: Sequence[str], f1, acc=None, title: str | None = N
 
 def average_folds(results: list[dict]) -> dict:
     """The papers' protocol: per-AU F1 / accuracy (percent) averaged over the folds' result dicts
-    (see engine.evaluate_checkpoint); the per-fold dicts are kept under 'per_fold'."""
+    (see evaluation.evaluate_checkpoint); the per-fold dicts are kept under 'per_fold'."""
     f1 = np.mean([r["f1"] for r in results], axis=0)
     acc = np.mean([r["acc"] for r in results], axis=0)
     first = results[0]

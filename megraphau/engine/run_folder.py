@@ -3,10 +3,13 @@
 A run (training or test) claims its folder results/{exp-name}/bs_{b}_seed_{s}_lr_{lr}/ before it
 writes anything:
 
-- the folder is locked with fcntl.flock on `.run.lock` (which holds the PID, host, start time and
-  command of the holder) for as long as the run lives; a second run with the same folder refuses,
-  naming the first one's process. The kernel drops the lock when the process ends, however it
-  ends, so a killed run leaves no stale lock.
+- the folder is locked on `.run.lock` for as long as the run lives (the `filelock` library: flock
+  on POSIX, msvcrt on Windows); `.run.holder` names the holder's PID, host, start time and
+  command. A second run with the same folder refuses, naming the first one's process. The
+  operating system drops the lock when the process ends, however it ends, so a killed run leaves
+  no stale lock (a stale `.run.holder` is only read while the lock is held, and the holder
+  rewrites it first). The note is a file of its own because filelock may truncate, or on Windows
+  lock against reading, its lock file.
 - a new training run refuses a folder that holds an earlier run's results (checkpoints,
   metrics.csv, curves.png, results.json/csv) unless --overwrite is given; --overwrite deletes the
   earlier run's outputs first, so no file of it (a stale best.pth or epoch file) mixes with the
@@ -20,21 +23,28 @@ writes anything:
 Why test runs refuse too instead of timestamping results: a results.json is what people quote;
 replacing it silently loses a number someone may rely on, and the refusal costs one flag.
 
-Under torchrun only rank 0 claims the folder (engine.claim_run_folder); the others follow.
+Under torchrun only rank 0 claims the folder (claim_run_folder); the others follow.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import shlex
 import socket
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from megraphau.utils import UserError
+import filelock
+
+from megraphau import conf, provenance, utils
+from megraphau.utils import UserError, log
 
 LOCK_NAME = ".run.lock"
+#: the lock holder's description (PID, host, start time, command), read by a refused run
+HOLDER_NAME = ".run.holder"
+#: the run's own files in its folder, besides its outputs
+LOCK_FILES = (LOCK_NAME, HOLDER_NAME)
 #: results of a training run (docs/training.md, "What a run writes"): how an earlier run is recognised
 TRAINING_RESULTS = ("last.pth", "best.pth", "cur_model_fold*.pth", "epoch*_model_fold*.pth", "metrics.csv",
                     "curves.png")
@@ -73,40 +83,43 @@ def make_folder(folder: Path) -> None:
 
 
 class RunLock:
-    """An exclusive fcntl.flock on FOLDER/.run.lock, held until release() or the process ends."""
+    """An exclusive lock on FOLDER/.run.lock (filelock), held until release() or the process ends."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
-        self.fd = None
+        self.holder = self.folder / HOLDER_NAME
+        self.lock = filelock.FileLock(self.path, timeout=0)  # never waits: a busy folder is refused
         self.removed: list[Path] = []  # the earlier run's files that --overwrite deleted
 
     def acquire(self, command: str | None = None) -> RunLock:
         try:
-            # no O_TRUNC: the holder's description must survive a refused second open
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.lock.acquire()
+        except filelock.Timeout:
+            try:
+                holder = self.holder.read_text(encoding="utf-8", errors="replace").strip().replace("\n", ", ")
+            except OSError:
+                holder = ""
+            raise RunFolderError(f"{self.folder} is in use by another run ({holder or 'process unknown'}); "
+                                 f"wait for it to end, or choose another --exp-name or --output-dir") from None
         except OSError as err:
             raise RunFolderError(f"cannot write to the run folder {self.folder} ({err.strerror}); choose a "
                                  f"writable --output-dir") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip().replace("\n", ", ")
-            os.close(fd)
-            raise RunFolderError(f"{self.folder} is in use by another run ({holder or 'process unknown'}); "
-                                 f"wait for it to end, or choose another --exp-name or --output-dir") from None
         command = command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
         started = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} on {socket.gethostname()}\nstarted {started}\n{command}\n".encode(), 0)
-        self.fd = fd
+        try:
+            self.holder.write_text(f"PID {os.getpid()} on {socket.gethostname()}\nstarted {started}\n{command}\n",
+                                   encoding="utf-8")
+        except OSError as err:
+            self.lock.release()
+            raise RunFolderError(f"cannot write to the run folder {self.folder} ({err.strerror}); choose a "
+                                 f"writable --output-dir") from None
         return self
 
     def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
+        if self.lock.is_locked:
+            self.holder.unlink(missing_ok=True)  # before the lock goes: a next holder's note stays
+            self.lock.release()
 
     def __enter__(self) -> RunLock:
         return self
@@ -155,3 +168,36 @@ def claim(folder: str | Path, kind: str, overwrite: bool = False, inputs=(), com
         lock.release()
         raise
     return lock
+
+
+@contextmanager
+def claim_run_folder(args, out_dir: Path, kind: str):
+    """Rank 0 claims the run folder for a run of `kind` (claim: the lock, the earlier-run rule)
+    and writes args.yaml ('evaluate' adds results only); every rank stops with it when the folder
+    cannot be used. The lock is held until the block ends."""
+    def claim_on_main():
+        if not utils.is_main_process():
+            return None  # under torchrun only rank 0 locks and decides; the others follow
+        lock = claim(out_dir, kind, overwrite=getattr(args, "overwrite", False),
+                     inputs=[args.resume, getattr(args, "resume_training", None)])
+        try:
+            if kind != "evaluate":
+                conf.write_args(args, out_dir,
+                                provenance=provenance.collect(device=args.device) if kind == "test" else None)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    lock = utils.agree_on_errors(claim_on_main)
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def log_removed(lock) -> None:
+    """Say which of an earlier run's files --overwrite deleted."""
+    if lock is not None and lock.removed:
+        log.warning("--overwrite: removed the earlier run's %s", ", ".join(p.name for p in lock.removed))

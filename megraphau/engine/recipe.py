@@ -1,0 +1,69 @@
+"""The training recipe (ME-GraphAU, Luo et al., IJCAI-ECAI 2022, as the release trains): the
+model a run starts from, AdamW (betas 0.9/0.999, --optimizer-eps, weight decay on all
+parameters), the per-step cosine learning rate without warm-up, the gradient scaler of --amp
+fp16, and the per-epoch seed that makes an interrupted run continue exactly."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from megraphau.engine.checkpoints import warn_if_other_fold
+from megraphau.model import build_model, load_model
+from megraphau.utils import log
+
+
+def check_amp(args) -> None:
+    """--amp applies to CUDA only: say so once on any other device."""
+    if args.amp != "none" and args.device.type != "cuda":
+        warnings.warn(f"--amp {args.amp} applies to CUDA only; running in float32 on {args.device}", stacklevel=2)
+
+
+def pretrained_arg(args):
+    """What build_model's `pretrained` gets: no ImageNet file when a checkpoint follows."""
+    if args.pretrained is not None and args.pretrained.lower() == "none":
+        return False
+    if args.resume or args.resume_training:
+        return False
+    return args.pretrained
+
+
+def build_training_model(args, stage: int):
+    """The model a training run starts from: ImageNet backbone, or --resume (a stage-1 file
+    initialises stage 2: shared keys load, the graph head starts fresh)."""
+    variant = args.dataset_config.get("variant", "megraphau")  # OpenGraphAU: 41 AUs
+    if args.resume and not args.resume_training:
+        loaded = load_model(args.resume, arc=args.arc, stage=stage, num_classes=args.num_classes,
+                            variant=variant, neighbor_num=args.neighbor_num, metric=args.metric,
+                            stage1_into_stage2=True)
+        warn_if_other_fold(args.resume, loaded.facts["fold"], args.fold, testing=False)
+        log.info("initialised from %s", args.resume)
+        return loaded.model
+    if stage == 2 and not args.resume_training:
+        warnings.warn("stage 2 without --resume: the paper starts stage 2 from a stage-1 checkpoint", stacklevel=2)
+    return build_model(stage, args.arc, args.num_classes, args.neighbor_num, args.metric,
+                       pretrained=pretrained_arg(args), variant=variant)
+
+
+def build_optimizer(args, model) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(0.9, 0.999),
+                             eps=args.optimizer_eps, weight_decay=args.weight_decay)
+
+
+def build_grad_scaler(args) -> torch.amp.GradScaler:
+    """Loss scaling for --amp fp16 on CUDA; a no-op scaler otherwise."""
+    return torch.amp.GradScaler("cuda", enabled=args.amp == "fp16" and args.device.type == "cuda")
+
+
+def cosine_lr(step: int, total_steps: int, lr0: float) -> float:
+    """lr0 * (1 + cos(pi * t / T)) / 2: the release's per-step cosine schedule (no warm-up)."""
+    if total_steps <= 0:
+        return lr0
+    return lr0 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)) / 2.0
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Every epoch reseeds all RNGs from (seed, epoch, rank): data order, augmentation and any
+    model randomness are then the same whether or not a run was interrupted before it."""
+    return (seed * 1_000_003 + epoch * 1009 + rank) % 2**31
