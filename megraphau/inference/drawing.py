@@ -33,9 +33,10 @@ def annotate(image_bgr: np.ndarray, faces: Sequence, au_names: Sequence[str],
     h, w = image.shape[:2]
     font = cv2.FONT_HERSHEY_SIMPLEX
     rows = max(len(au_names), 1) + 1
-    row_h = int(np.clip(h / rows, 16, 40))  # pixels per AU line
-    scale = row_h / 36.0  # HERSHEY_SIMPLEX at scale 1 is ~22 px high plus descenders
-    thick = max(1, round(row_h / 16))
+    columns = len(faces) if panel_faces is None else panel_faces
+    labels = [f"{n} {d}" if descriptions else n for n, d in zip(au_names, descriptions or au_names)]
+    row_h, per_row = _panel_layout(h, w, rows, max(columns, 1), labels)
+    scale, thick = _font(row_h)
     for k, face in enumerate(faces):
         colour = BOX_COLOURS[k % len(BOX_COLOURS)]
         x, y, bw, bh = (int(round(v * zoom)) for v in face.box)
@@ -45,20 +46,19 @@ def annotate(image_bgr: np.ndarray, faces: Sequence, au_names: Sequence[str],
         cv2.putText(image, "no face", (row_h // 2, row_h + 4), font, scale * 1.5, (0, 0, 255), thick + 1, cv2.LINE_AA)
         if not panel_faces:
             return image
-    columns = len(faces) if panel_faces is None else panel_faces
     faces = list(faces)[:columns]
-    labels = [f"{n} {d}" if descriptions else n for n, d in zip(au_names, descriptions or au_names)]
-    text_w = max(cv2.getTextSize(t, font, scale, thick)[0][0] for t in labels)
-    bar_w = max(6 * row_h, 90)
-    col_w = text_w + bar_w + 3 * row_h + cv2.getTextSize("0.00", font, scale, thick)[0][0]
-    panel_h = max(h, rows * row_h + row_h)
-    panel = np.full((panel_h, col_w * columns, 3), 30, np.uint8)
+    text_w, bar_w, col_w = _column_widths(row_h, labels)
+    block_h = rows * row_h + row_h  # one face: its title row, a row per AU, a margin
+    grid_rows = max(1, -(-columns // per_row))
+    panel_h = max(h, grid_rows * block_h)
+    panel = np.full((panel_h, col_w * per_row, 3), 30, np.uint8)
     for k, face in enumerate(faces):
-        x0 = k * col_w + row_h // 2
-        cv2.putText(panel, f"face {k}", (x0, row_h - 4), font, scale * 1.1,
+        x0 = (k % per_row) * col_w + row_h // 2
+        y0 = (k // per_row) * block_h
+        cv2.putText(panel, f"face {k}", (x0, y0 + row_h - 4), font, scale * 1.1,
                     BOX_COLOURS[k % len(BOX_COLOURS)], thick, cv2.LINE_AA)
         for i, (text, p) in enumerate(zip(labels, face.probs)):
-            y_base = (i + 2) * row_h - row_h // 4
+            y_base = y0 + (i + 2) * row_h - row_h // 4
             on = p >= threshold
             cv2.putText(panel, text, (x0, y_base), font, scale, AU_ON if on else AU_OFF, thick, cv2.LINE_AA)
             bx = x0 + text_w + row_h // 2
@@ -71,6 +71,39 @@ def annotate(image_bgr: np.ndarray, faces: Sequence, au_names: Sequence[str],
     if panel_h > h:
         image = cv2.copyMakeBorder(image, 0, panel_h - h, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0))
     return np.hstack([image, panel])
+
+
+def _font(row_h: int) -> tuple[float, int]:
+    """HERSHEY_SIMPLEX scale and stroke for text rows of row_h pixels (scale 1 is ~22 px high
+    plus descenders)."""
+    return row_h / 36.0, max(1, round(row_h / 16))
+
+
+def _column_widths(row_h: int, labels: Sequence[str]) -> tuple[int, int, int]:
+    """(text, bar, whole column) widths of one face's column of AU rows."""
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    scale, thick = _font(row_h)
+    text_w = max(cv2.getTextSize(t, font, scale, thick)[0][0] for t in labels)
+    bar_w = max(6 * row_h, 90)
+    return text_w, bar_w, text_w + bar_w + 3 * row_h + cv2.getTextSize("0.00", font, scale, thick)[0][0]
+
+
+def _panel_layout(h: int, w: int, rows: int, columns: int, labels: Sequence[str]) -> tuple[int, int]:
+    """(row height, face columns per grid row) of the panel beside an h x w image.
+
+    One face keeps the image-height rows (16-40 px). Several faces wrap into a grid at most as
+    wide as the image, with rows made smaller (down to 12 px) until the grid is no taller than
+    the image: a photo with many faces stays the larger part of the picture instead of a strip
+    beside a panel many times its width.
+    """
+    largest = int(np.clip(h / rows, 16, 40))
+    if columns == 1:
+        return largest, 1
+    for row_h in range(largest, 11, -1):
+        per_row = max(1, min(columns, w // _column_widths(row_h, labels)[2]))
+        if -(-columns // per_row) * (rows + 1) * row_h <= h:
+            return row_h, per_row
+    return 12, max(1, min(columns, w // _column_widths(12, labels)[2]))
 
 
 def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
