@@ -31,7 +31,6 @@ from megraphau.engine.metrics import average_folds, compute_au_metrics, format_a
 from megraphau.model import has_edge_logits, load_model
 from megraphau.utils import log
 
-
 #: random AU relabellings behind the permutation p-values of results.json's "cooccurrence"
 PERMUTATIONS = 2000
 

@@ -16,6 +16,9 @@ object under ``megraphau`` (METADATA_KEY), which is what OnnxAUModel reads.
 
 Importing this module needs neither onnx nor onnxruntime: export needs ``onnx`` and
 ``onnxscript`` (torch's dynamo exporter), inference only ``onnxruntime``.
+
+This module is a little over 500 lines: export, its self-check and the runtime model read
+and write one metadata format, kept together so the two sides cannot drift apart.
 """
 from __future__ import annotations
 
