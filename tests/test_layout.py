@@ -121,7 +121,8 @@ def test_no_reference_to_documents_outside_the_checkout():
     pattern = re.compile(r"SPEC\s*§|SPEC\.md")
     files = [p for ext in ("*.py", "*.md", "*.yaml", "*.sh", "*.toml", "*.txt", "*.cff")
              for p in REPO.rglob(ext) if ".git" not in p.parts and "tests" not in p.parts[-2:-1]]
-    offenders = [str(p.relative_to(REPO)) for p in files if pattern.search(p.read_text(encoding="utf-8", errors="replace"))]
+    offenders = [str(p.relative_to(REPO)) for p in files
+                 if pattern.search(p.read_text(encoding="utf-8", errors="replace"))]
     assert offenders == []
 
 

@@ -97,7 +97,8 @@ def evaluate_checkpoint(args, fold: int, path: str, figures_dir: Path | None = N
     model = loaded.model.to(args.device)
     test_ds = build_datasets(args, stage=1, splits=("test",), fold=fold)["test"]
     loader = build_eval_loader(test_ds, args)
-    meter = PairProbabilityMeter() if figures_dir is not None and has_edge_logits(facts["stage"], facts.get("variant")) else None
+    edges = has_edge_logits(facts["stage"], facts.get("variant"))
+    meter = PairProbabilityMeter() if figures_dir is not None and edges else None
     probs = predict(model, loader, args.device, args.amp, progress=not args.no_progress, desc=f"test fold {fold}",
                     pair_meter=meter)
     threshold = getattr(args, "threshold", 0.5)
