@@ -209,11 +209,12 @@ def print_benchmark(result: dict, detectors: dict, what: str, args: argparse.Nam
 def benchmark_detectors(args: argparse.Namespace, detector: AUDetector, workdir: Path,
                         open_detector: Callable[..., AUDetector]) -> tuple[dict, list[str]]:
     """({name: AUDetector} to time, [notes on combinations left out]) for --benchmark: each engine
-    of --benchmark-engine at each precision of --benchmark-precisions it offers (default: the
-    detector's precision, an engine without it at fp32). A .pth's ONNX Runtime rows run its
+    of --benchmark-engine at each precision of --benchmark-precisions it offers (default:
+    --precision, else the detector's; an engine without it at fp32). A .pth's ONNX Runtime rows run its
     export (--benchmark-onnx, else a temporary one in workdir; int8 is quantised beside it)."""
     explicit = args.benchmark_precisions is not None
-    precisions = list(dict.fromkeys(args.benchmark_precisions or [detector.precision]))
+    precisions = list(dict.fromkeys(args.benchmark_precisions or [getattr(args, "precision", None)
+                                                                  or detector.precision]))
     detectors, notes = {}, []
     engines = [e for e in ("pytorch", "onnxruntime") if args.benchmark_engine in ("both", e)]
     onnx_path = None
