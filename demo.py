@@ -29,9 +29,10 @@ from megraphau.inference.benchmark import engine_label, run_benchmark
 from megraphau.inference.detector import AUDetector, InferenceError
 from megraphau.inference.faces import CROP_PRESETS
 from megraphau.inference.inputs import DemoError, list_inputs
+from megraphau.inference.precision import PRECISIONS, unsupported_reason
 from megraphau.inference.runner import default_threads, process_images, process_video
 from megraphau.inference.writers import OPENFACE_HELP, ResultWriter
-from megraphau.model.onnx_export import MissingDependencyError, OnnxModelError
+from megraphau.model.onnx_export import MissingDependencyError, OnnxModelError, is_onnx_file
 from megraphau.model.opengraphau import NUM_MAIN as OPENGRAPHAU_MAIN_AUS
 from megraphau.utils import DeviceUnavailableError, resolve_device, user_errors
 
@@ -107,10 +108,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-workers", type=int, default=1, metavar="W",
                    help="videos: model batches run at the same time, each with --threads / W threads "
                         "(the pipeline keeps the frames' order)")
-    p.add_argument("--bf16", action="store_true",
-                   help="PyTorch models: run under bfloat16 autocast, 2.5x faster on CPUs with AMX (Xeon 4th "
-                        "generation and later) and on recent GPUs, probabilities within ~2e-3 of float32; slower "
-                        "on CPUs without bfloat16 units")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="the model's arithmetic (default: the file's: fp32, or int8 for a .int8.onnx). bf16: a .pth "
+                        "under bfloat16 autocast, 2.5x faster on CPUs with AMX (Xeon 4th generation and later) and "
+                        "on recent GPUs, probabilities within ~2e-3 of float32, slower on CPUs without bfloat16 "
+                        "units. int8: ONNX Runtime static int8; a float32 .onnx is quantised on first use and "
+                        "cached beside it (model.int8.onnx; its accuracy guard is printed), a .pth is refused "
+                        "(tool/export_onnx.py --precision int8)")
+    p.add_argument("--bf16", action="store_true", help="deprecated: --precision bf16")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the PyTorch model (compiles on the first batch: for long videos on a GPU)")
     p.add_argument("--no-pipeline", action="store_true",
                    help="videos: decode, detect and classify in one thread, batch by batch (default: "
                         "decoding, face detection and the model overlap in their own threads)")
@@ -126,6 +133,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--benchmark-frames", type=int, default=200, metavar="N", help="frames (or images) to time")
     g.add_argument("--benchmark-repeats", type=int, default=2, metavar="R",
                    help="passes per engine, alternating engines; the fastest is reported")
+    g.add_argument("--benchmark-precisions", nargs="+", default=None, choices=PRECISIONS, metavar="P",
+                   help="time each engine at each of these precisions it offers (default: --precision, an engine "
+                        "without it at fp32)")
+    g.add_argument("--benchmark-json", default=None, metavar="FILE", help="also write the timings to FILE")
     return p
 
 
@@ -148,6 +159,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.output is None:
         args.output = str(Path("results") / args.exp_name)
     check_ranges(p, args, DEMO_RANGE_CHECKS)
+    if args.bf16:
+        if args.precision not in (None, "bf16"):
+            p.error(f"--bf16 (deprecated: --precision bf16) contradicts --precision {args.precision}")
+        args.precision = "bf16"
+        print("note: --bf16 is deprecated; use --precision bf16", file=sys.stderr)
     if args.benchmark_onnx and not Path(args.benchmark_onnx).is_file():
         p.error(f"--benchmark-onnx {args.benchmark_onnx}: file not found")
     try:
@@ -157,14 +173,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def make_detector(args: argparse.Namespace, checkpoint=None) -> AUDetector:
-    """The AUDetector of --resume (or of `checkpoint`: the benchmark's ONNX file) as the flags say."""
-    return AUDetector(checkpoint or args.resume, arc=args.arc, stage=args.stage, device=args.device,
+def make_detector(args: argparse.Namespace, checkpoint=None, precision: str | None = None) -> AUDetector:
+    """The AUDetector of --resume (or of `checkpoint`: the benchmark's ONNX file) as the flags say,
+    at `precision` (default: --precision; with --benchmark, an engine without it runs fp32)."""
+    path = checkpoint or args.resume
+    precision = precision or args.precision
+    if args.benchmark and precision and unsupported_reason(model_engine(path), precision):
+        precision = "fp32"
+    return AUDetector(path, arc=args.arc, stage=args.stage, device=args.device,
                       dataset=args.dataset, threshold=args.threshold, detect=not args.no_detect,
                       max_faces=args.max_faces, batch_size=args.batch_size, metric=args.metric,
                       preset=args.preset, redetect_every=args.redetect_every, threads=model_threads(args),
-                      detect_size=args.detect_size or None,
-                      bf16=args.bf16 and not (checkpoint and str(checkpoint).endswith(".onnx")))
+                      detect_size=args.detect_size or None, precision=precision, compile=args.compile)
+
+
+def model_engine(path) -> str:
+    """The engine a model file runs on: onnxruntime for an .onnx export, else pytorch."""
+    return "onnxruntime" if path and Path(path).is_file() and is_onnx_file(path) else "pytorch"
 
 
 def model_threads(args: argparse.Namespace) -> int:
@@ -184,10 +209,10 @@ def main(args: argparse.Namespace) -> int:
         kind, files = list_inputs(Path(args.input), exclude=Path(args.output))
         args.kind = kind
         detector = make_detector(args)
-        log.info("model: %s stage %d (%s), %d AUs, %s: %s", detector.arc, detector.stage, detector.variant,
-                 len(detector.au_names), engine_label(detector), " ".join(detector.au_names))
+        log.info("model: %s stage %d (%s), %d AUs, %s %s: %s", detector.arc, detector.stage, detector.variant,
+                 len(detector.au_names), engine_label(detector), detector.precision, " ".join(detector.au_names))
         if args.benchmark:
-            return run_benchmark(args, detector, kind, files, lambda path: make_detector(args, path))
+            return run_benchmark(args, detector, kind, files, lambda path, prec=None: make_detector(args, path, prec))
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -196,8 +221,10 @@ def main(args: argparse.Namespace) -> int:
     summary = {"checkpoint": args.resume, "engine": detector.backend, "arc": detector.arc, "stage": detector.stage,
                "variant": detector.variant, "crop_preset": detector.crop_preset, "crop_size": detector.crop_size,
                "input": str(args.input),
+               "precision": detector.precision,
                "provenance": provenance.collect(device=detector.device,
-                                                files={"checkpoint": args.resume} if args.resume else {})}
+                                                files={"checkpoint": args.resume} if args.resume else {},
+                                                precision=detector.precision_record)}
     crops_dir = Path(args.save_crops) if args.save_crops else None
     graphs_dir = out_dir / "graphs" if args.graph else None
     if args.graph and not detector.has_edges:

@@ -12,17 +12,23 @@ benchmark runs `python demo.py --benchmark` in a fresh process.
   python bench/bench_video.py --arcs resnet18 resnet50 --stages 2 --frames 200 --repeats 2
   python bench/bench_video.py --memory --memory-frames 300 3000 --arcs resnet18 --engine onnx
 
-After the pipeline benchmark, every engine x precision (PyTorch fp32/bf16, ONNX Runtime fp32/int8;
-the ones this machine does not offer listed with the reason) is timed on the model alone over
---frames face crops (inference/precision.py's photograph crops, batches of --batch-size, default
-16), beside its accuracy guard (max abs probability difference to float32 of the same engine on
-held-out face crops, bound 0.02) and the roofline (inference/roofline.py: FLOPs per face, the
-measured matrix-product peak of that engine and precision at the thread count, the achieved
-fraction of it, and the faces/s the peak would allow). --precisions-only skips the pipeline part.
+The pipeline benchmark times every engine x precision (PyTorch fp32/bf16, ONNX Runtime
+fp32/int8: demo.py --benchmark --benchmark-precisions fp32 bf16 int8; the int8 file is quantised
+once beside the .onnx). Then each is timed on the model alone over --frames face crops
+(inference/precision.py's photograph crops, batches of --batch-size, default 16), and one table
+shows, per engine x precision, the end-to-end demo frames/s (decode, track, crop, model, write)
+and its CPU ms per frame of detection+crop and of the model, beside the model-only speed, the
+accuracy guard (max abs probability difference to float32 of the same engine on held-out face
+crops, bound 0.02) and the roofline (inference/roofline.py: FLOPs per face, the measured
+matrix-product peak of that engine and precision at the thread count, the achieved fraction of
+it, and the faces/s the peak would allow). The combinations this machine does not offer are
+listed with the reason; with CUDA the demo benchmark also runs on the GPU (else a row says it
+was not measured). --precisions-only skips the pipeline part.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
@@ -194,8 +200,8 @@ def precision_rows(made, frames: int, threads: int | None = None, batch_size: in
         crop = 224
         flops = R.model_flops(model, crop)
         int8 = P.int8_path(onnx)
-        if not int8.is_file() and P.unsupported_reason("onnxruntime", "int8") is None:
-            P.quantize_int8(onnx, int8)
+        if P.unsupported_reason("onnxruntime", "int8") is None:
+            int8 = P.cached_int8(onnx)[0]  # as demo --precision int8 makes it (guard recorded)
         guard_inputs = P.model_inputs(P.guard_crops(), crop)
         faces = P.model_inputs(P.photo_crops(min(frames, 32), seed=2), crop)
         faces = np.resize(faces, (frames, *faces.shape[1:]))  # (frames, 3, S, S), the crops repeated
@@ -226,17 +232,45 @@ def precision_rows(made, frames: int, threads: int | None = None, batch_size: in
     return rows
 
 
+#: the goal of a GPU run (issue 24): py-feat's published frames/s at batch 16, ResNet-50 stage 2
+GPU_GOAL = "goal: beat py-feat's 202 frames/s at batch 16 with ResNet-50 stage 2"
+
+
+def end_to_end(rows: list[dict], results: dict) -> None:
+    """Add demo --benchmark's end-to-end figures to precision_rows' rows: 'e2e' = {'frames_per_s',
+    'detect_crop_ms', 'model_ms' (CPU ms per frame)} or None. results: {model name: the
+    --benchmark-json of that model's demo run} (engine rows keyed "engine precision")."""
+    for r in rows:
+        run = (results.get(r["model"]) or {}).get("engines", {}).get(f"{r['engine']} {r['precision']}")
+        if run is None:
+            r["e2e"] = None
+            continue
+        cpu = run["cpu_ms_per_stage"]
+        r["e2e"] = {"frames_per_s": run["frames_per_s"], "detect_crop_ms": cpu["detect"] + cpu["crop"],
+                    "model_ms": cpu["model"]}
+
+
 def precision_table(rows: list[dict], threads: int | None = None) -> str:
-    """The rows of precision_rows as a markdown table (refused combinations with their reason)."""
-    lines = [f"engine x precision, model alone ({threads or 'default'} threads); guard: max |p - p_fp32| on face "
-             f"crops (bound 0.02); roofline: measured matrix-product peak of that engine and precision",
-             "| model | engine | precision | ms/face | faces/s | guard | GFLOP/face | peak GFLOP/s | achieved GFLOP/s "
-             "| fraction of peak | faces/s bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """The rows of precision_rows as a markdown table (refused combinations with their reason);
+    with end_to_end's figures, the demo's end-to-end frames/s and CPU ms per frame first."""
+    lines = [f"engine x precision ({threads or 'default'} threads). end-to-end: demo.py --benchmark's frames/s "
+             f"(decode, track, crop, model, write; --no-annotate) and its CPU ms per frame of detection+crop and of "
+             f"the model; model alone: face crops in batches; guard: max |p - p_fp32| on face crops (bound 0.02); "
+             f"roofline: measured matrix-product peak of that engine and precision",
+             "| model | engine | precision | end-to-end frames/s | CPU ms/frame detect+crop / model | model ms/face "
+             "| model faces/s | guard | GFLOP/face | peak GFLOP/s | achieved GFLOP/s | fraction of peak "
+             "| faces/s bound |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         head = f"| {r['model']} | {r['engine']} | {r['precision']} "
         if r["refused"]:
-            lines.append(head + f"| not offered: {r['refused']} |" + "|" * 7)  # 11 cells
+            lines.append(head + f"| not offered: {r['refused']} |" + "|" * 9)  # 13 cells
             continue
+        if r.get("gpu"):
+            lines.append(head + f"| {r['gpu']} |" + "|" * 9)
+            continue
+        e2e = r.get("e2e")
+        head += (f"| {e2e['frames_per_s']:.1f} | {e2e['detect_crop_ms']:.1f} / {e2e['model_ms']:.1f} " if e2e
+                 else "| - | - ")
         g, roof = r["guard"], r["roofline"]
         guard = "reference" if g is None else (f"{g['max_abs_diff']:.2g} {'pass' if g['passed'] else 'FAIL'}"
                                                + (" (vs PyTorch fp32)" if r["precision"] == "fp32" else ""))
@@ -248,8 +282,29 @@ def precision_table(rows: list[dict], threads: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def run_precisions(args, made) -> None:
+def gpu_rows(made, results: dict) -> list[dict]:
+    """One row per model for the GPU: its end-to-end figures when demo ran on CUDA, else the note
+    that it was not measured (no GPU here), with the goal."""
+    import torch
+
+    rows = []
+    for arc, stage, _pth, _onnx in made:
+        name = f"{arc} stage {stage}"
+        if not torch.cuda.is_available():
+            rows.append({"model": name, "engine": "GPU", "precision": "-", "refused": None,
+                         "gpu": f"not measured: no GPU on this machine ({GPU_GOAL})"})
+            continue
+        for key, run in (results.get(name + " cuda") or {}).get("engines", {}).items():
+            rows.append({"model": name, "engine": f"GPU {key.split()[0]}", "precision": key.split()[1],
+                         "refused": None, "gpu": f"end-to-end {run['frames_per_s']:.1f} frames/s ({GPU_GOAL})"})
+    return rows
+
+
+def run_precisions(args, made, results: dict | None = None) -> None:
     rows = precision_rows(made, args.frames, args.threads, args.batch_size)
+    end_to_end(rows, results or {})
+    if results is not None:
+        rows += gpu_rows(made, results)
     print(precision_table(rows, args.threads), flush=True)
 
 
@@ -273,6 +328,8 @@ def main(argv=None) -> None:
     parser.add_argument("--precisions-only", action="store_true",
                         help="only the engine x precision table (guards, roofline), not the pipeline benchmark")
     parser.add_argument("--no-precisions", action="store_true", help="skip the engine x precision table")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"], choices=["fp32", "bf16", "int8"],
+                        help="the precisions of the end-to-end demo benchmark")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     made = models(args.workdir, args.arcs, args.stages)
@@ -285,17 +342,29 @@ def main(argv=None) -> None:
     video = args.workdir / f"face_{args.frames}.avi"
     if not video.is_file():
         write_face_video(video, args.frames)
-    for _arc, _stage, pth, onnx in made:
-        argv = ["--resume", str(pth), "--benchmark-onnx", str(onnx), "--input", str(video), "--benchmark",
-                "--benchmark-frames", str(args.frames), "--benchmark-repeats", str(args.repeats)]
-        argv += [] if args.annotate else ["--no-annotate"]
-        argv += ["--threads", str(args.threads)] if args.threads else []
-        argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
-        print(f"$ python demo.py {' '.join(argv + args.extra)}", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "demo.py"), *argv, *args.extra], check=False)
-        print(flush=True)
+    import torch
+
+    results = {}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for arc, stage, pth, onnx in made:
+        for device in devices:
+            name = f"{arc} stage {stage}" + (" cuda" if device == "cuda" else "")
+            out = args.workdir / f"benchmark_{arc}_stage{stage}_{device}.json"
+            out.unlink(missing_ok=True)
+            argv = ["--resume", str(pth), "--benchmark-onnx", str(onnx), "--input", str(video), "--benchmark",
+                    "--benchmark-frames", str(args.frames), "--benchmark-repeats", str(args.repeats),
+                    "--benchmark-precisions", *(args.precisions if device == "cpu" else ["fp32", "bf16"]),
+                    "--benchmark-json", str(out), "--device", device]
+            argv += [] if args.annotate else ["--no-annotate"]
+            argv += ["--threads", str(args.threads)] if args.threads else []
+            argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+            print(f"$ python demo.py {' '.join(argv + args.extra)}", flush=True)
+            subprocess.run([sys.executable, str(ROOT / "demo.py"), *argv, *args.extra], check=False)
+            print(flush=True)
+            if out.is_file():
+                results[name] = json.loads(out.read_text())
     if not args.no_precisions:
-        run_precisions(args, made)
+        run_precisions(args, made, results)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ accuracy changes. The F1 guard's test checks its arithmetic on a tiny SYNTH test
 a random model's F1 there is no accuracy claim).
 """
 import contextlib
+import csv
 import io
 import json
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +23,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
+import demo  # noqa: E402
 from megraphau import provenance  # noqa: E402
 from megraphau.inference import precision as P  # noqa: E402
 from megraphau.inference import roofline as R  # noqa: E402
@@ -30,6 +33,12 @@ from tool import export_onnx as cli  # noqa: E402
 
 CROP = 112
 BP4D = ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]
+
+
+def save_project_checkpoint(path, model, crop=CROP):
+    facts = {"dataset": "BP4D", "au_names": BP4D, "crop_preset": "BP4D", "crop_size": crop, "fold": 1}
+    torch.save({"state_dict": model.state_dict(), "model_config": model_config_dict(model), "facts": facts}, path)
+    return path
 
 
 def random_model(stage=1, crop=CROP):
@@ -52,9 +61,7 @@ def exported(tmp_path_factory):
     """A ResNet-18 stage-1 project checkpoint exported with --precision int8 and a calibration folder."""
     root = tmp_path_factory.mktemp("precision")
     model = random_model()
-    ckpt = root / "r18.pth"
-    facts = {"dataset": "BP4D", "au_names": BP4D, "crop_preset": "BP4D", "crop_size": CROP, "fold": 1}
-    torch.save({"state_dict": model.state_dict(), "model_config": model_config_dict(model), "facts": facts}, ckpt)
+    ckpt = save_project_checkpoint(root / "r18.pth", model)
     crops = root / "crops"
     crops.mkdir()
     for i, crop in enumerate(P.photo_crops(2, seed=5)):
@@ -62,7 +69,8 @@ def exported(tmp_path_factory):
     onnx_path = root / "r18.onnx"
     result = run_cli(["--resume", str(ckpt), "--output", str(onnx_path), "--precision", "int8",
                       "--calibration", str(crops)])
-    return {"model": model, "onnx": onnx_path, "int8": root / "r18.int8.onnx", "cli": result}
+    return {"model": model, "pth": ckpt, "onnx": onnx_path, "int8": root / "r18.int8.onnx", "crops": crops,
+            "cli": result}
 
 
 @pytest.mark.slow  # export, verification and calibration of a ResNet-18: about 25 s of CPU
@@ -172,3 +180,108 @@ def test_roofline_numbers():
     assert roof["fraction"] == pytest.approx(0.1) and roof["bound_fps"] == pytest.approx(1000)
     assert R.roofline(1e9, 0.01, None)["fraction"] is None
     assert R.arc_flops("resnet18", 1, crop_size=32) > 0
+
+
+# --------------------------------------------------------------------------------------------
+# demo.py --precision
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """A project checkpoint (ResNet-18 stage 1 at 112) and a folder of two face crops (--no-detect)."""
+    root = tmp_path_factory.mktemp("demo_precision")
+    folder = root / "faces"
+    folder.mkdir()
+    for i, crop in enumerate(P.photo_crops(2, seed=3)):
+        cv2.imwrite(str(folder / f"{i}.png"), crop)
+    return {"pth": save_project_checkpoint(root / "r18.pth", random_model()), "folder": folder}
+
+
+def run_demo(*argv):
+    """demo.py's exit code, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = demo.cli([str(a) for a in argv])
+        except SystemExit as stop:  # a command-line error (parse_args)
+            code = stop.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def demo_rows(out_dir):
+    with open(out_dir / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {r["file"]: np.array([float(r[f"{n}_prob"]) for n in BP4D]) for r in rows}
+
+
+def demo_precision(out_dir):
+    meta = json.loads((out_dir / "predictions.json").read_text())
+    return meta["precision"], meta["provenance"]["precision"]
+
+
+def test_demo_bf16_rows_near_fp32_and_alias(faces, tmp_path):
+    """--precision bf16 on a .pth: rows within the guard's bound of float32's, recorded in
+    predictions.json; the deprecated --bf16 gives the same rows with a note."""
+    common = ["--resume", faces["pth"], "--input", faces["folder"], "--no-detect", "--no-annotate", "--threads", "1"]
+    outs = {name: tmp_path / name for name in ("fp32", "bf16", "alias")}
+    assert run_demo(*common, "--output", outs["fp32"])[0] == 0
+    assert run_demo(*common, "--output", outs["bf16"], "--precision", "bf16")[0] == 0
+    code, _, err = run_demo(*common, "--output", outs["alias"], "--bf16")
+    assert code == 0 and "--bf16 is deprecated; use --precision bf16" in err
+    fp32, bf16, alias = (demo_rows(outs[k]) for k in ("fp32", "bf16", "alias"))
+    assert sorted(fp32) == sorted(bf16) == ["0.png", "1.png"]
+    diff = max(np.abs(bf16[k] - fp32[k]).max() for k in fp32)
+    assert 0 < diff <= P.PROB_BOUND  # > 0: it did run in bfloat16
+    assert all(np.array_equal(alias[k], bf16[k]) for k in bf16)
+    assert demo_precision(outs["fp32"])[0] == "fp32" and demo_precision(outs["fp32"])[1]["precision"] == "fp32"
+    summary, record = demo_precision(outs["bf16"])
+    assert summary == "bf16" and record["engine"] == "pytorch" and record["computes"].startswith("torch.autocast")
+    code, _, err = run_demo(*common, "--output", tmp_path / "x", "--bf16", "--precision", "int8")
+    assert code == 2 and "--bf16 (deprecated: --precision bf16) contradicts --precision int8" in err
+
+
+def test_demo_int8_with_pth_is_one_line(faces, tmp_path):
+    code, out, err = run_demo("--resume", faces["pth"], "--input", faces["folder"], "--no-detect", "--precision",
+                              "int8", "--output", tmp_path / "out")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert "int8 runs on ONNX Runtime" in lines[0] and "tool/export_onnx.py --precision int8" in lines[0]
+    assert ".int8.onnx" in lines[0]
+
+
+@pytest.mark.slow  # uses the int8 export fixture (about 25 s of CPU)
+def test_demo_int8_onnx(exported, tmp_path, caplog):
+    """--precision int8 with the float32 .onnx uses its int8 file beside it (quantised on first
+    use; here tool/export_onnx.py made it, guard recorded); the .int8.onnx runs as int8 by
+    itself; the rows are within the guard's bound of float32's; precision in predictions.json."""
+    common = ["--input", exported["crops"], "--no-detect", "--no-annotate", "--threads", "1"]
+    outs = {name: tmp_path / name for name in ("fp32", "int8", "direct")}
+    assert run_demo("--resume", exported["onnx"], *common, "--output", outs["fp32"])[0] == 0
+    with caplog.at_level("INFO"):
+        assert run_demo("--resume", exported["onnx"], "--precision", "int8", *common, "--output", outs["int8"])[0] == 0
+    assert f"int8: using the cached {exported['int8']}" in caplog.text
+    assert "int8 onnxruntime guard probs: max abs diff" in caplog.text
+    assert run_demo("--resume", exported["int8"], *common, "--output", outs["direct"])[0] == 0
+    fp32, int8, direct = (demo_rows(outs[k]) for k in ("fp32", "int8", "direct"))
+    assert all(np.array_equal(direct[k], int8[k]) for k in int8)
+    assert 0 < max(np.abs(int8[k] - fp32[k]).max() for k in fp32) <= P.PROB_BOUND
+    for name in ("int8", "direct"):
+        summary, record = demo_precision(outs[name])
+        assert summary == "int8" and record["engine"] == "onnxruntime"
+        assert record["quantisation"]["format"] == "QDQ" and record["guards"][0]["passed"]
+    code, _, err = run_demo("--resume", exported["int8"], "--precision", "fp32", *common, "--output", tmp_path / "x")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "holds an int8 model" in err
+    code, _, err = run_demo("--resume", exported["onnx"], "--precision", "bf16", *common, "--output", tmp_path / "x")
+    assert code == 2 and "bfloat16 is for PyTorch models" in err
+
+
+@pytest.mark.slow  # quantises a ResNet-18 (about 10 s of CPU) after the export fixture
+def test_int8_quantised_on_first_use(exported, tmp_path):
+    """A float32 .onnx without an int8 file beside it: quantised on first use and cached (guard recorded)."""
+    import shutil
+
+    float_copy = tmp_path / "copy.onnx"
+    shutil.copy(exported["onnx"], float_copy)
+    path, guards, made = P.cached_int8(float_copy)
+    assert made and path == tmp_path / "copy.int8.onnx" and guards[0]["passed"]
+    assert P.onnx_metadata(path)["precision"]["guards"] == guards
+    assert P.cached_int8(float_copy)[2] is False  # the cached file

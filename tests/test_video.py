@@ -122,6 +122,7 @@ def test_bf16_is_close_and_for_pytorch_only(models):
     assert np.abs(probs - fp32.classify(crops)).max() < 2e-2
     with pytest.raises(InferenceError, match="bfloat16 is for PyTorch models"):
         AUDetector(models["onnx"], bf16=True)
+    assert bf16.precision == "bf16" and bf16.bf16 and not fp32.bf16  # bf16=True: the deprecated alias
 
 
 def test_model_input_is_the_test_transform(models):
@@ -240,11 +241,15 @@ def test_benchmark_smoke(models, video, capsys):
     out = capsys.readouterr().out
     assert "8 frames of clip.avi, 640x480" in out
     header = next(line for line in out.splitlines() if line.startswith("engine"))
-    assert header.split()[:7] == ["engine", "frames/s", "decode", "detect", "crop", "model", "write"]
-    rows = {name: line[len(name):].split() for line in out.splitlines()
-            for name in ("PyTorch", "ONNX Runtime") if line.startswith(name)}
+    assert header.split()[:8] == ["engine", "precision", "frames/s", "decode", "detect", "crop", "model", "write"]
+    rows = {}  # the first table's row of each engine
+    for line in out.splitlines():
+        for name in ("PyTorch", "ONNX Runtime"):
+            if line.startswith(name):
+                rows.setdefault(name, line[len(name):].split())
     assert set(rows) == {"PyTorch", "ONNX Runtime"}
     for cells in rows.values():
-        assert float(cells[0]) > 0 and float(cells[4]) > 0  # frames/s, model ms per frame
-    diff = float(out.split("PyTorch vs ONNX Runtime: ")[1].split()[0])
+        assert cells[0] == "fp32"  # the precision of each row
+        assert float(cells[1]) > 0 and float(cells[5]) > 0  # frames/s, model ms per frame
+    diff = float(out.split("PyTorch fp32 vs ONNX Runtime fp32: ")[1].split()[0])
     assert diff < 1e-4

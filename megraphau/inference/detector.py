@@ -23,6 +23,8 @@ pipeline.VideoPipeline runs detection and the model in their own threads (demo.p
 """
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -32,7 +34,10 @@ import numpy as np
 import torch
 
 from megraphau.data.dataset import IMAGENET_MEAN, IMAGENET_STD, build_transform, load_dataset_config, resize_for_crop
+from megraphau.inference import precision as P
 from megraphau.model.facts import AU_SET_FOR_NUM_CLASSES, has_edge_logits, variant_for
+
+log = logging.getLogger(__name__)
 
 
 class InferenceError(RuntimeError):
@@ -155,10 +160,17 @@ class AUDetector:
     threads: CPU threads of the AU model (torch.set_num_threads in the thread that runs it, or
         ONNX Runtime's intra-op threads); None: leave torch's setting, ONNX Runtime's default.
     detect_threads: torch threads of MTCNN (faces.FaceDetector; 1 is fastest on small CPUs).
-    bf16: PyTorch runs the model under bfloat16 autocast: 2.5x faster on CPUs with AMX (Xeon 4th
-        generation and later) and on recent GPUs, probabilities within ~2e-3 of float32 (so AUs
-        within that of the threshold may flip); slower on CPUs without bfloat16 units. PyTorch
-        models only.
+    precision: "fp32", "bf16" or "int8" (inference/precision.py); None: the file's (fp32 for a
+        .pth, int8 for a .int8.onnx). bf16: a PyTorch model runs under bfloat16 autocast (CPU or
+        CUDA): 2.5x faster on CPUs with AMX (Xeon 4th generation and later) and on recent GPUs,
+        probabilities within ~2e-3 of float32 (so AUs within that of the threshold may flip);
+        slower on CPUs without bfloat16 units. int8: ONNX Runtime static int8; a float32 .onnx is
+        quantised on first use and cached beside it (model.onnx -> model.int8.onnx, its accuracy
+        guard run, logged and recorded), a .int8.onnx runs as it is; a .pth is refused (export it
+        with tool/export_onnx.py --precision int8). precision_record: the provenance record.
+    bf16: deprecated alias of precision="bf16".
+    compile: torch.compile the PyTorch model (compiled on the first batch; worth it on a GPU for
+        long videos, not measured on this project's CPU machine).
     detect_size: full face detections run on a copy of the frame at most this many pixels on its
         longer side (faces.FaceDetector; landmarks are tracked at full resolution).
     """
@@ -168,7 +180,8 @@ class AUDetector:
                  dataset: Optional[str] = None, threshold: float = 0.5, detect: bool = True,
                  max_faces: Optional[int] = None, batch_size: int = 16, metric: Optional[str] = None,
                  preset: Optional[str] = None, redetect_every: int = 10, threads: Optional[int] = None,
-                 detect_threads: Optional[int] = 1, detect_size: Optional[int] = 640, bf16: bool = False):
+                 detect_threads: Optional[int] = 1, detect_size: Optional[int] = 640, bf16: bool = False,
+                 precision: Optional[str] = None, compile: bool = False):
         from megraphau.inference import faces
         from megraphau.model import build_model, load_model
         from megraphau.model.onnx_export import is_onnx_file
@@ -182,8 +195,15 @@ class AUDetector:
         self.threads = None if threads is None else max(1, int(threads))
         self.checkpoint = None if checkpoint is None else str(checkpoint)
         self.backend = "pytorch"
+        if bf16 and precision not in (None, "bf16"):
+            raise InferenceError(f"bf16=True (deprecated: precision='bf16') contradicts precision={precision!r}")
+        precision = "bf16" if bf16 else precision
+        if precision is not None and precision not in P.PRECISIONS:
+            raise InferenceError(f"precision {precision!r} is not one of {', '.join(P.PRECISIONS)}")
+        self.precision_guards: list = []  # the int8 file's accuracy guards (provenance)
         if checkpoint is not None and Path(checkpoint).is_file() and is_onnx_file(checkpoint):
             self.model, self.facts = self._load_onnx(Path(checkpoint), arc, stage, metric)
+            precision = self._onnx_precision(precision, arc, stage, metric)
         elif checkpoint is not None:
             neighbor_num = (lambda n: int(load_au_config(dataset)["neighbor_num"])) if dataset else neighbor_num_for
             loaded = load_model(checkpoint, arc=arc, stage=stage, metric=metric, neighbor_num=neighbor_num)
@@ -198,17 +218,24 @@ class AUDetector:
                                      pretrained=False, variant=variant)
             self.facts = {"arc": arc, "stage": int(stage), "num_classes": n, "variant": variant,
                           "crop_size": None, "crop_preset": cfg.get("crop_preset"), "source": None}
-        if bf16 and self.backend != "pytorch":
-            raise InferenceError(f"{checkpoint}: bfloat16 is for PyTorch models; run the .pth (ONNX Runtime runs "
-                                 f"the exported float32 graph)")
-        self.bf16 = bool(bf16)
+        if self.backend == "pytorch" and precision == "int8":
+            raise InferenceError(f"{checkpoint}: int8 runs on ONNX Runtime: export it with tool/export_onnx.py "
+                                 f"--precision int8 and pass the .int8.onnx, or pass its .onnx with int8 "
+                                 f"(quantised on first use)")
+        self.precision = precision or "fp32"
         self.au_names, self.au_descriptions = resolve_au_set(self.facts, dataset)
         self.model.to(self.device).eval()
-        # PyTorch on the CPU: channels-last convolutions (oneDNN's native layout) are 5-20% faster
-        # here; the outputs move by float32 rounding only (~1e-7)
-        self._channels_last = self.backend == "pytorch" and self.device.type == "cpu"
+        # PyTorch: channels-last convolutions (oneDNN's native layout on the CPU, 5-20% faster here;
+        # the tensor cores' on a GPU); the outputs move by float32 rounding only (~1e-7)
+        self._channels_last = self.backend == "pytorch"
         if self._channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self._pinned = threading.local()  # CUDA: each model worker's page-locked input buffer
+        if self.device.type == "cuda" and self.backend == "pytorch":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+        self.compiled = bool(compile and self.backend == "pytorch")
+        if self.compiled:
+            self.model = torch.compile(self.model)
         self.arc, self.stage, self.variant = self.facts["arc"], int(self.facts["stage"]), self.facts["variant"]
         self.crop_size = int(self.facts.get("crop_size") or 224)  # the release trained at 224
         self.transform = build_transform(False, crop_size=self.crop_size)
@@ -217,8 +244,51 @@ class AUDetector:
         self.crop_preset = preset or self.facts.get("crop_preset") or faces.preset_for(len(self.au_names))
         if self.crop_preset not in faces.CROP_PRESETS:
             raise InferenceError(f"crop preset {self.crop_preset!r} is not one of {', '.join(faces.CROP_PRESETS)}")
-        self.face_detector = faces.FaceDetector(threads=detect_threads, detect_size=detect_size) if detect else None
+        # MTCNN follows the model onto a GPU: on one CPU core its detections and tracking (about 10 ms
+        # per frame) would cap a GPU run near 100 frames/s
+        self.face_detector = faces.FaceDetector(device=str(self.device) if self.device.type == "cuda" else "cpu",
+                                                threads=detect_threads, detect_size=detect_size) if detect else None
         self.tracker = faces.FaceTracker(self.face_detector, redetect_every=redetect_every) if detect else None
+
+    @property
+    def bf16(self) -> bool:
+        """The model runs under bfloat16 autocast (precision "bf16")."""
+        return self.precision == "bf16"
+
+    @property
+    def precision_record(self) -> dict:
+        """What the outputs were computed in, for provenance.collect(precision=...)."""
+        model_file = self.model.path if self.backend == "onnxruntime" else None
+        return P.precision_facts(self.backend, self.precision, model_file, self.precision_guards)
+
+    def _onnx_precision(self, precision: Optional[str], arc, stage, metric) -> str:
+        """The precision of the loaded .onnx model for the one asked for (None: the file's); a
+        float32 file with int8 is swapped for its cached int8 file (precision.cached_int8, made
+        on first use, its guard logged)."""
+        meta = self.model.metadata.get("precision") or {}
+        stored = meta.get("precision", "fp32")
+        path = self.model.path
+        if precision is None or precision == stored:
+            self.precision_guards = list(meta.get("guards") or [])
+            return stored
+        if precision == "bf16":
+            raise InferenceError(f"{path}: bfloat16 is for PyTorch models; run the .pth with bf16 (ONNX Runtime "
+                                 f"runs the exported float32 graph, or int8)")
+        if stored == "int8":
+            raise InferenceError(f"{path} holds an int8 model; for {precision} pass the float32 .onnx it was made from")
+        try:
+            out, guards, made = P.cached_int8(path, threads=self.threads)
+        except P.PrecisionError as err:
+            raise InferenceError(str(err)) from None
+        except OSError as err:
+            raise InferenceError(f"{path}: cannot write its int8 file beside it ({err.strerror or err}); make one "
+                                 f"with tool/export_onnx.py --precision int8 --output DIR/model.onnx") from None
+        log.info("int8: %s %s", "quantised to" if made else "using the cached", out)
+        for guard in guards:
+            log.info("%s", P.guard_line(guard))
+        self.model, self.facts = self._load_onnx(out, arc, stage, metric)
+        self.precision_guards = list(guards)
+        return "int8"
 
     def _load_onnx(self, path: Path, arc, stage, metric) -> tuple:
         """(OnnxAUModel, facts) of an exported file; arguments that contradict its metadata are errors."""
@@ -331,10 +401,10 @@ class AUDetector:
         else:
             if self.threads is not None and torch.get_num_threads() != self.threads:
                 torch.set_num_threads(self.threads)
-            batch = torch.from_numpy(inputs).to(self.device)
+            batch = self._to_device(inputs)
             if self._channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with P.autocast(self.precision, self.device):
                 result = self.model(batch)
             probs = result[0] if isinstance(result, tuple) else result  # stage 2: (probs, edge logits)
             probs = probs.float().cpu().numpy()
@@ -342,6 +412,21 @@ class AUDetector:
         if not edges:
             return probs
         return probs, edge_logits if self.has_edges else None
+
+    def _to_device(self, inputs: np.ndarray) -> torch.Tensor:
+        """Model inputs as a tensor on the model's device. CUDA: copied through this thread's
+        page-locked buffer (grown as needed) with an asynchronous transfer; the outputs' copy
+        back to the CPU in run_model waits for it, so the buffer is free again on return."""
+        batch = torch.from_numpy(np.ascontiguousarray(inputs))
+        if self.device.type != "cuda":
+            return batch
+        pinned = getattr(self._pinned, "buffer", None)
+        if pinned is None or pinned.shape[1:] != batch.shape[1:] or len(pinned) < len(batch):
+            pinned = torch.empty((max(len(batch), self.batch_size), *batch.shape[1:]), dtype=batch.dtype).pin_memory()
+            self._pinned.buffer = pinned
+        staged = pinned[:len(batch)]
+        staged.copy_(batch)
+        return staged.to(self.device, non_blocking=True)
 
     def classify(self, crops: Sequence[np.ndarray], edges: bool = False):
         """Face crops (BGR uint8) -> AU probabilities (len(crops), N), in batches.

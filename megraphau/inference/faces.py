@@ -285,8 +285,16 @@ def _load_mtcnn(device: str, min_face_size: int, thresholds: Sequence[float], fa
         raise FaceDetectionError(
             "face detection needs facenet-pytorch (MTCNN with its weights shipped in the "
             "package): python -m pip install 'facenet-pytorch>=2.5,<2.6'") from err
+    import torch
+
     mtcnn = MTCNN(min_face_size=min_face_size, thresholds=list(thresholds), factor=factor,
                   keep_all=True, device=device)
+    if torch.device(device).type == "cpu":
+        # P- and R-Net channels-last: their max pooling takes a vectorised kernel (3x faster than
+        # on NCHW) and a full detection takes 10-20% less CPU; boxes and landmarks move by float
+        # rounding only (3e-5 px on the test video). O-Net, the tracker's, gains nothing.
+        for net in (mtcnn.pnet, mtcnn.rnet):
+            net.to(memory_format=torch.channels_last)
     return mtcnn.eval()
 
 

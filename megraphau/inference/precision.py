@@ -8,6 +8,8 @@ engines, with accuracy guards against float32 and the facts to record in provena
     got = P.make_runner("onnxruntime", "int8", report["path"])
     guard = P.probability_guard(ref, got, P.model_inputs(P.guard_crops(), 224), "int8", "onnxruntime")
     print(P.guard_line(guard))
+    path, guards, made = P.cached_int8("model.onnx")        # as demo --precision int8: quantised
+                                                            # once, guarded, the guard recorded
 
 What each combination is:
 - PyTorch fp32: the model as trained. PyTorch bf16: torch.autocast (bfloat16 matrix products
@@ -25,7 +27,8 @@ What each combination is:
 Guards: probabilities within PROB_BOUND (max absolute difference) of float32 on real face
 crops; test mean F1 within F1_BOUND points of float32 on a data set's test fold (SYNTH).
 onnx and onnxruntime are optional packages: they are imported inside the functions that use
-them, so the PyTorch side works without them.
+them, so the PyTorch side works without them. (A little over 500 lines: an int8 file's whole
+life, quantised, guarded, cached and recorded, stays in one place with the guards it uses.)
 """
 from __future__ import annotations
 
@@ -329,12 +332,80 @@ def _version(package: str) -> str | None:
         return None
 
 
+def onnx_metadata(path: str | os.PathLike) -> dict:
+    """An exported file's megraphau metadata, read without starting an ONNX Runtime session."""
+    import onnx
+
+    from megraphau.model.onnx_export import METADATA_KEY
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    return json.loads(props.get(METADATA_KEY, "{}"))
+
+
 def onnx_file_precision(path: str | os.PathLike) -> str:
     """The precision an exported file records ("int8" for quantize_int8's files), else "fp32"."""
-    from megraphau.model.onnx_export import OnnxAUModel
+    return (onnx_metadata(path).get("precision") or {}).get("precision", "fp32")
 
-    meta = OnnxAUModel(path).metadata
-    return (meta.get("precision") or {}).get("precision", "fp32")
+
+def record_guards(path: str | os.PathLike, guards: Sequence[dict]) -> None:
+    """Store guard results in an int8 file's metadata (its "precision" record's "guards"), so that
+    a later run reading the file (AUDetector, provenance) reports them without running them again."""
+    import onnx
+
+    from megraphau.model.onnx_export import METADATA_KEY
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = json.loads(props.get(METADATA_KEY, "{}"))
+    meta.setdefault("precision", {})["guards"] = [dict(g) for g in guards]
+    props[METADATA_KEY] = json.dumps(meta)
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def cached_int8(float_path: str | os.PathLike, threads: int | None = None) -> tuple[Path, list[dict], bool]:
+    """The int8 file of a float32 export, quantised on first use and cached beside it
+    (int8_path: model.onnx -> model.int8.onnx): (path, guards, made_now).
+
+    A cached file is used when its metadata names this float file by SHA-256 and records a
+    passed probability guard; otherwise the float file is quantised (quantize_int8), the guard
+    run (probability_guard on guard_crops with the file's crop preset and size) and recorded in
+    the int8 file. A failing guard leaves the file as .failed and raises PrecisionError (one
+    line). OSError when the folder is not writable."""
+    from megraphau.model.onnx_export import sha256_file
+
+    float_path = Path(float_path)
+    out = int8_path(float_path)
+    digest = sha256_file(float_path)
+    if out.is_file():
+        with contextlib.suppress(Exception):  # unreadable or foreign file: quantise again
+            quant = onnx_metadata(out).get("precision") or {}
+            guards = quant.get("guards") or []
+            if (quant.get("float_file") or {}).get("sha256") == digest and guards and all(g["passed"] for g in guards):
+                return out, guards, False
+    report = quantize_int8(float_path, out)
+    facts = onnx_metadata(float_path).get("facts", {})
+    crop = int(facts.get("crop_size") or 224)
+    inputs = model_inputs(guard_crops(facts.get("crop_preset") or "BP4D"), crop)
+    guard = probability_guard(make_runner("onnxruntime", "fp32", float_path, threads=threads),
+                              make_runner("onnxruntime", "int8", out, threads=threads), inputs, "int8", "onnxruntime")
+    if not guard["passed"]:
+        failed = out.with_name(out.name + ".failed")
+        os.replace(out, failed)
+        raise PrecisionError(f"{float_path}: its int8 quantisation fails the accuracy guard ({guard_line(guard)}; "
+                             f"left as {failed}); run it in fp32")
+    record_guards(report["path"], [guard])
+    return out, [guard], True
 
 
 # --------------------------------------------------------------------------------------------

@@ -438,7 +438,9 @@ class OnnxAUModel:
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # int8: fused QLinear kernels
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one image batch: no inter-op parallelism
+        options.enable_mem_pattern = True  # fixed batch shapes: planned memory reused across runs
         if threads is not None:
             if int(threads) < 1:
                 raise ValueError(f"threads must be at least 1, got {threads}")
