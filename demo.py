@@ -25,21 +25,19 @@ import torch
 
 from megraphau import provenance
 from megraphau.conf import RANGE_CHECKS, HelpFormatter, check_ranges, one_line_errors
+from megraphau.errors import OutputWriteError, run_cli
 from megraphau.inference.benchmark import engine_label, run_benchmark
-from megraphau.inference.detector import AUDetector, InferenceError
+from megraphau.inference.detector import AUDetector
 from megraphau.inference.faces import CROP_PRESETS
 from megraphau.inference.inputs import DemoError, list_inputs
 from megraphau.inference.precision import PRECISIONS, unsupported_reason
 from megraphau.inference.runner import default_threads, process_images, process_video
 from megraphau.inference.writers import OPENFACE_HELP, ResultWriter
-from megraphau.model.onnx_export import MissingDependencyError, OnnxModelError, is_onnx_file
-from megraphau.model.opengraphau import NUM_MAIN as OPENGRAPHAU_MAIN_AUS
-from megraphau.utils import DeviceUnavailableError, resolve_device, user_errors
+from megraphau.model.facts import OPENGRAPHAU_NUM_MAIN as OPENGRAPHAU_MAIN_AUS
+from megraphau.model.onnx_export import is_onnx_file
+from megraphau.utils import DeviceUnavailableError, resolve_device
 
 log = logging.getLogger("demo")
-
-#: What the code raises on purpose for bad input (one line, exit 2); anything else is a bug.
-USER_ERRORS = (*user_errors(), InferenceError, OnnxModelError, MissingDependencyError)
 
 EXAMPLES = """examples:
   python demo.py --resume results/synth_stage2/bs_16_seed_0_lr_0.0003/best.pth --input photo.jpg
@@ -200,22 +198,30 @@ def model_threads(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the demo as `args` (from parse_args) say; returns the exit code."""
+    """Run the demo as `args` (from parse_args) say, through the project's front door
+    (errors.run_cli): returns the exit code 0, 1 (nothing could be read; or a bug: its traceback),
+    2 (a user error: one line), 130 (Ctrl-C: what was processed so far is written)."""
+    def interrupted() -> str:
+        written = Path(args.output) / "predictions.csv"
+        return "interrupted: " + (f"the predictions so far are in {written}" if written.is_file()
+                                  else "nothing was written")
+
+    return run_cli(run, args, interrupted=interrupted)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The demo itself (main's body); user errors propagate as exceptions."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads is None:
         args.threads = default_threads()
     torch.set_num_threads(args.threads)
-    try:
-        kind, files = list_inputs(Path(args.input), exclude=Path(args.output))
-        args.kind = kind
-        detector = make_detector(args)
-        log.info("model: %s stage %d (%s), %d AUs, %s %s: %s", detector.arc, detector.stage, detector.variant,
-                 len(detector.au_names), engine_label(detector), detector.precision, " ".join(detector.au_names))
-        if args.benchmark:
-            return run_benchmark(args, detector, kind, files, lambda path, prec=None: make_detector(args, path, prec))
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    kind, files = list_inputs(Path(args.input), exclude=Path(args.output))
+    args.kind = kind
+    detector = make_detector(args)
+    log.info("model: %s stage %d (%s), %d AUs, %s %s: %s", detector.arc, detector.stage, detector.variant,
+             len(detector.au_names), engine_label(detector), detector.precision, " ".join(detector.au_names))
+    if args.benchmark:
+        return run_benchmark(args, detector, kind, files, lambda path, prec=None: make_detector(args, path, prec))
 
     out_dir = Path(args.output)
     summary = {"checkpoint": args.resume, "engine": detector.backend, "arc": detector.arc, "stage": detector.stage,
@@ -235,8 +241,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         writer = ResultWriter(out_dir, detector, summary, openface=args.openface_columns)
     except OSError as err:
-        print(f"error: cannot write to {out_dir}: {err}", file=sys.stderr)
-        return 2
+        raise OutputWriteError(f"cannot write to {out_dir}: {err}") from None
     video_path, completed = None, False
     try:
         if kind == "video":
@@ -264,16 +269,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def cli(argv=None) -> int:
-    """demo.py's command line; exit code 0, 1 (nothing could be read), 2 (a user error: one line),
-    130 (Ctrl-C: what was processed so far is written)."""
-    args = parse_args(argv)
-    try:
-        return main(args)
-    except KeyboardInterrupt:
-        written = Path(args.output) / "predictions.csv"
-        print("\ninterrupted: " + (f"the predictions so far are in {written}" if written.is_file()
-                                   else "nothing was written"), file=sys.stderr, flush=True)
-        return 130
+    """demo.py's command line: parse_args (a bad flag: one line, exit 2), then main."""
+    return main(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import yaml
 
+from megraphau.errors import ConfigError
+
 #: --arc choices: megraphau.model.ARCHS's names (listed here so that --help needs no torch)
 ARCS = ["resnet18", "resnet50", "resnet101", "swin_transformer_tiny", "swin_transformer_small",
         "swin_transformer_base", "mae_vit_base"]
@@ -155,20 +157,48 @@ def get_conf_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False, parents=[get_common_parser(), get_training_parser()])
 
 
-def apply_dataset_defaults(parser: argparse.ArgumentParser, cfg: dict, section: str | None) -> None:
-    """Set parser defaults from the dataset config's `defaults[section]` (e.g. 'stage1')."""
+def config_name(cfg: dict) -> str:
+    """The file a dataset config came from (its name when it did not come from a file)."""
+    return str(cfg.get("config_path") or cfg.get("name"))
+
+
+def apply_dataset_defaults(parser: argparse.ArgumentParser, cfg: dict, section: str | None) -> dict:
+    """Set parser defaults from the dataset config's `defaults[section]` (e.g. 'stage1'); returns
+    them ({dest: value}). A value of the wrong type or outside a flag's choices is an error naming
+    the YAML file and key (argparse would blame the flag, which the user never passed)."""
     defaults = cfg.get("defaults") or {}
     if not isinstance(defaults, dict):
-        raise ValueError(f"dataset config {cfg.get('_path', cfg.get('name'))}: 'defaults' must be a mapping")
+        raise ConfigError(f"dataset config {config_name(cfg)}: 'defaults' must be a mapping")
     values = (defaults.get(section) or {}) if section else {}
-    known = {a.dest for a in parser._actions}
-    bad = [k for k in values if k.replace("-", "_") not in known]
+    if not isinstance(values, dict):
+        raise ConfigError(f"default from {config_name(cfg)}: defaults.{section} must be a mapping of flag names")
+    actions = {a.dest: a for a in parser._actions}
+    bad = [k for k in values if str(k).replace("-", "_") not in actions]
     if bad:
-        from megraphau.data.dataset import DatasetError
+        raise ConfigError(f"dataset config {config_name(cfg)}: unknown keys under defaults.{section}: {bad} "
+                          f"(use argparse names such as learning_rate)")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    for dest, value in values.items():
+        action = actions[dest]
+        where = f"default from {config_name(cfg)}: defaults.{section}.{dest}"
+        if action.type in (int, float) and value is not None:
+            ok = isinstance(value, action.type) or (action.type is float and isinstance(value, int))
+            if isinstance(value, bool) or not ok:
+                kind = "an integer" if action.type is int else "a number"
+                raise ConfigError(f"{where} must be {kind}, got {value!r}")
+        if action.choices is not None and value is not None and value not in action.choices:
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    parser.set_defaults(**values)
+    return values
 
-        raise DatasetError(f"dataset config {cfg.get('_path', cfg.get('name'))}: unknown keys under "
-                         f"defaults.{section}: {bad} (use argparse names such as learning_rate)")
-    parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
+
+def given_on_command_line(parser: argparse.ArgumentParser, argv: list[str], dests) -> set[str]:
+    """Which of `dests` the command line sets (the rest keep their defaults): argparse leaves an
+    attribute already on the namespace alone unless an option sets it."""
+    unset = object()
+    probe = argparse.Namespace(**{dest: unset for dest in dests})
+    parser.parse_known_args(argv, namespace=probe)
+    return {dest for dest in dests if getattr(probe, dest) is not unset}
 
 
 def dataset_of_checkpoint(pattern: str) -> str | None:
@@ -196,14 +226,29 @@ def _finite(v) -> bool:
     return math.isfinite(v)
 
 
+#: Upper bounds of the sizes: far beyond any real run, well below what would only fail later with
+#: an allocation of many GB (--crop-size 100000 asks for 39 GB per image) or a hang.
+MAX_CROP_SIZE = 1024
+MAX_BATCH_SIZE = 4096
+MAX_EPOCHS = 10000
+MAX_WORKERS = 256
+MAX_FOLDS = 100
+
+
 #: (dest, flag, test, what the value must be): ranges argparse's types do not check.
 RANGE_CHECKS = (
     ("batch_size", "-b/--batch-size", lambda v: v >= 1, "at least 1"),
+    ("batch_size", "-b/--batch-size", lambda v: v <= MAX_BATCH_SIZE, f"at most {MAX_BATCH_SIZE}"),
     ("num_workers", "-j/--num_workers", lambda v: v >= 0, "0 or more"),
+    ("num_workers", "-j/--num_workers", lambda v: v <= MAX_WORKERS, f"at most {MAX_WORKERS}"),
     ("crop_size", "--crop-size", lambda v: v >= 1, "a positive number of pixels"),
+    ("crop_size", "--crop-size", lambda v: v <= MAX_CROP_SIZE,
+     f"at most {MAX_CROP_SIZE} pixels (images are resized to crop*8/7 first; the release trains at 224)"),
     ("N_fold", "--N-fold", lambda v: v >= 1, "at least 1"),
+    ("N_fold", "--N-fold", lambda v: v <= MAX_FOLDS, f"at most {MAX_FOLDS}"),
     ("learning_rate", "-lr/--learning-rate", lambda v: _finite(v) and v > 0, "a finite number above 0"),
     ("epochs", "-e/--epochs", lambda v: v >= 1, "at least 1"),
+    ("epochs", "-e/--epochs", lambda v: v <= MAX_EPOCHS, f"at most {MAX_EPOCHS}"),
     ("weight_decay", "-wd/--weight-decay", lambda v: _finite(v) and v >= 0, "a finite number, 0 or more"),
     ("optimizer_eps", "--optimizer-eps", lambda v: _finite(v) and v > 0, "a finite number above 0"),
     ("lam", "--lam", lambda v: _finite(v) and v >= 0, "a finite number, 0 or more"),
@@ -214,13 +259,17 @@ RANGE_CHECKS = (
 )
 
 
-def check_ranges(parser: argparse.ArgumentParser, args, checks=RANGE_CHECKS) -> None:
+def check_ranges(parser: argparse.ArgumentParser, args, checks=RANGE_CHECKS, from_yaml: dict | None = None) -> None:
     """parser.error (one line, exit 2) for the first value outside its range: `checks` holds
     (dest, flag, ok, what) rows (RANGE_CHECKS for the training and test scripts; demo.py has its
-    own); a value of None (not given, no default) is not checked."""
+    own); a value of None (not given, no default) is not checked. from_yaml: {dest: YAML file}
+    of the values that came from a dataset YAML's defaults, not the command line: their error
+    names the file and key instead of the flag."""
     for dest, flag, ok, what in checks:
         value = getattr(args, dest, None)
         if value is not None and not ok(value):
+            if from_yaml and dest in from_yaml:
+                raise ConfigError(f"default from {from_yaml[dest]}: {dest} (for {flag}) must be {what}, got {value}")
             parser.error(f"{flag} must be {what}, got {value}")
     if isinstance(getattr(args, "fold", None), int) and not 1 <= args.fold <= args.N_fold:
         parser.error(f"--fold must be in 1..{args.N_fold}, got {args.fold}")
@@ -230,7 +279,9 @@ def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Make parser.error print one line (argparse prints the whole usage block, 20+ lines for
     these parsers, above the error) and exit with code 2."""
     def error(message: str):
-        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+        # under torchrun every rank parses the same command line: rank 0 alone says what is wrong
+        rank0 = os.environ.get("RANK", "0") in ("", "0")
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n" if rank0 else None)
 
     parser.error = error
     return parser
@@ -251,9 +302,12 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, section: str | None =
     first, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
     dataset = first.dataset or dataset_of_checkpoint(getattr(first, "resume", "")) or DEFAULT_DATASET
     cfg = load_dataset_config(dataset)
-    apply_dataset_defaults(parser, cfg, section)
+    yaml_defaults = apply_dataset_defaults(parser, cfg, section)
     parser.set_defaults(dataset=dataset)
     args = parser.parse_args(argv)
+    given = given_on_command_line(parser, argv, list(yaml_defaults))
+    from_yaml = {dest: config_name(cfg) for dest in yaml_defaults if dest not in given}
+    args.dataset_given = first.dataset is not None  # --dataset on the command line (SYNTH: may generate)
     args.dataset_config = cfg
     if Path(cfg["config_path"]).parent == CONFIG_DIR:
         args.dataset = Path(cfg["config_path"]).stem  # 'bp4d' -> 'BP4D'
@@ -262,7 +316,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, section: str | None =
     args.neighbor_num = int(cfg["neighbor_num"])
     if args.dataset_path is None:
         args.dataset_path = str(cfg["dataset_path"])
-    check_ranges(parser, args)
+    check_ranges(parser, args, from_yaml=from_yaml)
     if args.gpu_ids and "CUDA_VISIBLE_DEVICES" not in os.environ and "RANK" not in os.environ:
         # the release's --gpu_ids; a single process uses the first listed device
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_ids

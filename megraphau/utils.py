@@ -4,19 +4,17 @@
   gathering per-rank results so that every test image counts exactly once;
 - seeding, RNG capture/restore (exact resumption) and autocast;
 - atomic checkpoint writing (a full disk or read-only folder is one line; the previous file is kept);
-- user errors: one line and exit code 2 instead of a traceback, also under torchrun (rank 0
-  prints the message, the other ranks a short note) and from data-loader workers.
+- torchrun's side of the user errors (errors.py: one line, exit code 2): every rank stops together
+  (agree_on_errors), rank 0 prints the message, the other ranks a short note (torchrun_outcome).
 
 The loss lives in engine/losses.py, the metrics in engine/metrics.py, the training and evaluation
 loops in engine/loop.py (the package's modules: engine/__init__.py).
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -27,25 +25,21 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from megraphau.errors import (  # noqa: F401  (UserError, DeviceUnavailableError: re-exported for the engine)
+    EXIT_BUG,
+    EXIT_USER_ERROR,
+    OUTPUT_ERRNOS,
+    DeviceUnavailableError,
+    OutputWriteError,
+    UserError,
+    disk_hint,
+    is_user_error,
+    output_write_error,
+    report_user_error,
+    user_error_message,
+)
+
 log = logging.getLogger("megraphau")
-
-
-class UserError(Exception):
-    """Bad input from the user (a flag, a folder, a file): the scripts print the one-line message
-    and exit with code 2, no traceback."""
-
-
-class DeviceUnavailableError(UserError, RuntimeError):
-    """--device names a device this machine does not have."""
-
-
-class OutputWriteError(UserError, OSError):
-    """An output could not be written (full disk, read-only file system, no permission)."""
-
-
-#: OSError numbers that describe the machine's disks and folders, not a bug: one line, exit 2.
-OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                 errno.EISDIR, errno.EEXIST}
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,26 +130,11 @@ def _atomic_write(dst: Path, write_tmp) -> Path:
     except OSError as err:
         if err.errno not in OUTPUT_ERRNOS:
             raise
-        kept = f"the previous {dst.name} is kept" if dst.exists() else f"no {dst.name} was written"
-        error = OutputWriteError(f"cannot write {dst} ({os.strerror(err.errno)}{disk_hint(err, dst)}); {kept}")
-        error.errno = err.errno
-        raise error from None
+        raise output_write_error(err, dst) from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return dst
-
-
-def disk_hint(err: OSError, path: Path) -> str:
-    """': the disk holding FOLDER is full, N MiB free' for a full disk (which disk to clean up), else ''."""
-    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-        return ""
-    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
-    try:
-        free = shutil.disk_usage(folder).free / 2**20
-    except OSError:
-        return f": the disk holding {folder} is full"
-    return f": the disk holding {folder} is full, {free:.0f} MiB free"
 
 
 def save_checkpoint(obj: dict, path: str | Path) -> Path:
@@ -253,51 +232,6 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
         dist.broadcast(buf.data, src)
 
 
-def user_errors() -> tuple:
-    """Exceptions that describe bad input (a file, a flag, a dataset, a folder): the scripts print
-    their message, which names the file and the problem, instead of a traceback."""
-    from megraphau.data.dataset import DatasetError
-    from megraphau.model import CheckpointFileError, CheckpointMismatchError, MissingWeightsError
-
-    return DatasetError, CheckpointMismatchError, CheckpointFileError, MissingWeightsError, FileNotFoundError, UserError
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """A user error (user_errors) or an OSError of the disks and folders (full, read-only, ...)."""
-    return isinstance(exc, user_errors()) or (isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS)
-
-
-def user_error_message(exc: BaseException) -> str:
-    """The message to print for a user error.
-
-    A DataLoader re-raises a worker's exception with the worker's whole traceback as its message;
-    the original one-line message is its last line (after "module.ClassName: ")."""
-    text = str(exc)
-    if "in DataLoader worker process" in text.split("\n", 1)[0]:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = re.sub(r"^(?:\w+\.)*" + re.escape(type(exc).__name__) + r": ", "", last.strip())
-    elif isinstance(exc, OSError) and not isinstance(exc, UserError) and exc.strerror:
-        # '[Errno 28] No space left on device: 'x'' -> 'x: No space left on device, ...'
-        where = Path(str(exc.filename)) if exc.filename else None
-        text = (f"{where}: " if where else "") + exc.strerror + (disk_hint(exc, where) if where else "")
-    return text
-
-
-def report_user_error(exc: BaseException) -> None:
-    """Print a user error: 'error: MESSAGE' on rank 0 (and in a single process). Under torchrun a
-    rank > 0 prints a short note when every rank stopped on the same error (agree_on_errors made
-    sure rank 0 prints it), or its own message when the error was its alone."""
-    rank = get_rank() if is_dist_initialized() else int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        line = f"error: {user_error_message(exc)}"
-    elif getattr(exc, "reported_by_rank0", False):
-        line = f"rank {rank}: stopped (see rank 0's message)"
-    else:
-        line = f"rank {rank}: error: {user_error_message(exc)}"
-    sys.stderr.write(line + "\n")  # one write: lines of several ranks do not interleave
-    sys.stderr.flush()
-
-
 class StoppedWithOtherRank(UserError):
     """This rank stops because another rank hit a user error (rank 0 prints that message)."""
 
@@ -340,26 +274,23 @@ def peer_is_gone(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and ("closed by peer" in str(exc) or "reset by peer" in str(exc)))
 
 
-def exit_on_user_error(run, *args):
-    """Run `run(*args)`; a user error (see is_user_error) prints one line (report_user_error) and
-    exits with status 2. Under torchrun, a rank whose peer died in a collective says so in one line
-    (exit 1) instead of printing the backend's traceback."""
-    try:
-        return run(*args)
-    except Exception as exc:
-        if is_user_error(exc):
-            report_user_error(exc)
-            if getattr(exc, "reported_by_rank0", False) and is_dist_initialized():
-                # every rank stopped on this error (agree_on_errors): wait until rank 0 has printed
-                # it, as torchrun terminates the other ranks when the first one exits
-                dist.barrier()
-            code = 2
-        elif is_dist_initialized() and peer_is_gone(exc):
-            sys.stderr.write(f"rank {get_rank()}: stopped: another process of this run ended; see its message\n")
-            sys.stderr.flush()
-            code = 1
-        else:
-            raise
-    # raised outside the except block: no chained exception keeps the failed run's frames (and
-    # their data-loader workers) alive
-    raise SystemExit(code)
+def torchrun_outcome(exc: BaseException) -> int | None:
+    """errors.run_cli's `outcome` under torchrun (None elsewhere: the default rule applies).
+
+    A user error every rank stopped on (agree_on_errors): this rank's line, then wait until rank 0
+    has printed its message (torchrun terminates the other ranks when the first one exits); exit 2.
+    A collective that failed because another rank's process ended: one line instead of the
+    backend's traceback; exit 1."""
+    if not is_dist_initialized():
+        return None
+    if is_user_error(exc):
+        if not getattr(exc, "reported_by_rank0", False):
+            return None
+        report_user_error(exc)
+        dist.barrier()
+        return EXIT_USER_ERROR
+    if peer_is_gone(exc):
+        sys.stderr.write(f"rank {get_rank()}: stopped: another process of this run ended; see its message\n")
+        sys.stderr.flush()
+        return EXIT_BUG
+    return None

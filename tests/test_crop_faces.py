@@ -187,3 +187,28 @@ def test_preview_presets(tmp_path, detector):
         preview_presets(np.zeros((200, 200, 3), np.uint8), detector)
     with pytest.raises(SystemExit):
         main(["--input", "x"])  # neither a dataset run nor a preview
+
+
+def test_help_examples_are_valid_commands(monkeypatch, capsys):
+    """Every example of --help parses and reaches the work it names (the work itself stubbed)."""
+    import shlex
+    import types
+
+    from tool import crop_faces
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "--dataset, --input and --output are required, except with --preview-presets" in text
+    examples = [line.strip() for line in text.split("examples:", 1)[1].splitlines()
+                if line.strip().startswith("python tool/crop_faces.py")]
+    assert len(examples) == 4
+    ran = []
+    summary = types.SimpleNamespace(no_face=0)
+    monkeypatch.setattr(crop_faces, "check_writable_folder", lambda *a: None)
+    monkeypatch.setattr(crop_faces, "crop_image_tree", lambda *a, **k: ran.append("tree") or summary)
+    monkeypatch.setattr(crop_faces, "crop_videos", lambda *a, **k: ran.append("videos") or summary)
+    monkeypatch.setattr(crop_faces, "_write_preview", lambda *a: ran.append("preview"))
+    for example in examples:
+        assert main(shlex.split(example)[2:]) == 0, example
+    assert ran == ["tree", "videos", "tree", "preview"]

@@ -110,6 +110,16 @@ def test_cooccurrence_heatmaps(tmp_path, n):
         plots.plot_cooccurrence(names, {"x": np.zeros((3, 3))}, tmp_path / "bad.png")
 
 
+def test_cooccurrence_scale_follows_the_data(tmp_path):
+    """Joint probabilities up to ~0.6 use the whole colour map (a 0..1 scale left 40% of it unused)."""
+    names = BP4D["au_names"]
+    rng = np.random.default_rng(0)
+    low = rng.uniform(0, 0.58, size=(12, 12))
+    assert plots.plot_cooccurrence(names, {"a": low, "b": low / 2}, tmp_path / "c.png")["vmax"] == pytest.approx(0.6)
+    assert plots.plot_cooccurrence(names, {"a": low}, tmp_path / "d.png", vmax=1.0)["vmax"] == 1.0
+    assert plots.plot_cooccurrence(names, {"a": np.zeros((12, 12))}, tmp_path / "e.png")["vmax"] == pytest.approx(0.05)
+
+
 @pytest.mark.parametrize("n", [8, 12, 27])
 def test_au_graph(tmp_path, n):
     names = OPENGRAPHAU_MAIN[:n]

@@ -9,8 +9,9 @@ undecodable file.
 The image paths come from every fold's train and test lists ({name}_*_img_path_fold*.txt in the
 list folder); each distinct file is checked the way training reads it (dataset.decode_image_file:
 a JPEG must end with its end-of-image marker FF D9 and a PNG with its IEND chunk, then a full
-decode) by a pool of worker processes. Every bad file goes to --output (default bad_images.txt),
-one "path<TAB>problem" per line, and the first ones are printed.
+decode) by a pool of worker processes. Every bad file goes to --output (default: bad_images.txt
+beside the list folder, in the data set's root), one "path<TAB>problem" per line, and the first
+ones are printed.
 
 Exit code 0: every image is good; 1: some are missing or bad; 2: the lists cannot be read.
 """
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 from megraphau.data.lists import DatasetError, read_lines  # noqa: E402
+from megraphau.errors import check_writable_folder, run_cli
 
 
 def list_files(list_dir: Path, name: str | None) -> list[Path]:
@@ -94,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--img-dir", default=None, help="image folder of --list-dir (default: ../img beside it)")
     parser.add_argument("--workers", type=int, default=max(1, (multiprocessing.cpu_count() or 2) - 1),
                         help="worker processes (default: the CPU count - 1)")
-    parser.add_argument("--output", default="bad_images.txt", help="where the bad files are listed")
+    parser.add_argument("--output", default=None,
+                        help="where the bad files are listed (default: bad_images.txt beside the list folder)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -114,21 +117,24 @@ def resolve_folders(args) -> tuple[Path, Path, str | None]:
 
 
 def main(argv=None) -> int:
+    """The command line through the project's front door (errors.run_cli): 0 (every image is
+    good), 1 (some are bad), 2 (a user error: one line), 1 with a traceback (a bug)."""
+    return run_cli(run, argv)
+
+
+def run(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
-    try:
-        list_dir, img_dir, name = resolve_folders(args)
-        lists = list_files(list_dir, name)
-        paths = image_paths(lists)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    list_dir, img_dir, name = resolve_folders(args)
+    lists = list_files(list_dir, name)
+    paths = image_paths(lists)
+    output = Path(args.output) if args.output else list_dir.resolve().parent / "bad_images.txt"
+    check_writable_folder(output.parent, "folder of --output")  # before the long check, not after it
     print(f"checking {len(paths)} images of {len(lists)} lists in {list_dir} under {img_dir} "
           f"with {args.workers} workers")
     bad = check_images(img_dir, paths, args.workers, progress=not args.no_progress)
-    output = Path(args.output)
     output.write_text("".join(f"{rel}\t{problem}\n" for rel, problem in bad))
     if not bad:
         print(f"all {len(paths)} images are readable; {output} is empty")

@@ -36,6 +36,8 @@ from typing import Optional, Sequence
 import cv2
 
 from megraphau import provenance
+from megraphau.conf import one_line_errors
+from megraphau.errors import check_writable_folder, run_cli
 from megraphau.inference.cropping import (
     DETECT_SIZE,
     IMAGE_EXTENSIONS,
@@ -65,21 +67,30 @@ def _write_preview(image_path: Path, out: Path) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line through the project's front door (errors.run_cli): 0, 2 (a user error:
+    one line), 1 with a traceback (a bug)."""
+    return run_cli(run, argv)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="crop_faces.py", description="Detect, align and crop faces to 256x256 (the crops ME-GraphAU trains on).",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
   python tool/crop_faces.py --dataset BP4D --input RAW/BP4D/2D+3D --output data/BP4D/img --workers 2
   python tool/crop_faces.py --dataset DISFA --input RAW/DISFA/Videos_LeftCamera --output data/DISFA/img
-  python tool/crop_faces.py --input photos/ --output crops/ --preset OpenGraphAU
+  python tool/crop_faces.py --dataset folder --input photos/ --output crops/ --preset OpenGraphAU
   python tool/crop_faces.py --input tests/data/astronaut.jpg --preview-presets presets.jpg
+
+--dataset, --input and --output are required, except with --preview-presets.
 """)
     provenance.add_version_flag(parser)
     parser.add_argument("--dataset", choices=["BP4D", "DISFA", "folder"],
-                        help="BP4D: {subject}/{task}/{frame}.jpg frames; DISFA: videos "
-                             "(*SN<id>*.avi/.mp4) -> {SN}/{i}.png; folder: any image tree")
+                        help="required (except with --preview-presets); BP4D: {subject}/{task}/{frame}.jpg "
+                             "frames; DISFA: videos (*SN<id>*.avi/.mp4) -> {SN}/{i}.png; folder: any image tree")
     parser.add_argument("--input", help="raw frames / videos folder (--preview-presets: an "
                                         "image, default the test photo tests/data/astronaut.jpg)")
-    parser.add_argument("--output", help="crop folder, e.g. data/BP4D/img")
+    parser.add_argument("--output", help="required (except with --preview-presets): the crop folder, e.g. "
+                                         "data/BP4D/img")
     parser.add_argument("--preset", choices=list(CROP_PRESETS),
                         help="crop geometry (default: the dataset's; folder: BP4D)")
     parser.add_argument("--size", type=int, default=256, help="crop side in pixels (default 256)")
@@ -98,26 +109,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--preview-presets", metavar="OUT.jpg",
                         help="write --input's face cropped with every preset, side by side")
-    args = parser.parse_args(argv)
-    try:
-        if args.preview_presets:
-            _write_preview(Path(args.input or PREVIEW_IMAGE), Path(args.preview_presets))
-            return 0
-        if not (args.dataset and args.input and args.output):
-            parser.error("--dataset, --input and --output are required (or --preview-presets)")
-        common = dict(size=args.size, preset=args.preset or DATASET_PRESETS[args.dataset],
-                      skip_no_face=args.skip_no_face, progress=not args.no_progress,
-                      min_face=args.min_face, detect_size=args.detect_size or None,
-                      workers=args.workers)
-        if args.dataset == "DISFA":
-            summary = crop_videos(args.input, args.output, redetect_every=args.redetect_every,
-                                  **common)
-        else:
-            exts = (".jpg", ".jpeg") if args.dataset == "BP4D" else IMAGE_EXTENSIONS
-            summary = crop_image_tree(args.input, args.output, extensions=exts, **common)
-    except CropError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    args = one_line_errors(parser).parse_args(argv)
+    for flag, value, low, high in (("--size", args.size, 16, 4096), ("--workers", args.workers, 1, 256),
+                                   ("--redetect-every", args.redetect_every, 1, 10**6),
+                                   ("--detect-size", args.detect_size, 0, 16384)):
+        if not low <= value <= high:
+            parser.error(f"{flag} must be in {low}..{high}, got {value}")
+    if not 0 < args.min_face <= 1:
+        parser.error(f"--min-face must be a fraction in (0, 1], got {args.min_face}")
+    if args.preview_presets:
+        _write_preview(Path(args.input or PREVIEW_IMAGE), Path(args.preview_presets))
+        return 0
+    if not (args.dataset and args.input and args.output):
+        parser.error("--dataset, --input and --output are required (or --preview-presets)")
+    check_writable_folder(args.output, "--output folder")  # before detecting faces in every frame
+    common = dict(size=args.size, preset=args.preset or DATASET_PRESETS[args.dataset],
+                  skip_no_face=args.skip_no_face, progress=not args.no_progress,
+                  min_face=args.min_face, detect_size=args.detect_size or None,
+                  workers=args.workers)
+    if args.dataset == "DISFA":
+        summary = crop_videos(args.input, args.output, redetect_every=args.redetect_every, **common)
+    else:
+        exts = (".jpg", ".jpeg") if args.dataset == "BP4D" else IMAGE_EXTENSIONS
+        summary = crop_image_tree(args.input, args.output, extensions=exts, **common)
     print(summary)
     if summary.no_face:
         action = "left out" if args.skip_no_face else "written as centre crops"

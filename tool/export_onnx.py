@@ -22,6 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from megraphau.conf import MAX_CROP_SIZE, one_line_errors
+from megraphau.errors import UserError, check_writable_folder, run_cli
+
 EPILOG = """examples:
   # a project checkpoint (it names its AUs and crop)
   python tool/export_onnx.py --resume runs/bp4d_s2/MEFARG_resnet50_fold1.pth --output me_graphau.onnx
@@ -46,6 +49,7 @@ then, in Python:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="export_onnx.py",
         description="Export a ME-GraphAU / OpenGraphAU checkpoint to a verified ONNX file with its "
                     "facts (AU names, crop, stage, backbone, source) in the metadata.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,9 +92,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run_export(args) -> tuple[dict, dict, list[str]]:
     """(export_onnx's report, the exported facts, notes for the summary)."""
     from megraphau import provenance
-    from megraphau.inference.detector import KNOWN_AU_SETS, load_au_config, neighbor_num_for, resolve_au_set
+    from megraphau.inference.detector import load_au_config, neighbor_num_for, resolve_au_set
     from megraphau.inference.faces import preset_for
     from megraphau.model import load_model
+    from megraphau.model.facts import AU_SET_FOR_NUM_CLASSES as KNOWN_AU_SETS
     from megraphau.model.onnx_export import export_onnx
 
     path = Path(args.resume)
@@ -170,37 +175,49 @@ def summary_line(report: dict, facts: dict, notes: Sequence[str] = ()) -> str:
     return line + "".join(f"; {note}" for note in notes)
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What can be checked before the checkpoint is read and the export (minutes) runs: the flags'
+    ranges, the precision, the input files and a writable output folder."""
+    from megraphau.inference.precision import unsupported_reason
+    from megraphau.model.onnx_export import MIN_OPSET  # torch: not for --help
+
+    if args.crop_size is not None and not 32 <= args.crop_size <= MAX_CROP_SIZE:
+        parser.error(f"--crop-size must be in 32..{MAX_CROP_SIZE} pixels, got {args.crop_size}")
+    if args.opset is not None and args.opset < MIN_OPSET:
+        parser.error(f"--opset must be {MIN_OPSET} or newer (the dynamo exporter's), got {args.opset}")
+    if args.guard_fold is not None and args.guard_fold < 1:
+        parser.error(f"--guard-fold must be at least 1, got {args.guard_fold}")
+    reason = unsupported_reason("onnxruntime", args.precision)
+    if reason is not None:
+        raise UserError(f"--precision {args.precision}: {reason}")
+    resume = Path(args.resume)
+    if not resume.is_file():
+        raise UserError(f"--resume {resume}: " + ("is a folder, not a checkpoint file" if resume.is_dir()
+                                                  else "checkpoint not found"))
+    output = Path(args.output)
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; name the .onnx file to write")
+    check_writable_folder(output.parent, "folder of --output")
 
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
-    if not isinstance(args, argparse.Namespace):
-        args = get_args_parser().parse_args(args)
-    from megraphau.inference.detector import InferenceError
-    from megraphau.inference.precision import unsupported_reason
-    from megraphau.model.onnx_export import MissingDependencyError, OnnxVerificationError
+    """The command line through the project's front door (errors.run_cli): 0, 2 (a user error:
+    one line, also an int8 file that fails its guard), 1 with a traceback (a bug)."""
+    return run_cli(run, args)
 
-    reason = unsupported_reason("onnxruntime", args.precision)
-    if reason is not None:
-        print(f"error: --precision {args.precision}: {reason}", file=sys.stderr)
-        return 2
-    try:
-        report, facts, notes = run_export(args)
-    except (FileNotFoundError, IsADirectoryError, ValueError, InferenceError, OnnxVerificationError,
-            MissingDependencyError) as err:  # checkpoint, config and verification errors
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        return 2
+
+def run(args: argparse.Namespace | Sequence[str] | None = None) -> int:
+    parser = one_line_errors(get_args_parser())
+    if not isinstance(args, argparse.Namespace):
+        args = parser.parse_args(args)
+    check_args(parser, args)
+    report, facts, notes = run_export(args)
     print(summary_line(report, facts, notes))
     if args.precision != "int8":
         return 0
     from megraphau.inference.precision import guard_line
 
-    try:
-        int8, guards = run_int8(args, facts)
-    except (FileNotFoundError, ValueError, MissingDependencyError) as err:  # calibration folders, data set
-        print(f"error: int8: {_one_line(err)}", file=sys.stderr)
-        return 2
+    int8, guards = run_int8(args, facts)
     print(int8_line(int8))
     for guard in guards:
         print(guard_line(guard))

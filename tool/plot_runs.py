@@ -8,8 +8,9 @@ and the per-AU F1 of each run side by side.
 Each folder needs metrics.csv (train_stage1.py / train_stage2.py: epoch, lr, train_loss, mean_f1,
 mean_acc, f1_<AU>..., time_s; mean_f1 and f1_<AU> are fractions, empty on epochs without an
 evaluation). The per-AU F1 comes from the folder's results.json (test.py: "au_names", "f1" in
-%) when there is one, else from the last evaluated epoch of metrics.csv. Labels default to the
-folder names (with the parent when two names are equal). Writes the PNG and, next to it, a CSV
+%) when there is one, else from the last evaluated epoch of metrics.csv. Labels default to each
+run's experiment, stage and fold (its args.yaml), else the folder name. Writes the PNG (default:
+runs.png in the run folder, or in the folder holding all of them) and, next to it, a CSV
 (label, kind, epoch, au, value, source) of every number drawn; F1 in % throughout.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,11 +26,13 @@ from typing import Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 
 from megraphau.analysis import plots  # noqa: E402
+from megraphau.errors import UserError, run_cli  # noqa: E402
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError, ValueError):
     """A run folder that cannot be read; the message names the folder or file."""
 
 
@@ -91,10 +95,49 @@ def read_per_au_f1(folder: Path, metrics: dict) -> tuple[list[str], Optional[lis
     return metrics["au_names"], f1, f"metrics.csv epoch {epoch}"
 
 
+def run_label(folder: Path) -> Optional[str]:
+    """'EXP stage S fold K' from the run's args.yaml (what the run was), None without one."""
+    path = Path(folder) / "args.yaml"
+    if not path.is_file():
+        return None
+    try:
+        args = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return None
+    if not isinstance(args, dict) or not args.get("exp_name"):
+        return None
+    stage = args.get("stage")
+    if stage is None:  # runs written before args.yaml held the stage: the script that wrote it
+        command = str((args.get("provenance") or {}).get("command") or "")
+        stage = 2 if "train_stage2" in command else 1 if "train_stage1" in command else None
+    parts = [str(args["exp_name"])]
+    if stage is not None:
+        parts.append(f"stage {stage}")
+    if args.get("fold") is not None:
+        parts.append(f"fold {args['fold']}")
+    return " ".join(parts)
+
+
 def default_labels(folders: Sequence[Path]) -> list[str]:
-    """Folder names; parent/name where two runs share a name (e.g. bs_16_seed_0_lr_0.001)."""
-    names = [Path(f).resolve().name for f in folders]
-    return [f"{Path(f).resolve().parent.name}/{n}" if names.count(n) > 1 else n for f, n in zip(folders, names)]
+    """Each run by its experiment, stage and fold (args.yaml), else its folder name; parent/name
+    where two labels are equal (e.g. bs_16_seed_0_lr_0.001)."""
+    found = [run_label(f) for f in folders]
+    names = [label or Path(f).resolve().name for f, label in zip(folders, found)]
+
+    def parent_and_name(folder) -> str:
+        return f"{Path(folder).resolve().parent.name}/{Path(folder).resolve().name}"
+
+    return [(n if names.count(n) == 1 else f"{n} ({parent_and_name(f)})" if label else parent_and_name(f))
+            for f, n, label in zip(folders, names, found)]
+
+
+def default_output(folders: Sequence[Path]) -> Path:
+    """runs.png in the one run folder, or in the folder holding all the run folders (never the
+    working directory, which may be the repository)."""
+    resolved = [Path(f).resolve() for f in folders]
+    if len(resolved) == 1:
+        return resolved[0] / "runs.png"
+    return Path(os.path.commonpath(resolved)) / "runs.png"
 
 
 def plot_runs(folders: Sequence[Path], out_png: Path, labels: Optional[Sequence[str]] = None) -> dict:
@@ -174,21 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     provenance.add_version_flag(parser)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders holding metrics.csv (and results.json)")
-    parser.add_argument("--labels", nargs="+", help="one legend label per run folder (default: folder names)")
-    parser.add_argument("--output", type=Path, default=Path("runs.png"),
-                        help="figure path (default runs.png); the CSV goes next to it with .csv")
+    parser.add_argument("--labels", nargs="+",
+                        help="one legend label per run folder (default: experiment, stage and fold from each "
+                             "run's args.yaml, else the folder name)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="figure path (default: runs.png in the run folder, or in the folder holding all "
+                             "the run folders); the CSV goes next to it with .csv")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def run(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        paths = plot_runs(args.runs, args.output, args.labels)
-    except RunFolderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if not all(Path(f).is_dir() for f in args.runs):  # before the default output is placed by them
+        raise RunFolderError(f"{next(f for f in args.runs if not Path(f).is_dir())}: no such run folder")
+    paths = plot_runs(args.runs, args.output or default_output(args.runs), args.labels)
     print(f"wrote {paths['png']} and {paths['csv']}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line through the project's front door (errors.run_cli): 0, 2 (one line), 1 (a bug)."""
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

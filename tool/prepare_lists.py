@@ -68,6 +68,7 @@ from megraphau.data.lists import (
     write_fold_lists,
     write_split_lists,
 )
+from megraphau.errors import run_cli
 
 BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 DISFA_AUS = (1, 2, 4, 6, 9, 12, 25, 26)
@@ -330,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """The command line through the project's front door (errors.run_cli): 0, 1 (--check found a
+    difference), 2 (a user error: one line), 1 with a traceback (a bug)."""
+    return run_cli(run, argv)
+
+
+def run(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.dataset is None) == (args.from_csv is None):
@@ -346,17 +353,14 @@ def main(argv=None) -> int:
         parser.error(f"--dataset {args.dataset} needs --label-dir")
     repo = Path(__file__).resolve().parents[1]
     list_dir = Path(args.list_dir) if args.list_dir else repo / "data" / args.dataset / "list"
-    try:
-        if args.dataset == "BP4D":
-            parts, stats = read_bp4d_parts(args.label_dir, drop_uncoded=args.drop_uncoded)
-        else:
-            if args.drop_uncoded:
-                print("note: --drop-uncoded has no effect on DISFA (every frame is coded)")
-            parts, stats = read_disfa_parts(args.label_dir)
-        write_fold_lists(list_dir, args.dataset, parts)
-    except DatasetError as err:  # raw label problems and list-format problems alike
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # raw label and list-format problems are DatasetErrors: errors.run_cli says them in one line
+    if args.dataset == "BP4D":
+        parts, stats = read_bp4d_parts(args.label_dir, drop_uncoded=args.drop_uncoded)
+    else:
+        if args.drop_uncoded:
+            print("note: --drop-uncoded has no effect on DISFA (every frame is coded)")
+        parts, stats = read_disfa_parts(args.label_dir)
+    write_fold_lists(list_dir, args.dataset, parts)
     sizes = [len(p) for p in parts]
     print(f"{args.dataset}: wrote lists to {list_dir}")
     print(f"  frames per part: {sizes[0]} / {sizes[1]} / {sizes[2]}")
@@ -387,11 +391,7 @@ def main_hybrid(args) -> int:
     """--dataset OpenGraphAU: the release's hybrid lists, then fold 1 in this repository's format."""
     repo = Path(__file__).resolve().parents[1]
     list_dir = Path(args.list_dir) if args.list_dir else repo / "data" / "OpenGraphAU" / "list"
-    try:
-        merged, notes = hybrid.prepare_hybrid(args.raw_root, list_dir, img_dir=args.img_dir)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    merged, notes = hybrid.prepare_hybrid(args.raw_root, list_dir, img_dir=args.img_dir)
     print(f"OpenGraphAU: wrote the hybrid lists to {list_dir}")
     for note in notes:
         print(f"  {note}")
@@ -419,13 +419,8 @@ def main_hybrid(args) -> int:
 
 def main_own_labels(args) -> int:
     """--from-csv: fold 1 of one's own labels."""
-    try:
-        summary = own_labels.prepare_own_lists(args.from_csv, args.list_dir, au_set=args.au_set,
-                                               val_fraction=args.val_fraction, seed=args.seed,
-                                               img_dir=args.img_dir)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    summary = own_labels.prepare_own_lists(args.from_csv, args.list_dir, au_set=args.au_set,
+                                           val_fraction=args.val_fraction, seed=args.seed, img_dir=args.img_dir)
     name, folder = summary["au_set"], Path(args.list_dir).resolve().parent
     print(f"{args.from_csv}: {name} lists (fold 1) written to {args.list_dir}")
     print(f"  AUs in the CSV: {' '.join(summary['aus'])}; written in {name}'s order of "

@@ -15,6 +15,11 @@ from typing import Optional, Sequence
 
 import cv2
 
+from megraphau.conf import (
+    HelpFormatter,  # flags with their defaults, examples kept as written
+    one_line_errors,
+)
+from megraphau.errors import OutputWriteError, check_writable_folder, run_cli
 from megraphau.synth import (
     DEFAULT_ROOT,
     MARKER_NAME,
@@ -23,10 +28,19 @@ from megraphau.synth import (
     preview_grid,
 )
 
+#: (flag, dest, smallest, largest): the sizes a generation can take (the renderer draws faces of 32
+#: pixels and more; 4096 pixels or 10**6 frames are far beyond a test set)
+LIMITS = (("--subjects-per-part", "subjects_per_part", 1, 1000), ("--tasks", "tasks", 1, 1000),
+          ("--frames", "frames", 1, 10**6), ("--size", "size", 32, 4096), ("--preview-count", "preview_count", 1, 1000))
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from megraphau.conf import HelpFormatter  # flags with their defaults, examples kept as written
+    """The command line through the project's front door (errors.run_cli): 0, 2 (a user error:
+    one line), 1 with a traceback (a bug)."""
+    return run_cli(run, argv)
 
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="synth_faces.py", description="Generate the SYNTH facial action unit data set (procedural faces, "
         "12 AUs, BP4D-style tree and 3-fold lists; the same pixels for a seed on every machine).",
@@ -46,14 +60,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--force", action="store_true", help="regenerate even if complete")
     parser.add_argument("--preview", metavar="PNG", help="only write a labelled grid of faces")
     parser.add_argument("--preview-count", type=int, default=12, help="faces in the preview grid")
-    args = parser.parse_args(argv)
+    args = one_line_errors(parser).parse_args(argv)
+    for flag, dest, low, high in LIMITS:
+        if not low <= getattr(args, dest) <= high:
+            parser.error(f"{flag} must be in {low}..{high}, got {getattr(args, dest)}")
     if args.preview:
+        check_writable_folder(Path(args.preview).parent, "folder of --preview")
         grid = preview_grid(args.preview_count, seed=args.seed, size=args.size)
-        Path(args.preview).parent.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(args.preview, grid):
-            parser.error(f"could not write {args.preview}")
+            raise OutputWriteError(f"cannot write {args.preview} (OpenCV could not encode or write it; "
+                                   f"use a .png or .jpg name)")
         print(f"wrote {args.preview}")
         return 0
+    check_writable_folder(args.output, "--output folder")  # before generating, not after the first image
     kw = dict(subjects_per_part=args.subjects_per_part, tasks=args.tasks, frames=args.frames,
               seed=args.seed, size=args.size)
     if args.force:

@@ -245,14 +245,16 @@ def plot_pr_curves(au_names: Sequence[str], curves: Sequence[dict], out_png: Pat
 # co-occurrence heatmaps
 # --------------------------------------------------------------------------------------------
 def plot_cooccurrence(au_names: Sequence[str], matrices: Mapping[str, np.ndarray], out_png: PathLike,
-                      title: Optional[str] = None, vmin: float = 0.0, vmax: float = 1.0,
+                      title: Optional[str] = None, vmin: float = 0.0, vmax: Optional[float] = None,
                       value_label: str = "P(AU i and AU j)") -> dict:
     """Side-by-side heatmaps of (N, N) AU-pair matrices (row = AU i, column = AU j), e.g.
     {"ground truth": cooc["both"], "model (edges)": mean["p_both"], "predicted AUs":
-    predicted["both"]}, on one colour scale (vmin..vmax, default 0..1) with one colour bar; the
-    values are printed in the cells when N <= 15; NaN cells are grey.
+    predicted["both"]}, on one colour scale (vmin..vmax) with one colour bar; the values are
+    printed in the cells when N <= 15; NaN cells are grey. vmax None: the largest value of the
+    matrices rounded up to 0.05 (joint probabilities rarely pass 0.6, and a 0..1 scale would
+    leave most of the colour map unused).
 
-    CSV rows: matrix, au_i, au_j, value.
+    CSV rows: matrix, au_i, au_j, value. Returns {"png", "csv", "vmax" (the scale's top)}.
     """
     if not matrices:
         raise ValueError("matrices: nothing to draw")
@@ -263,10 +265,14 @@ def plot_cooccurrence(au_names: Sequence[str], matrices: Mapping[str, np.ndarray
         if arr.shape != (n, n):
             raise ValueError(f"matrices[{name!r}]: expected ({n}, {n}) for {n} AUs, got {arr.shape}")
         mats[str(name)] = arr
+    if vmax is None:
+        finite = np.concatenate([a[np.isfinite(a)] for a in mats.values()])
+        top = float(finite.max()) if finite.size else 1.0
+        vmax = max(vmin + 0.05, math.ceil(round(top / 0.05, 6)) * 0.05)
     import matplotlib
 
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
-    cell = 0.42 if n <= 15 else 0.2
+    cell = 0.55 if n <= 15 else 0.2
     side = max(3.0, 1.2 + cell * n)
     fig = new_figure(side * len(mats) + 1.0, side + 0.6)
     axes = [fig.add_subplot(1, len(mats), k + 1) for k in range(len(mats))]
@@ -281,7 +287,7 @@ def plot_cooccurrence(au_names: Sequence[str], matrices: Mapping[str, np.ndarray
         ax.set_ylabel("AU i (row)")
         ax.set_title(name, fontsize=10)
         if n <= 15:
-            size = 7 if n <= 10 else 6
+            size = 8 if n <= 10 else 7
             for i in range(n):
                 for j in range(n):
                     if np.isfinite(arr[i, j]):
@@ -296,7 +302,7 @@ def plot_cooccurrence(au_names: Sequence[str], matrices: Mapping[str, np.ndarray
     csv_path = write_csv(png.with_suffix(".csv"), ["matrix", "au_i", "au_j", "value"],
                          [[name, au_names[i], au_names[j], arr[i, j]]
                           for name, arr in mats.items() for i in range(n) for j in range(n)])
-    return {"png": png, "csv": csv_path}
+    return {"png": png, "csv": csv_path, "vmax": vmax}
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ def load_dataset_config(name_or_path: Union[str, os.PathLike]) -> dict:
     num_classes, neighbor_num, au_names, au_descriptions (list or None), lam (float or None),
     crop_preset (a faces.CROP_PRESETS name or None: how demo.py crops faces for its models),
     flip_label_pairs (list of [i, j], default []), synthetic (bool, default False), defaults
-    (mapping of parser defaults per script, default {}), plus any other keys unchanged.
+    (mapping of parser defaults per script, default {}), variant and paper_f1 unchanged; any
+    other key is an error (a typo would otherwise be ignored), with a "did you mean".
     ``name`` falls back to a ``dataset`` key, then to the file name.
     """
     text = str(name_or_path)
@@ -92,7 +93,17 @@ def named_config_path(name: str) -> Path:
     raise DatasetError(f"unknown dataset {name!r}{hint} (known: {', '.join(known)}, or a path to a .yaml file)")
 
 
+#: the keys a dataset config may hold (load_dataset_config's docstring); any other is a typo
+CONFIG_KEYS = ("name", "dataset", "dataset_path", "num_classes", "neighbor_num", "au_names", "au_descriptions",
+               "lam", "crop_preset", "flip_label_pairs", "synthetic", "defaults", "variant", "paper_f1")
+
+
 def _validate_config(cfg: dict, path: Path) -> dict:
+    unknown = [k for k in cfg if k not in CONFIG_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), CONFIG_KEYS, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise DatasetError(f"{path}: unknown key {unknown[0]!r}{hint} (known: {', '.join(CONFIG_KEYS)})")
     cfg.setdefault("name", cfg.get("dataset", path.stem))
     for key in ("dataset_path", "num_classes", "neighbor_num", "au_names"):
         if key not in cfg:

@@ -23,13 +23,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from megraphau.errors import UserError
+
 # (train parts, test part) per fold, 0-based part indices, in the protocol's order.
 FOLD_PARTS = {1: ((0, 1), 2), 2: ((0, 2), 1), 3: ((1, 2), 0)}
 # The release's BP4D lists keep the raw "not coded" value 9; it is read as unknown (-1).
 RELEASE_UNCODED = 9
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Bad dataset config, list file or image; the message names the file (and line).
     (Defined here, the lowest data module; ``dataset.DatasetError`` is the same class.)"""
 

@@ -12,6 +12,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from megraphau import conf, utils
 from megraphau.analysis.plots import plot_curves
 from megraphau.data.dataset import CONFIG_DIR
@@ -97,6 +99,11 @@ def resume_training_state(args, model, optimizer, scaler) -> TrainState:
         if key in saved and saved[key] != getattr(args, key):
             warnings.warn(f"--resume-training: {key} was {saved[key]!r}, now {getattr(args, key)!r}; "
                           f"the continued run will differ from an uninterrupted one", stacklevel=2)
+    threads = ((ckpt.get("provenance") or {}).get("device") or {}).get("torch_threads")
+    if threads is not None and threads != torch.get_num_threads():
+        warnings.warn(f"--resume-training: the run used {threads} CPU threads, this process {torch.get_num_threads()}; "
+                      f"float sums depend on the thread count, so the continued run will differ from an "
+                      f"uninterrupted one (set OMP_NUM_THREADS={threads} to match)", stacklevel=2)
     log.info("resumed %s after epoch %d (global step %d)", args.resume_training, state.epoch, state.step)
     return state
 

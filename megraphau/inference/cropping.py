@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from megraphau.errors import UserError
 from megraphau.inference.faces import CROP_PRESETS, FaceDetector, FaceTracker, align_crop, centre_crop
 
 __all__ = ["CropError", "CropSummary", "DETECT_SIZE", "IMAGE_EXTENSIONS", "NO_FACE_FILE", "VIDEO_EXTENSIONS",
@@ -34,7 +35,7 @@ _SUBJECT_RE = re.compile(r"(SN\d+)", re.IGNORECASE)
 
 
 
-class CropError(RuntimeError):
+class CropError(UserError, RuntimeError):
     """Bad input: unreadable image/video, missing folder, ambiguous DISFA videos."""
 
 

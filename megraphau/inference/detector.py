@@ -34,13 +34,14 @@ import numpy as np
 import torch
 
 from megraphau.data.dataset import IMAGENET_MEAN, IMAGENET_STD, build_transform, load_dataset_config, resize_for_crop
+from megraphau.errors import UserError
 from megraphau.inference import precision as P
 from megraphau.model.facts import AU_SET_FOR_NUM_CLASSES, has_edge_logits, variant_for
 
 log = logging.getLogger(__name__)
 
 
-class InferenceError(RuntimeError):
+class InferenceError(UserError, RuntimeError):
     """A problem with the detector's checkpoint, options or input; the message names the file."""
 
 

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from megraphau.errors import UserError
 from megraphau.model.facts import AU_SET_FOR_NUM_CLASSES
 
 if TYPE_CHECKING:  # torch is imported when a detector is built
@@ -123,7 +124,7 @@ def crop_template(preset: Union[str, np.ndarray] = "BP4D", size: int = CROP_SIZE
     return (template + 0.5) * (size / CROP_SIZE) - 0.5
 
 
-class FaceDetectionError(RuntimeError):
+class FaceDetectionError(UserError, RuntimeError):
     """The detector cannot run (facenet-pytorch missing) or got an unusable image."""
 
 

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from megraphau.data.dataset import build_transform
+from megraphau.errors import UserError
 from megraphau.paths import REPO_ROOT
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -62,7 +63,7 @@ CALIBRATION_METHOD = "minmax"  # see quantize_int8
 Runner = Callable[[np.ndarray], np.ndarray]  # (B, 3, S, S) float32 inputs -> (B, N) probabilities
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UserError, ValueError):
     """A precision the engine does not offer here; the message is one line naming the way out."""
 
 
@@ -137,7 +138,7 @@ def _photo_face(photo: str):
         raise FileNotFoundError(f"{photo}: cannot read the photograph")
     found = FaceDetector(threads=1).detect(image)
     if not found:
-        raise ValueError(f"{photo}: no face found")
+        raise PrecisionError(f"{photo}: no face found")
     return image, found[0]
 
 
@@ -178,7 +179,7 @@ def calibration_crops(preset: str = "BP4D", folders: Sequence[str | os.PathLike]
         for path in files:
             crop = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if crop is None:
-                raise ValueError(f"{path}: not a readable image")
+                raise PrecisionError(f"{path}: not a readable image")
             crops.append(crop)
     return crops
 

@@ -25,6 +25,7 @@ from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from megraphau.errors import UserError
 from megraphau.paths import CHECKPOINT_DIR
 
 from .facts import ARCHS, ArcSpec, arc_spec, checkpoint_stages
@@ -185,8 +186,8 @@ def build_backbone(arc: str) -> nn.Module:
     return ResNetTokens(spec) if spec.family == "resnet" else SwinTokens(spec)
 
 
-class MissingWeightsError(FileNotFoundError):
-    pass
+class MissingWeightsError(UserError, FileNotFoundError):
+    """The backbone's pretrained weights file is not there; the message says where to get it."""
 
 
 def missing_weights_message(arc: str, path: Path) -> str:

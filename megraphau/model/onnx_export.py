@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from megraphau.errors import OUTPUT_ERRNOS, UserError, output_write_error
 from megraphau.provenance import sha256_file
 
 from .checkpoint import FACT_KEYS, LoadedModel
@@ -53,15 +54,15 @@ VERIFY_BATCHES = (1, 5)
 TOLERANCE = 1e-4
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "METADATA_KEY", "MissingDependencyError", "OnnxAUModel",
-           "OnnxModelError", "OnnxVerificationError", "export_onnx", "is_onnx_file", "read_metadata",
+           "OnnxExportError", "OnnxModelError", "OnnxVerificationError", "export_onnx", "is_onnx_file", "read_metadata",
            "verify_onnx"]
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(UserError, ImportError):
     """An optional package (onnx, onnxscript, onnxruntime) is not installed."""
 
 
-class OnnxVerificationError(RuntimeError):
+class OnnxVerificationError(UserError, RuntimeError):
     """ONNX Runtime's outputs differ from PyTorch's; `.differences` holds what was measured."""
 
     def __init__(self, message: str, differences: dict):
@@ -69,7 +70,11 @@ class OnnxVerificationError(RuntimeError):
         self.differences = differences
 
 
-class OnnxModelError(ValueError):
+class OnnxExportError(UserError, ValueError):
+    """The export cannot be made as asked (crop size, opset, model size); one line saying why."""
+
+
+class OnnxModelError(UserError, ValueError):
     """The file is not a readable ONNX model exported by this module (or does not fit the input)."""
 
 
@@ -199,11 +204,11 @@ def _output_names(count: int) -> list[str]:
 
 def _check_crop(facts: dict, crop_size: int) -> None:
     if crop_size < 32:
-        raise ValueError(f"crop size {crop_size}: the backbones need at least 32 x 32 pixels")
+        raise OnnxExportError(f"crop size {crop_size}: the backbones need at least 32 x 32 pixels")
     arc = facts.get("arc") or ""
     fixed = ARCHS[arc].crop_size if arc in ARCHS else None
     if fixed is not None and crop_size != fixed:
-        raise ValueError(f"--arc {arc} takes {fixed} x {fixed} crops only (its windows and "
+        raise OnnxExportError(f"--arc {arc} takes {fixed} x {fixed} crops only (its windows and "
                          f"position tables are fixed), got crop size {crop_size}")
 
 
@@ -237,11 +242,11 @@ def export_onnx(loaded: LoadedModel | tuple, path: str | os.PathLike, opset: int
     _require("onnxscript")
     _require("onnx")
     if opset is not None and int(opset) < MIN_OPSET:
-        raise ValueError(f"opset {opset}: the dynamo exporter writes opset {MIN_OPSET} or newer")
+        raise OnnxExportError(f"opset {opset}: the dynamo exporter writes opset {MIN_OPSET} or newer")
     model, facts = _model_and_facts(loaded)
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     if weight_bytes > 1.8e9:
-        raise ValueError(f"the model holds {weight_bytes / 1e9:.1f} GB of weights; a single .onnx file "
+        raise OnnxExportError(f"the model holds {weight_bytes / 1e9:.1f} GB of weights; a single .onnx file "
                          f"takes less than 2 GB")
     if crop_size and facts.get("crop_size") and int(crop_size) != int(facts["crop_size"]):
         warnings.warn(f"exporting at crop size {crop_size}, but the model was trained at {facts['crop_size']}: "
@@ -273,6 +278,11 @@ def export_onnx(loaded: LoadedModel | tuple, path: str | os.PathLike, opset: int
             # one file, weights inside: protobuf's 2 GB limit is far above these models (Swin-B with
             # 41 AUs: about 0.4 GB), so torch never switches to an external data file here
             program.save(tmp, external_data=False)
+        except OSError as err:  # a full disk, a read-only folder: one line naming the file
+            _remove(tmp)
+            if err.errno not in OUTPUT_ERRNOS:
+                raise
+            raise output_write_error(err, path) from None
         except BaseException:
             _remove(tmp)
             raise

@@ -4,17 +4,20 @@ facts.py). backbone.py, mae_vit.py and checkpoint.py build on this; it imports n
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
+from megraphau.errors import UserError
 
-class CheckpointMismatchError(ValueError):
+
+class CheckpointMismatchError(UserError, ValueError):
     """The file does not fit the model (keys, shapes) or contradicts what was asked for."""
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(UserError, ValueError):
     """The file is not a readable checkpoint (truncated, not a torch file, no state dict)."""
 
 
@@ -29,11 +32,15 @@ def load_weights_only(path: str | Path, mmap: bool = False):
     Both messages are one line naming the file. mmap: tensors stay on disk until used (to read a
     checkpoint's facts without reading its weights; zip-format files only)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": noise above the refusal line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        # torch names a global it refuses ("Unsupported global: GLOBAL builtins.print"): the file
-        # wants to import and call something; any other unpickling failure is a damaged file
-        if "Unsupported global" in str(exc) or "not an allowed global" in str(exc):
+        # torch names a global it refuses ("Unsupported global: GLOBAL builtins.print", "Trying to
+        # load unsupported GLOBAL posix.system whose module posix is blocked"): the file wants to
+        # import and call something; any other unpickling failure is a damaged file
+        text = str(exc).lower()
+        if "unsupported global" in text or "not an allowed global" in text:
             raise UnsafeCheckpointError(
                 f"{path}: refused, NOT loaded: the file holds Python objects besides tensors and plain "
                 f"values, and unpickling them could run code. Only load such a file in your own code, "

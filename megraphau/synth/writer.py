@@ -15,6 +15,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from megraphau.data.lists import write_fold_lists
+from megraphau.errors import OutputWriteError
 from megraphau.paths import DATA_DIR
 from megraphau.synth.draw import render_face
 from megraphau.synth.params import SYNTH_AUS, sample_identity, sample_labels, sample_params
@@ -89,7 +90,8 @@ def generate_synthetic_dataset(root, subjects_per_part: int = 4, tasks: int = 2,
             image = render_face(labels[f], sample_params(rng, identity), size=size)
             rel = f"{subject}/{task}/{f + 1}.jpg"
             if not cv2.imwrite(str(root / "img" / rel), image, [cv2.IMWRITE_JPEG_QUALITY, quality]):
-                raise OSError(f"could not write {root / 'img' / rel}")
+                raise OutputWriteError(f"cannot write {root / 'img' / rel} (OpenCV could not write it: a full "
+                                       f"disk or a read-only folder?)")
             parts[part].append((rel, [int(v) for v in labels[f]]))
             if bar is not None:
                 bar.update()
