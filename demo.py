@@ -173,6 +173,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.output is None:
         args.output = str(Path("results") / args.exp_name)
     check_ranges(p, args, DEMO_RANGE_CHECKS)
+    if args.engine != "ray" and (args.workers != 1 or args.gpus_per_worker or args.ray_address):
+        p.error("--workers, --gpus-per-worker and --ray-address are for --engine ray")
     if args.benchmark_onnx and not Path(args.benchmark_onnx).is_file():
         p.error(f"--benchmark-onnx {args.benchmark_onnx}: file not found")
     try:

@@ -145,8 +145,10 @@ def resolve_inputs(spec: str, exclude: Optional[Path] = None) -> InputSet:
         return InputSet("folder", files, _common_root(files))
     if not path.exists() and glob.has_magic(spec):
         known = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+        skip = exclude.resolve() if exclude is not None else None
         files = sorted(Path(p) for p in glob.glob(spec, recursive=True)
-                       if Path(p).is_file() and Path(p).suffix.lower() in known)
+                       if Path(p).is_file() and Path(p).suffix.lower() in known
+                       and not (skip is not None and Path(p).resolve().is_relative_to(skip)))
         if not files:
             raise DemoError(f"{spec}: the pattern matches no images or videos")
         return InputSet("folder", files, _common_root(files))

@@ -25,7 +25,6 @@ only when the engine is "ray".
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import socket
@@ -164,10 +163,7 @@ def _ray_records(job: dict, todo: list, workers: int, gpus_per_worker: float, cp
         options = dict(batch_size=1, fn_constructor_kwargs={"job": job}, num_cpus=cpus_per_worker)
         if gpus_per_worker:
             options["num_gpus"] = gpus_per_worker
-        if "concurrency" in inspect.signature(dataset.map_batches).parameters:
-            options["concurrency"] = workers
-        else:  # Ray < 2.10
-            options["compute"] = ray.data.ActorPoolStrategy(size=workers)
+        options["compute"] = ray.data.ActorPoolStrategy(size=workers)  # Ray 2.9 to now (not "concurrency")
         for row in dataset.map_batches(InputWorker, **options).iter_rows():
             yield _plain(row)
     finally:
@@ -252,9 +248,9 @@ def run_scale(inputs: Union[InputSet, str, Path], out_dir: Union[str, Path], det
                                             "parts": PARTS_DIR}}
     bar = _progress(len(todo)) if progress and todo else None
     completed = False
+    records = (_ray_records(job, todo, workers, gpus_per_worker, cpus_per_worker, ray_address)
+               if engine == "ray" else _local_records(job, todo)) if todo else iter(())
     try:
-        records = (_ray_records(job, todo, workers, gpus_per_worker, cpus_per_worker, ray_address)
-                   if engine == "ray" else _local_records(job, todo)) if todo else iter(())
         for record in records:
             manifest.record(record)
             if record["status"] == "error":
@@ -267,6 +263,8 @@ def run_scale(inputs: Union[InputSet, str, Path], out_dir: Union[str, Path], det
                 bar.update(1)
         completed = True
     finally:
+        if hasattr(records, "close"):
+            records.close()  # a local Ray started for the run stops here (also on Ctrl-C)
         if bar is not None:
             bar.close()
         manifest.close()
