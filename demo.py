@@ -29,9 +29,10 @@ from megraphau.errors import OutputWriteError, run_cli
 from megraphau.inference.benchmark import engine_label, run_benchmark
 from megraphau.inference.detector import AUDetector
 from megraphau.inference.faces import CROP_PRESETS
-from megraphau.inference.inputs import DemoError, list_inputs
+from megraphau.inference.inputs import DemoError, is_video, resolve_inputs
 from megraphau.inference.precision import PRECISIONS, unsupported_reason
-from megraphau.inference.runner import default_threads, process_images, process_video
+from megraphau.inference.runner import default_threads, process_camera, process_inputs
+from megraphau.inference.scale import run_scale
 from megraphau.inference.writers import OPENFACE_HELP, ResultWriter
 from megraphau.model.facts import OPENGRAPHAU_NUM_MAIN as OPENGRAPHAU_MAIN_AUS
 from megraphau.model.onnx_export import is_onnx_file
@@ -51,6 +52,9 @@ EXAMPLES = """examples:
   python demo.py --resume model.pth --input clip.mp4 --benchmark       # PyTorch vs ONNX Runtime
   python demo.py --resume results/synth_stage2/bs_16_seed_0_lr_0.0003/best.pth --input face.png --graph
   python demo.py --resume model.pth --input clip.mp4 --every-n 5 --graph --graph-every 10
+  python demo.py --resume model.pth --input clip.mp4 --per-track       # one CSV + figure per person
+  python demo.py --resume model.onnx --input 0 --max-faces 1            # a live camera, Ctrl-C stops
+  python demo.py --resume model.pth --input videos/ --engine ray --workers 4 --output results/big
 """
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -58,7 +62,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     provenance.add_version_flag(p)
     p.add_argument("--resume", default=None, metavar="CKPT", help="checkpoint: a released .pth or this project's")
-    p.add_argument("--input", required=True, help="an image, a folder of images (recursive) or a video")
+    p.add_argument("--input", required=True,
+                   help="an image, a video, a folder of images and videos (recursive), a glob pattern "
+                        "('clips/*.mp4', quoted), a .txt file listing inputs (one path a line) or a camera "
+                        "index (0: live, Ctrl-C stops)")
     p.add_argument("--arc", default=None, help="backbone (default: the checkpoint's; a different value is an error)")
     p.add_argument("--stage", type=int, choices=(1, 2), default=None,
                    help="model stage (default: the checkpoint's; a different value is an error)")
@@ -119,6 +126,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pipeline", action="store_true",
                    help="videos: decode, detect and classify in one thread, batch by batch (default: "
                         "decoding, face detection and the model overlap in their own threads)")
+    # -- many inputs, people, cameras (docs/scale.md)
+    g = p.add_argument_group("many inputs and people")
+    g.add_argument("--per-track", action="store_true",
+                   help="videos: also tracks/person_{id}.csv (one person's AU probabilities over time) and "
+                        "person_{id}.png, its figure (several videos: tracks/{video}/person_{id}.*); ids follow "
+                        "each face from frame to frame, a face that leaves and comes back gets a new one")
+    g.add_argument("--engine", default="single", choices=("single", "ray", "local"),
+                   help="single: this process; ray: Ray Data workers (pip install 'ray[data]'), each input "
+                        "written to results/{input}.csv/.jsonl by its worker, merged into predictions.* at the "
+                        "end, finished inputs listed in manifest.jsonl so a rerun skips them; local: ray's "
+                        "per-input files, manifest and resume in this process, without Ray")
+    g.add_argument("--workers", type=int, default=1, metavar="N", help="--engine ray: worker actors (a model each)")
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="--engine ray: GPUs of each worker (0: CPU workers; 0.5: two workers share a GPU)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="--engine ray: an existing Ray cluster ('auto' after `ray start --head`; default: a "
+                        "local Ray started for the run)")
     g = p.add_argument_group("benchmark")
     g.add_argument("--benchmark", action="store_true",
                    help="time the video path (decode, detect/track, crop, model, write) on the input's "
@@ -143,9 +167,10 @@ DEMO_RANGE_CHECKS = (
     *((dest, flag, lambda v: v >= 1, "at least 1") for dest, flag in (
         ("every_n", "--every-n"), ("redetect_every", "--redetect-every"), ("max_faces", "--max-faces"),
         ("batch_size", "-b/--batch-size"), ("threads", "--threads"), ("graph_every", "--graph-every"),
-        ("model_workers", "--model-workers"), ("benchmark_frames", "--benchmark-frames"),
+        ("model_workers", "--model-workers"), ("benchmark_frames", "--benchmark-frames"), ("workers", "--workers"),
         ("benchmark_repeats", "--benchmark-repeats"))),
     ("detect_size", "--detect-size", lambda v: v >= 0, "0 (full size) or more"),
+    ("gpus_per_worker", "--gpus-per-worker", lambda v: v >= 0, "0 or more"),
     *(row for row in RANGE_CHECKS if row[0] == "threshold"),
 )
 
@@ -162,6 +187,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--bf16 (deprecated: --precision bf16) contradicts --precision {args.precision}")
         args.precision = "bf16"
         print("note: --bf16 is deprecated; use --precision bf16", file=sys.stderr)
+    if args.engine != "ray" and (args.workers != 1 or args.gpus_per_worker or args.ray_address):
+        p.error("--workers, --gpus-per-worker and --ray-address are for --engine ray")
     if args.benchmark_onnx and not Path(args.benchmark_onnx).is_file():
         p.error(f"--benchmark-onnx {args.benchmark_onnx}: file not found")
     try:
@@ -171,18 +198,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def make_detector(args: argparse.Namespace, checkpoint=None, precision: str | None = None) -> AUDetector:
-    """The AUDetector of --resume (or of `checkpoint`: the benchmark's ONNX file) as the flags say,
-    at `precision` (default: --precision; with --benchmark, an engine without it runs fp32)."""
+def detector_options(args: argparse.Namespace, checkpoint=None, precision: str | None = None) -> dict:
+    """AUDetector's keyword arguments for --resume (or `checkpoint`: the benchmark's ONNX file), at
+    `precision` (default: --precision; with --benchmark, an engine without it runs fp32)."""
     path = checkpoint or args.resume
     precision = precision or args.precision
     if args.benchmark and precision and unsupported_reason(model_engine(path), precision):
         precision = "fp32"
-    return AUDetector(path, arc=args.arc, stage=args.stage, device=args.device,
-                      dataset=args.dataset, threshold=args.threshold, detect=not args.no_detect,
-                      max_faces=args.max_faces, batch_size=args.batch_size, metric=args.metric,
-                      preset=args.preset, redetect_every=args.redetect_every, threads=model_threads(args),
-                      detect_size=args.detect_size or None, precision=precision, compile=args.compile)
+    return dict(checkpoint=path, arc=args.arc, stage=args.stage, device=args.device,
+                dataset=args.dataset, threshold=args.threshold, detect=not args.no_detect,
+                max_faces=args.max_faces, batch_size=args.batch_size, metric=args.metric,
+                preset=args.preset, redetect_every=args.redetect_every, threads=model_threads(args),
+                detect_size=args.detect_size or None, precision=precision, compile=args.compile)
+
+
+def make_detector(args: argparse.Namespace, checkpoint=None, precision: str | None = None) -> AUDetector:
+    """The AUDetector of --resume (or of `checkpoint`) as the flags say."""
+    return AUDetector(**detector_options(args, checkpoint, precision))
 
 
 def model_engine(path) -> str:
@@ -193,7 +225,7 @@ def model_engine(path) -> str:
 def model_threads(args: argparse.Namespace) -> int:
     """Intra-op threads of each model worker: --threads shared by the --model-workers of the video
     pipeline (images and --no-pipeline: one worker)."""
-    workers = args.model_workers if getattr(args, "kind", None) == "video" and not args.no_pipeline else 1
+    workers = args.model_workers if getattr(args, "kind", None) in ("video", "camera") and not args.no_pipeline else 1
     return max(1, args.threads // workers)
 
 
@@ -212,15 +244,20 @@ def main(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """The demo itself (main's body); user errors propagate as exceptions."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    threads_given = args.threads is not None
     if args.threads is None:
         args.threads = default_threads()
     torch.set_num_threads(args.threads)
-    kind, files = list_inputs(Path(args.input), exclude=Path(args.output))
+    inputs = resolve_inputs(args.input, exclude=Path(args.output))
+    kind, files = inputs.kind, inputs.files
     args.kind = kind
+    if kind == "camera" and (args.benchmark or args.engine != "single"):
+        raise DemoError(f"--input {args.input} is a camera: --benchmark and --engine {args.engine} read files")
     detector = make_detector(args)
     log.info("model: %s stage %d (%s), %d AUs, %s %s: %s", detector.arc, detector.stage, detector.variant,
              len(detector.au_names), engine_label(detector), detector.precision, " ".join(detector.au_names))
     if args.benchmark:
+        kind, files = benchmark_input(kind, files)
         return run_benchmark(args, detector, kind, files, lambda path, prec=None: make_detector(args, path, prec))
 
     out_dir = Path(args.output)
@@ -238,34 +275,62 @@ def run(args: argparse.Namespace) -> int:
         log.info("--graph: %s predicts no AU relations (no edge logits): the graphs show %s as nodes only",
                  "this OpenGraphAU model" if opengraphau else "this stage-1 model",
                  f"its {OPENGRAPHAU_MAIN_AUS} main AUs" if opengraphau else "the AU probabilities")
+    if args.engine != "single":
+        return run_many(args, detector, inputs, summary, threads_given)
     try:
         writer = ResultWriter(out_dir, detector, summary, openface=args.openface_columns)
     except OSError as err:
         raise OutputWriteError(f"cannot write to {out_dir}: {err}") from None
     video_path, completed = None, False
     try:
-        if kind == "video":
+        if kind == "camera":
             try:
-                video_path = process_video(detector, files[0], writer, out_dir, args.draw_text, args.every_n,
-                                           not args.no_annotate, crops_dir, graphs_dir, args.graph_every,
-                                           pipelined=not args.no_pipeline, model_workers=args.model_workers)
+                video_path = process_camera(detector, inputs.camera, writer, out_dir, args.draw_text, args.every_n,
+                                            not args.no_annotate, pipelined=not args.no_pipeline,
+                                            model_workers=args.model_workers, per_track=args.per_track)
             except DemoError as err:
-                writer.error(files[0].name, str(err))
-        else:
-            root = Path(args.input) if kind == "folder" else files[0].parent
-            process_images(detector, files, root, writer, out_dir, args.draw_text, not args.no_annotate, crops_dir,
-                           graphs_dir)
+                writer.error(f"camera{inputs.camera}", str(err))
+        else:  # images, videos, or a folder / glob / list of both, in order
+            videos = process_inputs(detector, inputs, writer, out_dir, args.draw_text, args.every_n,
+                                    not args.no_annotate, crops_dir, graphs_dir, args.graph_every,
+                                    pipelined=not args.no_pipeline, model_workers=args.model_workers,
+                                    per_track=args.per_track)
+            video_path = videos[0] if kind == "video" and videos else None
         completed = True
     finally:
         writer.close(complete=completed)  # also on Ctrl-C: every row so far, "complete": false
     s = writer.json["summary"]
-    what = "frames" if kind == "video" else "images"
+    what = "frames" if kind in ("video", "camera") else "images and frames" if any(map(is_video, files)) \
+        else "images"
     print(f"processed {s['items']} {what}: {s['faces']} faces, {s['no_face']} without a face, "
           f"{s['errors']} errors -> {out_dir / 'predictions.csv'}"
           + (f", {video_path}" if video_path else ""))
     if s["errors"] and not s["items"]:
         return 1  # nothing could be read
     return 0
+
+
+def benchmark_input(kind: str, files: list) -> tuple[str, list]:
+    """--benchmark on a folder: its images, else its first video."""
+    if kind != "folder":
+        return kind, files
+    images = [f for f in files if not is_video(f)]
+    return ("folder", images) if images else ("video", files[:1])
+
+
+def run_many(args: argparse.Namespace, detector: AUDetector, inputs, summary: dict, threads_given: bool) -> int:
+    """--engine ray / local (megraphau/inference/scale.py): per-input parts, manifest, merge."""
+    result = run_scale(inputs, args.output, detector_options(args), engine=args.engine, workers=args.workers,
+                       gpus_per_worker=args.gpus_per_worker, ray_address=args.ray_address,
+                       threads=args.threads if threads_given else None, summary=summary, every_n=args.every_n,
+                       annotate=not args.no_annotate, draw_text=args.draw_text, crops_dir=args.save_crops,
+                       graph=args.graph, graph_every=args.graph_every, openface=args.openface_columns,
+                       per_track=args.per_track, pipelined=not args.no_pipeline,
+                       model_workers=args.model_workers, detector=detector)
+    print(f"processed {result['finished']} of {result['inputs']} inputs ({result['items']} images and frames): "
+          f"{result['faces']} faces, {result['no_face']} without a face, {result['errors']} errors -> "
+          f"{Path(args.output) / 'predictions.csv'}")
+    return 1 if result["errors"] and not result["items"] else 0
 
 
 def cli(argv=None) -> int:

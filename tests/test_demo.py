@@ -95,8 +95,9 @@ def test_folder_end_to_end(data, tmp_path, capsys):
     names = yaml.safe_load((REPO / "megraphau" / "configs" / "OpenGraphAU.yaml").read_text())["au_names"]
     rows = read_csv(out / "predictions.csv")
     header = list(rows[0])
-    assert header[:8] == ["file", "frame", "face", "x", "y", "w", "h", "no_face"]
-    assert header[8:] == [c for n in names for c in (f"{n}_prob", n)] and len(header) == 8 + 82
+    assert header[:9] == ["file", "frame", "face", "track_id", "x", "y", "w", "h", "no_face"]
+    assert header[9:] == [c for n in names for c in (f"{n}_prob", n)] and len(header) == 9 + 82
+    assert {r["track_id"] for r in rows} == {""}  # images: no track ids
     by_file = {}
     for r in rows:
         by_file.setdefault(r["file"], []).append(r)

@@ -606,7 +606,7 @@ def test_ctrl_c_in_test_and_demo(entry, tiny_synth, stage1_release_file, tmp_pat
         assert eval_cli(eval_argv(tiny_synth, tmp_path, stage1_release_file)) == 130
         assert one_error_line(capsys) == "interrupted: no results were written; run the same command again"
     else:
-        monkeypatch.setattr(demo, "process_images", interrupt)  # the name demo.main calls
+        monkeypatch.setattr(demo, "process_inputs", interrupt)  # the name demo.main calls
         image = next((tiny_synth / "img").rglob("*.jpg"))
         assert demo_cli(["--resume", str(stage1_release_file), "--input", str(image), "--no-detect",
                          "--output", str(tmp_path / "demo")]) == 130

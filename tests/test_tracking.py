@@ -8,42 +8,17 @@ Detections are computed once per module (real MTCNN, about 0.1 s a frame).
 """
 import csv
 import importlib.util
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
+from face_videos import FRAMES, WIDTH, compose_video  # noqa: E402  (tests/ is on sys.path)
 from megraphau.inference import tracking
 from megraphau.inference.faces import FaceDetector, FaceTracker
 from megraphau.inference.tracking import FaceTrackIds, TrackCsvWriter, faces_to_boxes, write_track_csvs
 
-DATA = Path(__file__).resolve().parent / "data"
-FRAMES, WIDTH, HEIGHT = 40, 640, 360
-
 needs_norfair = pytest.mark.skipif(importlib.util.find_spec("norfair") is None,
                                    reason="the Norfair tracker (norfair-enough, Python >= 3.10) is not installed")
-
-
-def compose_video():
-    """(frames, truth): 40 BGR frames; the astronaut's patch grows from 100 to 220 px while moving
-    right, the camera man's shrinks from 220 to 100 px while moving left; they never overlap."""
-    astronaut = cv2.imread(str(DATA / "astronaut.jpg"))
-    camera = cv2.cvtColor(cv2.imread(str(DATA / "camera.jpg"), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR)
-    assert astronaut is not None and camera is not None
-    ramp = np.linspace(70, 170, WIDTH, dtype=np.float64)  # a plain horizontal gradient
-    background = np.stack([np.tile(ramp, (HEIGHT, 1)), np.full((HEIGHT, WIDTH), 120.0),
-                           np.tile(ramp[::-1], (HEIGHT, 1))], axis=2).astype(np.uint8)
-    frames = []
-    for t in np.linspace(0.0, 1.0, FRAMES):
-        frame = background.copy()
-        for photo, side, left in ((astronaut, 100 + 120 * t, 30 + 60 * t),
-                                  (camera, 220 - 120 * t, 610 - 60 * t - (220 - 120 * t))):
-            side, left = int(round(side)), int(round(left))
-            top = HEIGHT // 2 - side // 2
-            frame[top:top + side, left:left + side] = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
-        frames.append(frame)
-    return frames
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,7 @@ class FaceResult:
     landmarks: Optional[np.ndarray] = None  # (5, 2) image pixels: eyes, nose, mouth corners
     crop: Optional[np.ndarray] = None  # the 256x256 BGR crop fed to the model's transform
     edge_logits: Optional[np.ndarray] = None  # (N*N, 4), stage-2 ME-GraphAU models only
+    track_id: Optional[int] = None  # videos: the person (tracking.FaceTrackIds); images: None
 
     @property
     def pair_probs(self) -> Optional[dict]:
@@ -73,7 +74,7 @@ class FaceResult:
     def as_dict(self, au_names: Sequence[str]) -> dict:
         """The face as JSON; with edge logits also "pair_probs": {"p_both": rows, "p_i_without_j":
         rows}, N lists of N values rounded to 4 decimals, rows and columns in au_names' order."""
-        out = {"face": self.index, "box": [int(v) for v in self.box],
+        out = {"face": self.index, "track_id": self.track_id, "box": [int(v) for v in self.box],
                "detector_score": None if self.score is None else round(float(self.score), 6),
                "probs": {n: round(float(p), 6) for n, p in zip(au_names, self.probs)},
                "active": [n for n, a in zip(au_names, self.labels) if a]}
@@ -450,9 +451,11 @@ class AUDetector:
 
     def face_results(self, image: np.ndarray, found: Sequence, probs: np.ndarray,
                      crops: Optional[Sequence[np.ndarray]] = None,
-                     edge_logits: Optional[np.ndarray] = None) -> list[FaceResult]:
+                     edge_logits: Optional[np.ndarray] = None,
+                     track_ids: Optional[Sequence[int]] = None) -> list[FaceResult]:
         """FaceResults of one image: its faces (faces_and_crops), their probabilities (one row
-        each), to keep, their crops, and their edge logits (stage-2 ME-GraphAU)."""
+        each), to keep, their crops, their edge logits (stage-2 ME-GraphAU) and, for video
+        frames, their track ids (tracking.FaceTrackIds, one per face)."""
         faces = []
         for i, face in enumerate(found):
             p = probs[i]
@@ -463,7 +466,8 @@ class AUDetector:
                 box, score, landmarks = tuple(int(round(v)) for v in face.box), face.score, face.landmarks
             faces.append(FaceResult(i, box, p, (p >= self.threshold).astype(np.uint8), score, landmarks,
                                     None if crops is None else crops[i],
-                                    None if edge_logits is None else edge_logits[i]))
+                                    None if edge_logits is None else edge_logits[i],
+                                    None if track_ids is None else int(track_ids[i])))
         return faces
 
     def predict_images(self, images: Sequence[np.ndarray], track: bool = False,

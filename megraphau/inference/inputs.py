@@ -1,8 +1,12 @@
-"""The inputs of AU detection on files: an image, a folder of images (recursive) or a video, read
+"""The inputs of AU detection on files: an image, a video, a folder of images and videos
+(recursive), a glob pattern, a text file listing inputs (one path a line) or a camera index, read
 as OpenCV BGR uint8 arrays. Every problem with an input is a DemoError naming the file, so a
 command line can print it as one line (and a folder run can skip the file and go on)."""
 from __future__ import annotations
 
+import glob
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -11,11 +15,13 @@ import numpy as np
 
 from megraphau.inference.detector import InferenceError
 
-__all__ = ["IMAGE_EXTENSIONS", "VIDEO_EXTENSIONS", "DemoError", "list_inputs", "read_bgr_image", "video_frames",
-           "video_info"]
+__all__ = ["IMAGE_EXTENSIONS", "LIST_EXTENSIONS", "VIDEO_EXTENSIONS", "DemoError", "InputSet", "camera_frames",
+           "is_video", "list_inputs", "read_bgr_image", "resolve_inputs", "video_frames", "video_info"]
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+#: a file with one of these suffixes lists the inputs, one path a line
+LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 
 
 class DemoError(InferenceError):
@@ -35,15 +41,21 @@ def read_bgr_image(path: Path) -> np.ndarray:
     return image
 
 
+def is_video(path: Path) -> bool:
+    """Whether the file is read as a video (by its suffix)."""
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
 def list_inputs(path: Path, exclude: Optional[Path] = None) -> tuple[str, list[Path]]:
-    """('image' | 'video' | 'folder', files). A folder lists its images recursively, sorted,
-    leaving out anything under `exclude` (an output folder inside the input folder)."""
+    """('image' | 'video' | 'folder', files). A folder lists its images and videos recursively,
+    sorted, leaving out anything under `exclude` (an output folder inside the input folder)."""
     if path.is_dir():
         skip = exclude.resolve() if exclude is not None else None
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        known = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in known
                        and not (skip is not None and p.resolve().is_relative_to(skip)))
         if not files:
-            raise DemoError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise DemoError(f"{path}: folder holds no images or videos ({', '.join(sorted(known))})")
         return "folder", files
     if not path.exists():
         raise DemoError(f"{path}: input not found")
@@ -85,3 +97,79 @@ def video_info(path: Path) -> tuple[float, int, tuple[int, int]]:
     finally:
         cap.release()
     return fps, max(total, 0), size
+
+
+@dataclass
+class InputSet:
+    """What --input names: kind 'image', 'video', 'camera' (files empty, `camera` its index) or
+    'folder' (a folder, a glob or a list file: several files); files in order; root: the folder
+    the files' names in the outputs are relative to."""
+    kind: str
+    files: list
+    root: Path
+    camera: Optional[int] = None
+
+    def rel(self, path: Path) -> Path:
+        """The name of `path` in the outputs: relative to root (a single input: its file name)."""
+        if self.kind != "folder":
+            return Path(path.name)
+        try:
+            return path.relative_to(self.root)
+        except ValueError:
+            return Path(os.path.relpath(path, self.root))
+
+
+def _common_root(files: list) -> Path:
+    """The deepest folder holding every file (their names in the outputs are relative to it)."""
+    return Path(os.path.commonpath([str(p.resolve().parent) for p in files]))
+
+
+def resolve_inputs(spec: str, exclude: Optional[Path] = None) -> InputSet:
+    """--input read as: a camera index ('0', when no such file exists), a folder (its images and
+    videos, recursive), a list file (.txt/.lst/.list: one path a line, relative to the list's
+    folder; blank lines and lines starting with # skipped), a glob pattern (*, ?, [...]: the
+    matching images and videos, sorted), or one image or video. DemoError when nothing is found;
+    a listed file that does not exist is kept (its error is recorded when it is read)."""
+    path = Path(spec)
+    if spec.isdigit() and not path.exists():
+        return InputSet("camera", [], Path("."), camera=int(spec))
+    if path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise DemoError(f"{path}: cannot read the list of inputs ({err})") from None
+        files = [Path(line) if Path(line).is_absolute() else path.parent / line
+                 for line in (raw.strip() for raw in lines) if line and not line.startswith("#")]
+        if not files:
+            raise DemoError(f"{path}: the list names no inputs")
+        return InputSet("folder", files, _common_root(files))
+    if not path.exists() and glob.has_magic(spec):
+        known = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+        skip = exclude.resolve() if exclude is not None else None
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True)
+                       if Path(p).is_file() and Path(p).suffix.lower() in known
+                       and not (skip is not None and Path(p).resolve().is_relative_to(skip)))
+        if not files:
+            raise DemoError(f"{spec}: the pattern matches no images or videos")
+        return InputSet("folder", files, _common_root(files))
+    kind, files = list_inputs(path, exclude)
+    return InputSet(kind, files, path if kind == "folder" else files[0].parent)
+
+
+def camera_frames(index: int, every_n: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, BGR frame) of a live camera (cv2.VideoCapture(index)) until it stops giving
+    frames (or the caller stops: Ctrl-C); DemoError when it cannot be opened."""
+    cap = cv2.VideoCapture(index)
+    if not cap.isOpened():
+        raise DemoError(f"camera {index}: cannot open it (no such camera, or it is in use)")
+    index_ = 0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if index_ % every_n == 0:
+                yield index_, frame
+            index_ += 1
+    finally:
+        cap.release()

@@ -33,6 +33,8 @@ from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
+from megraphau.inference.tracking import FaceTrackIds
+
 __all__ = ["FrameResult", "StageTimes", "VideoPipeline", "STAGES", "clock"]
 
 #: The stages timed, in pipeline order ("write" is the caller's time between results).
@@ -120,8 +122,10 @@ class VideoPipeline:
     """Results of `frames` ((index, BGR frame) pairs, e.g. inputs.video_frames) through `detector`
     (inference.AUDetector), as FrameResult(index, frame, faces) in the frames' order.
 
-    track: consecutive frames of one video (the face tracker; detector.tracker is reset first);
-        False: a full detection on every frame.
+    track: consecutive frames of one video (the face tracker; detector.tracker is reset first),
+        and each face gets a track id that follows the person (tracking.FaceTrackIds, run on
+        every frame right after detection: FaceResult.track_id); False: a full detection on
+        every frame, no track ids.
     keep_crops: each FaceResult carries its 256x256 crop (demo --save-crops).
     queue_frames: frames the queue between face detection and the model holds (default: the
         model batch, at least 4); the decoder runs at most 4 frames ahead.
@@ -137,6 +141,7 @@ class VideoPipeline:
         self.model_workers = max(1, int(model_workers))
         self.frames = frames
         self.track = bool(track and detector.tracker is not None)
+        self.track_ids = FaceTrackIds() if self.track else None
         self.keep_crops = keep_crops
         size = max(4, detector.batch_size) if queue_frames is None else max(1, int(queue_frames))
         self._decoded: queue.Queue = queue.Queue(maxsize=4 if queue_frames is None else size)
@@ -209,11 +214,13 @@ class VideoPipeline:
             index, frame = item
             start = clock()
             found = det.find_faces(frame, self.track) if det.face_detector is not None else [None]
+            # every frame, also one without faces (a missed frame for every track)
+            ids = self.track_ids.update_faces(found) if self.track_ids is not None else None
             start = self.times.span("detect", start)
             crops = det.crops(frame, found)
             inputs = det.model_inputs(crops)
             self.times.span("crop", start)
-            if not self._put(out, (index, frame, found, inputs, crops if self.keep_crops else None)):
+            if not self._put(out, (index, frame, found, inputs, crops if self.keep_crops else None, ids)):
                 return
 
     def _run_model(self, inputs: np.ndarray) -> np.ndarray:
@@ -234,7 +241,8 @@ class VideoPipeline:
             if not done:
                 pending.append(item)
                 faces += len(item[2])
-            if pending and (done or faces >= det.batch_size):
+            # a batch of faces, or as many frames (face-less frames must not pile up)
+            if pending and (done or faces >= det.batch_size or len(pending) >= det.batch_size):
                 inputs = [p[3] for p in pending if len(p[3])]
                 future = self._executor.submit(self._run_model, np.concatenate(inputs)) if inputs else None
                 self.times.batches += 1 if inputs else 0
@@ -248,13 +256,14 @@ class VideoPipeline:
     def _frame_results(self, pending: list, future) -> Iterator[FrameResult]:
         probs, edge_logits = future.result() if future is not None else (None, None)
         k = 0
-        for index, frame, found, _, crops in pending:
+        for index, frame, found, _, crops, ids in pending:
             if self._last is not None and index <= self._last:
                 raise RuntimeError(f"frame {index} after frame {self._last}: frames out of order")
             self._last = index
             n = len(found)
             faces = self.detector.face_results(frame, found, probs[k:k + n] if n else [], crops,
-                                               None if edge_logits is None or not n else edge_logits[k:k + n])
+                                               None if edge_logits is None or not n else edge_logits[k:k + n],
+                                               ids)
             yield FrameResult(index, frame, faces)
             k += n
 

@@ -1,7 +1,9 @@
 """Runs AU detection over files and writes the results as they come: process_images (images in
-shared model batches), process_video (a video through the threaded pipeline, or one thread) and
-sequential_results, the one-thread reference the pipeline (pipeline.VideoPipeline) is tested
-against. Outputs go through writers.ResultWriter; annotation is drawing.annotate."""
+shared model batches), process_video (a video through the threaded pipeline, or one thread),
+process_inputs (a folder, glob or list of images and videos, in order), process_camera (a live
+camera) and sequential_results, the one-thread reference the pipeline (pipeline.VideoPipeline) is
+tested against. Outputs go through writers.ResultWriter; annotation is drawing.annotate; per
+person CSVs and figures (per_track) through tracking.TrackCsvWriter and timeseries."""
 from __future__ import annotations
 
 import itertools
@@ -14,13 +16,24 @@ from typing import Iterable, Iterator, Optional
 import cv2
 import numpy as np
 
+from megraphau.analysis.timeseries import plot_track_csv
 from megraphau.inference.detector import AUDetector
 from megraphau.inference.drawing import annotate
-from megraphau.inference.inputs import DemoError, read_bgr_image, video_frames, video_info
+from megraphau.inference.inputs import (
+    DemoError,
+    InputSet,
+    camera_frames,
+    is_video,
+    read_bgr_image,
+    video_frames,
+    video_info,
+)
 from megraphau.inference.pipeline import FrameResult, StageTimes, VideoPipeline, clock
+from megraphau.inference.tracking import TRACKS_DIR, FaceTrackIds, TrackCsvWriter
 from megraphau.inference.writers import AnnotatedVideo, ResultWriter, annotated_path, save_crops, save_graphs
 
-__all__ = ["batched", "default_threads", "process_images", "process_video", "sequential_results"]
+__all__ = ["batched", "default_threads", "live_line", "process_camera", "process_images", "process_inputs",
+           "process_video", "sequential_results", "tracks_folder", "write_track_figures"]
 
 
 def default_threads() -> int:
@@ -55,15 +68,17 @@ def _progress(iterable, total=None, desc=""):
 
 def process_images(detector: AUDetector, files: list[Path], root: Path, writer: ResultWriter,
                    out_dir: Path, draw_text: bool, annotate_images: bool = True,
-                   crops_dir: Optional[Path] = None, graphs_dir: Optional[Path] = None) -> None:
+                   crops_dir: Optional[Path] = None, graphs_dir: Optional[Path] = None,
+                   rel_of=None) -> None:
     """Images in batches (faces of several images share one model batch); unreadable files are
-    reported and skipped."""
+    reported and skipped. rel_of: path -> its name in the outputs (default: relative to root, a
+    file's name when root is not a folder)."""
     show = _progress(files, total=len(files), desc="images") if len(files) > 1 else files
     it = iter(show)
     for chunk in batched(it, max(1, detector.batch_size)):
         loaded = []
         for path in chunk:
-            rel = path.relative_to(root) if root.is_dir() else Path(path.name)
+            rel = rel_of(path) if rel_of is not None else path.relative_to(root) if root.is_dir() else Path(path.name)
             try:
                 loaded.append((rel, read_bgr_image(path)))
             except DemoError as err:
@@ -84,9 +99,11 @@ def sequential_results(detector: AUDetector, frames: Iterable[tuple[int, np.ndar
                        keep_crops: bool = False, times: Optional[StageTimes] = None) -> Iterator[FrameResult]:
     """FrameResults of (index, frame) pairs in one thread, batch by batch (--no-pipeline): the
     reference the pipeline (pipeline.VideoPipeline) is tested against; the same steps as
-    AUDetector.predict_images, timed per stage."""
+    AUDetector.predict_images, timed per stage. track: also each face's track id, as the
+    pipeline gives them (tracking.FaceTrackIds on every frame)."""
     times = StageTimes() if times is None else times
     track = track and detector.tracker is not None
+    track_ids = FaceTrackIds() if track else None
     if track:
         detector.tracker.reset()
     t_start = time.perf_counter()
@@ -101,11 +118,12 @@ def sequential_results(detector: AUDetector, frames: Iterable[tuple[int, np.ndar
         for index, frame in chunk:
             start = clock()
             found = detector.find_faces(frame, track) if detector.face_detector is not None else [None]
+            ids = track_ids.update_faces(found) if track_ids is not None else None  # also without faces
             start = times.span("detect", start)
             crops = detector.crops(frame, found)
             inputs.append(detector.model_inputs(crops))
             times.span("crop", start)
-            prepared.append((index, frame, found, crops if keep_crops else None))
+            prepared.append((index, frame, found, crops if keep_crops else None, ids))
         start = clock()
         batch = np.concatenate(inputs)
         outputs = [detector.run_model(batch[k:k + detector.batch_size], edges=True)
@@ -115,9 +133,9 @@ def sequential_results(detector: AUDetector, frames: Iterable[tuple[int, np.ndar
         times.span("model", start)
         times.batches += math.ceil(len(batch) / detector.batch_size)
         k = 0
-        for index, frame, found, crops in prepared:
+        for index, frame, found, crops, ids in prepared:
             faces = detector.face_results(frame, found, probs[k:k + len(found)], crops,
-                                          None if edge_logits is None else edge_logits[k:k + len(found)])
+                                          None if edge_logits is None else edge_logits[k:k + len(found)], ids)
             k += len(found)
             times.frames += 1
             times.faces += len(faces)
@@ -131,7 +149,8 @@ def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_di
                   draw_text: bool, every_n: int = 1, annotate_video: bool = True,
                   crops_dir: Optional[Path] = None, graphs_dir: Optional[Path] = None, graph_every: int = 1,
                   pipelined: bool = True, max_frames: Optional[int] = None, times: Optional[StageTimes] = None,
-                  progress: bool = True, model_workers: int = 1) -> Optional[Path]:
+                  progress: bool = True, model_workers: int = 1, rel: Optional[Path] = None,
+                  tracks: Optional[TrackCsvWriter] = None) -> Optional[Path]:
     """Every every_n-th frame of a video (at most max_frames of them); writes annotated/{stem}.mp4
     (or .avi) unless annotate_video is False. Every frame of the annotated video has one size:
     the panel shows --max-faces face columns (default: as many faces as the first frame holds, at
@@ -139,9 +158,10 @@ def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_di
 
     pipelined: decoding, face detection + cropping and the model in their own threads
     (pipeline.VideoPipeline), faces of consecutive frames batched together, `model_workers`
-    batches at a time; False: one thread.
+    batches at a time; False: one thread. Each face carries its track id (the person).
     Rows are flushed to the output files after every batch of frames. times: a StageTimes that
-    receives each stage's busy time."""
+    receives each stage's busy time. rel: the video's name in the outputs (default: its file
+    name); tracks: also one CSV per person (tracking.TrackCsvWriter, flushed with the rows)."""
     fps, total, _ = video_info(path)
     expected = math.ceil(total / every_n) if total else None
     if max_frames is not None:
@@ -149,6 +169,18 @@ def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_di
     frames = video_frames(path, every_n)
     if max_frames is not None:
         frames = itertools.islice(frames, max_frames)
+    return _run_frames(detector, frames, Path(path.name) if rel is None else rel, fps, every_n, expected, writer,
+                       out_dir, draw_text, annotate_video, crops_dir, graphs_dir, graph_every, pipelined, times,
+                       progress, model_workers, tracks)
+
+
+def _run_frames(detector: AUDetector, frames, rel: Path, fps: float, every_n: int, expected: Optional[int],
+                writer: ResultWriter, out_dir: Path, draw_text: bool, annotate_video: bool,
+                crops_dir: Optional[Path], graphs_dir: Optional[Path], graph_every: int, pipelined: bool,
+                times: Optional[StageTimes], progress: bool, model_workers: int,
+                tracks: Optional[TrackCsvWriter], live: bool = False) -> Optional[Path]:
+    """process_video's and process_camera's loop over (index, frame) pairs; live: flush and print
+    a line after every frame."""
     keep = crops_dir is not None
     if pipelined:
         results = VideoPipeline(detector, frames, track=True, keep_crops=keep, model_workers=model_workers)
@@ -156,18 +188,28 @@ def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_di
             results.times = times
     else:
         results = sequential_results(detector, frames, track=True, keep_crops=keep, times=times)
-    video = AnnotatedVideo(out_dir / "annotated" / path.stem, max(1.0, fps / every_n)) if annotate_video else None
+    name = rel.as_posix()
+    video = AnnotatedVideo(out_dir / "annotated" / rel.with_suffix(""), max(1.0, fps / every_n)) \
+        if annotate_video else None
     columns = detector.max_faces
     shown = _progress(results, total=expected, desc="video") if progress else results
-    flush_every = max(1, detector.batch_size)
+    flush_every = 1 if live else max(1, detector.batch_size)
     try:
         for n, (index, frame, faces) in enumerate(shown, 1):
-            graphs = save_graphs(graphs_dir, out_dir, Path(path.name), index, faces, detector) \
+            graphs = save_graphs(graphs_dir, out_dir, rel, index, faces, detector) \
                 if (n - 1) % graph_every == 0 else {}
-            writer.add(path.name, index, faces, graphs, timestamp=index / fps)
-            save_crops(crops_dir, Path(path.name), index, faces)
+            writer.add(name, index, faces, graphs, timestamp=index / fps)
+            save_crops(crops_dir, rel, index, faces)
+            if tracks is not None:
+                for face in faces:
+                    tracks.add({"frame": index, "time": index / fps, "track_id": face.track_id,
+                                "probs": dict(zip(detector.au_names, face.probs))})
             if n % flush_every == 0:
                 writer.flush()
+                if tracks is not None:
+                    tracks.flush()
+            if live:
+                print(live_line(index, faces, detector.au_names, detector.threshold), flush=True)
             if video is None:
                 continue
             if columns is None:
@@ -180,6 +222,91 @@ def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_di
         if pipelined:
             results.close()
         writer.flush()
+        if tracks is not None:
+            tracks.flush()
         if video is not None:
             video.release()
     return None if video is None else video.path
+
+
+def live_line(index: int, faces, au_names, threshold: float) -> str:
+    """One printed line per camera frame: each face's track id and its present AUs."""
+    if not faces:
+        return f"frame {index}: no face"
+    parts = []
+    for face in faces:
+        active = [f"{n} {p:.2f}" for n, p in zip(au_names, face.probs) if p >= threshold]
+        who = f"person {face.track_id}" if face.track_id is not None else f"face {face.index}"
+        parts.append(f"{who}: " + (", ".join(active) if active else "no AU"))
+    return f"frame {index}: " + "; ".join(parts)
+
+
+def process_camera(detector: AUDetector, camera: int, writer: ResultWriter, out_dir: Path, draw_text: bool,
+                   every_n: int = 1, annotate_video: bool = True, pipelined: bool = True, model_workers: int = 1,
+                   per_track: bool = False, fps: float = 30.0) -> Optional[Path]:
+    """A live camera (cv2.VideoCapture(camera)) until it stops or Ctrl-C: rows flushed and a line
+    printed (live_line) after every frame, so an interrupted run leaves complete files. The rows
+    are named camera{camera}; timestamps are frame index / fps. per_track: tracks/person_{id}.csv
+    and their figures (also after Ctrl-C). Frames go to the model one at a time (no waiting for
+    a batch: each row is out as soon as its frame is done)."""
+    tracks = TrackCsvWriter(out_dir, detector.au_names) if per_track else None
+    batch_size, detector.batch_size = detector.batch_size, 1
+    try:
+        return _run_frames(detector, camera_frames(camera, every_n), Path(f"camera{camera}"), fps, every_n, None,
+                           writer, out_dir, draw_text, annotate_video, None, None, 1, pipelined, None, False,
+                           model_workers, tracks, live=True)
+    finally:
+        detector.batch_size = batch_size
+        if tracks is not None:
+            write_track_figures(tracks.close(), f"camera {camera}", detector.threshold)
+
+
+def tracks_folder(out_dir: Path, rel: Path, single: bool) -> Path:
+    """Where a video's person CSVs go: tracks/ for a run on one video, tracks/{rel}/ for each
+    video of a folder (every video numbers its people from 0)."""
+    return out_dir / TRACKS_DIR if single else out_dir / TRACKS_DIR / rel
+
+
+def write_track_figures(paths: dict, name: str, threshold: float) -> list:
+    """A figure of each person's AU probabilities over time next to its CSV (person_{id}.png)."""
+    return [plot_track_csv(path, title=f"{name}: person {track_id}", threshold=threshold)["png"]
+            for track_id, path in paths.items()]
+
+
+def process_inputs(detector: AUDetector, inputs: InputSet, writer: ResultWriter, out_dir: Path, draw_text: bool,
+                   every_n: int = 1, annotate: bool = True, crops_dir: Optional[Path] = None,
+                   graphs_dir: Optional[Path] = None, graph_every: int = 1, pipelined: bool = True,
+                   model_workers: int = 1, per_track: bool = False) -> list:
+    """The images and videos of `inputs` in their order: runs of consecutive images share model
+    batches (process_images), each video goes through process_video; a file that cannot be read
+    is recorded (writer.error: its one line) and the run goes on. per_track: one CSV and one
+    figure per person of each video (tracks_folder). Returns the annotated videos written."""
+    videos, pending = [], []
+
+    def flush_images():
+        if pending:
+            process_images(detector, pending, inputs.root, writer, out_dir, draw_text, annotate, crops_dir,
+                           graphs_dir, rel_of=inputs.rel)
+            pending.clear()
+
+    for path in inputs.files:
+        if not is_video(path):
+            pending.append(path)
+            continue
+        flush_images()
+        rel = inputs.rel(path)
+        tracks = TrackCsvWriter(out_dir, detector.au_names, tracks_folder(out_dir, rel, inputs.kind == "video")) \
+            if per_track else None
+        try:
+            written = process_video(detector, path, writer, out_dir, draw_text, every_n, annotate, crops_dir,
+                                    graphs_dir, graph_every, pipelined=pipelined, model_workers=model_workers,
+                                    rel=rel, progress=inputs.kind == "video", tracks=tracks)
+            if written is not None:
+                videos.append(written)
+        except DemoError as err:
+            writer.error(rel.as_posix(), str(err))
+        finally:
+            if tracks is not None:
+                write_track_figures(tracks.close(), rel.as_posix(), detector.threshold)
+    flush_images()
+    return videos

@@ -201,12 +201,14 @@ class TrackCsvWriter:
     Args:
         out_dir: the run's output folder (the CSVs go into its ``tracks`` subfolder).
         au_names: the AU names, in the order of the columns.
+        folder: the folder of the CSVs instead of ``<out_dir>/tracks`` (one per video when a run
+            reads several videos, whose ids all start at 0).
     """
 
-    def __init__(self, out_dir: Union[str, Path], au_names: Sequence[str]):
+    def __init__(self, out_dir: Union[str, Path], au_names: Sequence[str], folder: Optional[Union[str, Path]] = None):
         self.out_dir = Path(out_dir)
         self.au_names = [str(n) for n in au_names]
-        self.tracks_dir = self.out_dir / TRACKS_DIR
+        self.tracks_dir = self.out_dir / TRACKS_DIR if folder is None else Path(folder)
         self.tracks_dir.mkdir(parents=True, exist_ok=True)
         for old in self.tracks_dir.iterdir():
             if _PERSON_FILE.fullmatch(old.name) and old.is_file():
@@ -251,15 +253,18 @@ class TrackCsvWriter:
                 writer.writerow(self.header)
             writer.writerows(self._pending[track_id])
             mode = "a" if track_id in self._started else "w"
-            with open(track_csv_path(self.out_dir, track_id), mode, newline="", encoding="utf-8") as fh:
+            with open(self._path(track_id), mode, newline="", encoding="utf-8") as fh:
                 fh.write(text.getvalue())
             self._started.add(track_id)
         self._pending = {}
 
+    def _path(self, track_id: int) -> Path:
+        return self.tracks_dir / f"person_{int(track_id)}.csv"
+
     @property
     def paths(self) -> Dict[int, Path]:
         """{track id: its CSV} of the persons written so far."""
-        return {t: track_csv_path(self.out_dir, t) for t in sorted(self._started)}
+        return {t: self._path(t) for t in sorted(self._started)}
 
     def close(self) -> Dict[int, Path]:
         self.flush()

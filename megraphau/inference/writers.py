@@ -1,6 +1,8 @@
 """What AU detection on files writes, named after the input's relative path.
 
 Outputs in --output: predictions.csv (one row per face, or one no_face row per image/frame;
+track_id: in videos the person the face belongs to (tracking.FaceTrackIds: the same id from
+frame to frame; a face that leaves and comes back later gets a new one), empty for images;
 --openface-columns: OpenFace's column names), predictions.jsonl (one JSON object per
 image/frame), predictions.json (settings, every result, errors, summary), and annotated/
 (images, or one .mp4/.avi per video). Rows are flushed to predictions.csv and .jsonl after every
@@ -42,7 +44,8 @@ __all__ = ["OPENFACE_HELP", "PAIR_PROBS_NOTE", "AnnotatedVideo", "ResultWriter",
 
 #: what --openface-columns writes (demo.py's help text)
 OPENFACE_HELP = ("write predictions.csv with OpenFace's column names, for tools that read OpenFace "
-                 "output: frame (from 1), face_id, timestamp (s), confidence (MTCNN's face "
+                 "output: frame (from 1), face_id (videos: the person's track id, as OpenFace's; "
+                 "images: the face's place, largest first), timestamp (s), confidence (MTCNN's face "
                  "probability), success (0: no face, then zeros), AU01_c ... (0/1 presence, OpenFace's "
                  "_c; OpenGraphAU's left/right AUs as AUL01_c, AUR01_c ...), AU01_p ... (our "
                  "occurrence probabilities; OpenFace's _r intensities are not predicted, so there "
@@ -70,17 +73,22 @@ class ResultWriter:
 
     openface: OpenFace's column names (frame, face_id, timestamp, confidence, success, AU01_c ...,
     AU01_p ..., file, box_x ...: OPENFACE_HELP) instead of this project's.
+    stem: the files' name ({stem}.csv, {stem}.jsonl, {stem}.json); summary_json: False writes
+    no .json (the per-input parts of scale.py, merged into one predictions.json at the end).
     """
 
-    def __init__(self, out_dir: Path, detector: AUDetector, args_summary: dict, openface: bool = False):
+    def __init__(self, out_dir: Path, detector: AUDetector, args_summary: dict, openface: bool = False,
+                 stem: str = "predictions", summary_json: bool = True):
         self.out_dir = out_dir
         self.names = detector.au_names
         self.threshold = detector.threshold
         self.openface = openface
-        out_dir.mkdir(parents=True, exist_ok=True)
+        self.stem, self.summary_json = stem, summary_json
+        self.csv_path, self.jsonl_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.jsonl"
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
         # open for the whole run: rows are appended as they are made (close() ends them)
-        self.csv_file = open(out_dir / "predictions.csv", "w", newline="", encoding="utf-8")  # noqa: SIM115
-        self.jsonl_file = open(out_dir / "predictions.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+        self.csv_file = open(self.csv_path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self.jsonl_file = open(self.jsonl_path, "w", encoding="utf-8")  # noqa: SIM115
         self._csv_text, self._jsonl_text = io.StringIO(), io.StringIO()
         self.csv = csv.writer(self._csv_text)
         if openface:
@@ -89,7 +97,7 @@ class ResultWriter:
                               + [f"{c}_c" for c in codes] + [f"{c}_p" for c in codes]
                               + ["file", "box_x", "box_y", "box_w", "box_h"])
         else:
-            self.csv.writerow(["file", "frame", "face", "x", "y", "w", "h", "no_face"]
+            self.csv.writerow(["file", "frame", "face", "track_id", "x", "y", "w", "h", "no_face"]
                               + [c for n in self.names for c in (f"{n}_prob", n)])
         self.json = {**args_summary, "au_names": list(self.names),
                      "au_descriptions": detector.au_descriptions, "threshold": detector.threshold}
@@ -98,8 +106,10 @@ class ResultWriter:
         self.json.update(csv_columns="openface" if openface else "demo", results_file="predictions.jsonl",
                          complete=False, errors=[])
         self.n_items = self.n_faces = self.n_no_face = 0
+        self.echo_errors = True  #: error() prints the line (the per-input parts of scale.py: the driver does)
         self.flush()
-        self._write_json(with_results=False)
+        if summary_json:
+            self._write_json(with_results=False)
 
     def add(self, file: str, frame: Optional[int], faces: Sequence[FaceResult],
             graphs: Optional[dict] = None, timestamp: Optional[float] = None) -> None:
@@ -114,10 +124,11 @@ class ResultWriter:
         else:
             frame_text = "" if frame is None else frame
             if not faces:
-                self.csv.writerow([file, frame_text, "", "", "", "", "", 1] + [""] * (2 * len(self.names)))
+                self.csv.writerow([file, frame_text, "", "", "", "", "", "", 1] + [""] * (2 * len(self.names)))
             for face in faces:
                 values = [v for p, a in zip(face.probs, face.labels) for v in (f"{p:.6f}", int(a))]
-                self.csv.writerow([file, frame_text, face.index, *face.box, 0] + values)
+                track = "" if face.track_id is None else face.track_id
+                self.csv.writerow([file, frame_text, face.index, track, *face.box, 0] + values)
         self.n_faces += len(faces)
         entries = [f.as_dict(self.names) for f in faces]
         for face, entry in zip(faces, entries):
@@ -137,7 +148,8 @@ class ResultWriter:
                               + [file, "", "", "", ""])
         for face in faces:
             confidence = 1.0 if face.score is None else face.score  # --no-detect: the image is the face
-            self.csv.writerow([number, face.index, stamp, f"{confidence:.4f}", 1]
+            face_id = face.index if face.track_id is None else face.track_id  # OpenFace's: the person in videos
+            self.csv.writerow([number, face_id, stamp, f"{confidence:.4f}", 1]
                               + [int(a) for a in face.labels] + [f"{p:.6f}" for p in face.probs]
                               + [file, *face.box])
 
@@ -151,9 +163,40 @@ class ResultWriter:
                 text.seek(0)
                 text.truncate()
 
-    def error(self, file: str, message: str) -> None:
-        print(f"error: {message}", file=sys.stderr, flush=True)
+    def error(self, file: str, message: str, echo: Optional[bool] = None) -> None:
+        """Record an input that failed; echo (default: the writer's echo_errors) prints its one
+        line to stderr too."""
+        if self.echo_errors if echo is None else echo:
+            print(f"error: {message}", file=sys.stderr, flush=True)
         self.json["errors"].append({"file": file, "error": message})
+
+    def merge_part(self, csv_path: Path, jsonl_path: Path, items: int, faces: int, no_face: int,
+                   image: bool = False) -> None:
+        """Append the rows of another writer's files (a per-input part of scale.py, written with
+        the same settings) as if they were added here, reading them line by line (memory does
+        not grow with their length). image: the part is one image, whose OpenFace frame number
+        is its place among the items (renumbered here, as add() numbers it)."""
+        self.flush()
+        if csv_path.is_file():
+            with open(csv_path, newline="", encoding="utf-8") as part:
+                rows = csv.reader(part)
+                next(rows, None)  # the part's header
+                for row in rows:
+                    if self.openface and image:
+                        row[0] = str(self.n_items + 1)
+                    self.csv.writerow(row)
+                    if self._csv_text.tell() > 1 << 20:
+                        self.flush()
+        if jsonl_path.is_file():
+            with open(jsonl_path, encoding="utf-8") as part:
+                for line in part:
+                    self._jsonl_text.write(line)
+                    if self._jsonl_text.tell() > 1 << 20:
+                        self.flush()
+        self.n_items += items
+        self.n_faces += faces
+        self.n_no_face += no_face
+        self.flush()
 
     def _write_json(self, with_results: bool) -> None:
         """predictions.json (through a temporary file); with_results: "results" copied one by one
@@ -164,20 +207,20 @@ class ResultWriter:
             meta["results"] = placeholder
         meta.update((k, self.json[k]) for k in ("errors", "summary") if k in self.json)
         head, _, tail = compact_json(meta).partition(f'"{placeholder}"')
-        tmp = self.out_dir / ".predictions.json.tmp"
+        tmp = self.out_dir / f".{self.stem}.json.tmp"
         with open(tmp, "w", encoding="utf-8") as out:
             out.write(head)
             if with_results:
                 out.write("[")
                 count = 0
-                with open(self.out_dir / "predictions.jsonl", encoding="utf-8") as lines:
+                with open(self.jsonl_path, encoding="utf-8") as lines:
                     for line in lines:
                         item = textwrap.indent(compact_json(json.loads(line)), "  ")
                         out.write(("\n" if count == 0 else ",\n") + item)
                         count += 1
                 out.write("\n ]" if count else "]")
             out.write(tail)
-        os.replace(tmp, self.out_dir / "predictions.json")
+        os.replace(tmp, self.out_dir / f"{self.stem}.json")
 
     def close(self, complete: bool = True) -> None:
         """Flush and close the files, and write predictions.json with every result ("complete":
@@ -188,7 +231,8 @@ class ResultWriter:
         self.json["complete"] = bool(complete)
         self.json["summary"] = {"items": self.n_items, "faces": self.n_faces,
                                 "no_face": self.n_no_face, "errors": len(self.json["errors"])}
-        self._write_json(with_results=True)
+        if self.summary_json:
+            self._write_json(with_results=True)
 
 
 PAIR_PROBS_NOTE = ("each face's pair_probs: the stage-2 edge logits' softmax as N x N matrices, row i and "
