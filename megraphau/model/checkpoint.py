@@ -4,6 +4,9 @@ Every key must match: a missing, unexpected or mis-shaped key is an error that n
 so a wrong --arc or file never yields a silently half-random model. The one tolerated
 difference is a stage-1 checkpoint loaded into a stage-2 model (the paper's recipe): the
 shared keys load, the edge and graph parts start fresh, and both lists are logged.
+
+A file is refused before any of that when its weights hold NaN or Inf (NonFiniteWeightsError)
+or when the facts it stores contradict its weights (checkpoint_facts says which facts refuse).
 """
 from __future__ import annotations
 
@@ -22,8 +25,10 @@ from .megraphau import build_model
 from .statedict import (  # noqa: F401  (the errors and load_weights_only are this module's API too)
     CheckpointFileError,
     CheckpointMismatchError,
+    NonFiniteWeightsError,
     UnsafeCheckpointError,
     load_weights_only,
+    non_finite_tensors,
     sub_state_dict,
 )
 
@@ -39,7 +44,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     """Returns (state_dict with wrapper prefixes removed, the whole checkpoint object).
 
     The file is read with ``torch.load(weights_only=True)`` and nothing else: a checkpoint that
-    needs full unpickling (which can run arbitrary code) is refused, never loaded.
+    needs full unpickling (which can run arbitrary code) is refused, never loaded. A state dict
+    with NaN or Inf in a floating-point tensor is refused (NonFiniteWeightsError naming the
+    first tensors): a model that computes NaN would only report F1 0 or draw nothing. Only the
+    weights are checked, never the optimizer state, so --resume-training needs no way around it.
     """
     path = Path(path)
     if not path.is_file():
@@ -62,6 +70,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         for prefix in _WRAPPER_PREFIXES:
             k = k.removeprefix(prefix)
         clean[k] = v
+    bad = non_finite_tensors(clean)
+    if bad:
+        raise NonFiniteWeightsError(f"{path}: refused: {len(bad)} weight tensor(s) hold NaN or Inf "
+                                    f"({_key_list(bad, 3)}); the run that wrote it diverged or the file is "
+                                    f"damaged: use an earlier checkpoint of the run")
     return clean, obj
 
 
@@ -122,6 +135,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
     (fresh/skipped are non-empty only for a stage-1 checkpoint loaded into a stage-2 model).
     """
     state_dict, obj = read_checkpoint(path)
+    checkpoint_facts(obj, state_dict, path)  # refuses facts that contradict the weights
     return load_state_dict_into(model, state_dict, obj, path)
 
 
@@ -187,10 +201,21 @@ FACT_KEYS = ("arc", "stage", "num_classes", "variant", "neighbor_num", "metric",
              "au_names", "au_descriptions", "crop_preset", "crop_size", "fold")
 
 
-def checkpoint_facts(obj: dict, state_dict: dict | None = None) -> dict:
+def checkpoint_facts(obj: dict, state_dict: dict | None = None, path: str | Path | None = None) -> dict:
     """The facts a checkpoint carries: this project's files store them under 'facts' (older ones
     under 'model_config', 'args', 'au_names', 'fold'); the release's files only have weights, so
-    the model's facts come from the keys (infer_config) and the rest is None."""
+    the model's facts come from the keys (infer_config) and the rest is None.
+
+    Given the state dict, the weights decide the model's facts and the stored ones are checked
+    against them (`path` names the file in the messages):
+      num_classes, au_names (their count): a contradiction is refused (CheckpointFileError naming
+        both values): the facts describe another model, and the AU names say what each output
+        means, so outputs cannot be labelled from them.
+      arc, stage, variant: the weights decide, with a warning; the model built from the weights
+        is the one the file holds and the stored value is only a description of it.
+      au_descriptions of another count: dropped with a warning (display text only).
+    neighbor_num, metric and the dataset's facts leave no trace in the weights: taken as stored.
+    """
     stored = obj.get("facts") if isinstance(obj.get("facts"), dict) else {}
     model_cfg = obj.get("model_config") if isinstance(obj.get("model_config"), dict) else {}
     args = obj.get("args") if isinstance(obj.get("args"), dict) else {}
@@ -198,6 +223,9 @@ def checkpoint_facts(obj: dict, state_dict: dict | None = None) -> dict:
     legacy = {"dataset": args.get("dataset_name"), "dataset_config": args.get("dataset"),
               "au_names": obj.get("au_names"),
               "crop_size": args.get("crop_size"), "fold": obj.get("fold")}
+    if state_dict is not None:
+        _check_facts_against_weights(path if path is not None else "the checkpoint", found,
+                                     (stored, model_cfg, legacy))
     facts = {}
     for key in FACT_KEYS:
         # the weights themselves are the truth for the model's shape; then what the file stores
@@ -207,7 +235,34 @@ def checkpoint_facts(obj: dict, state_dict: dict | None = None) -> dict:
                 break
         else:
             facts[key] = None
+    descriptions, n = facts["au_descriptions"], facts["num_classes"]
+    if state_dict is not None and isinstance(descriptions, (list, tuple)) and n is not None \
+            and len(descriptions) != n:
+        log.warning("%s: its facts hold %d AU descriptions for %d AUs; the descriptions are not used",
+                    path, len(descriptions), n)
+        facts["au_descriptions"] = None
     return facts
+
+
+def _check_facts_against_weights(path, found: dict, sources: tuple) -> None:
+    """checkpoint_facts' check of the stored facts (`sources`, in the order they are read) against
+    what the weights show (`found`, infer_config's)."""
+    n = found.get("num_classes")
+    for source in sources:
+        stored_n = source.get("num_classes")
+        if n is not None and stored_n is not None and stored_n != n:
+            raise CheckpointFileError(f"{path}: its facts say num_classes {stored_n} but its weights predict {n} "
+                                      f"AUs: the facts belong to another model; refused")
+        names = source.get("au_names")
+        if n is not None and isinstance(names, (list, tuple)) and len(names) != n:
+            shown = ", ".join(map(str, names[:4])) + (", ..." if len(names) > 4 else "")
+            raise CheckpointFileError(f"{path}: its facts name {len(names)} AUs ({shown}) but its weights predict "
+                                      f"{n}: the outputs cannot be labelled; refused")
+    for key, flag in (("arc", "--arc"), ("stage", "--stage"), ("variant", "variant")):
+        stored = next((s[key] for s in sources if s.get(key) is not None), None)
+        if found.get(key) is not None and stored is not None and stored != found[key]:
+            log.warning("%s: its facts say %s %s but its weights are %s %s; the weights decide",
+                        path, flag, stored, flag, found[key])
 
 
 @dataclass
@@ -253,7 +308,7 @@ def load_model(path: str | Path, *, arc: str | None = None, stage: int | None = 
     as stage 2 is refused (its graph head would be random).
     """
     state_dict, obj = read_checkpoint(path)
-    facts = checkpoint_facts(obj, state_dict)
+    facts = checkpoint_facts(obj, state_dict, path)
     file_stage = facts["stage"]
     if stage1_into_stage2 and file_stage == 1 and stage == 2:
         build_stage = 2
