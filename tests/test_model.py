@@ -18,6 +18,7 @@ from megraphau.model import (
 )
 from megraphau.model.anfl import knn_adjacency, normalize_adjacency
 from reference_lists import REFERENCE, reference_entries  # noqa: E402  (tests/ is on sys.path)
+from release_files import save_release_checkpoint
 
 
 def model_entries(model: torch.nn.Module) -> list[tuple[str, tuple, str]]:
@@ -101,10 +102,7 @@ def test_knn_adjacency_metrics():
     assert torch.allclose(norm, adj / (d.unsqueeze(-1) * d.unsqueeze(-2)).sqrt())
 
 
-def release_checkpoint(model, path, prefix="module."):
-    """Save `model` the way the release did: {'epoch', 'state_dict' with 'module.' keys, 'optimizer'}."""
-    state = OrderedDict((prefix + k, v.clone()) for k, v in model.state_dict().items())
-    torch.save({"epoch": 20, "state_dict": state, "optimizer": {}}, path)
+release_checkpoint = save_release_checkpoint
 
 
 @pytest.mark.parametrize("stage", [1, 2])

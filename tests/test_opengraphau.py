@@ -1,6 +1,5 @@
 """OpenGraphAU (41 AUs): release-identical state dicts, the side-AU classifier, the stage-2 node
 update, checkpoint loading and megraphau/configs/OpenGraphAU.yaml."""
-from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import yaml
 from megraphau.model import CheckpointMismatchError, build_model, infer_config, load_checkpoint, opengraphau
 from megraphau.model.mefl import gated_graph_step
 from reference_lists import reference_entries  # noqa: E402  (tests/ is on sys.path)
+from release_files import save_release_checkpoint
 
 CONFIG = Path(__file__).resolve().parents[1] / "megraphau" / "configs" / "OpenGraphAU.yaml"
 
@@ -20,9 +20,7 @@ def build(stage, arc="resnet18"):
 
 
 def release_checkpoint(model, path):
-    """The release's format: {'epoch', 'state_dict' with 'module.' keys, 'optimizer'}."""
-    state = OrderedDict(("module." + k, v.clone()) for k, v in model.state_dict().items())
-    torch.save({"epoch": 1, "state_dict": state, "optimizer": {}}, path)
+    return save_release_checkpoint(model, path, epoch=1)
 
 
 @pytest.mark.parametrize("stage", [1, 2])
