@@ -9,7 +9,8 @@ training crops; videos go through a threaded pipeline.
 
 Outputs in --output: predictions.csv, predictions.jsonl, predictions.json, annotated/ images or
 video, graphs/ with --graph (megraphau/inference/writers.py describes them). Rows are flushed
-after every batch, so an interrupted or killed run keeps the rows so far.
+after every batch, so an interrupted or killed run keeps the rows so far. The output folder is
+locked while the demo runs, and an earlier demo's results there are kept unless --overwrite.
 
 Exit codes: 0; 1 when no input could be read; 2 for a user error (one line: a flag, a file, a
 checkpoint); 130 on Ctrl-C (what was processed so far is written). A bug shows its traceback.
@@ -28,9 +29,10 @@ from megraphau.conf import RANGE_CHECKS, HelpFormatter, check_ranges, one_line_e
 from megraphau.inference.benchmark import engine_label, run_benchmark
 from megraphau.inference.detector import AUDetector, InferenceError
 from megraphau.inference.faces import CROP_PRESETS
+from megraphau.inference.imagefiles import DEFAULT_MAX_PIXELS, display_name
 from megraphau.inference.inputs import DemoError, list_inputs
 from megraphau.inference.runner import default_threads, process_images, process_video
-from megraphau.inference.writers import OPENFACE_HELP, ResultWriter
+from megraphau.inference.writers import OPENFACE_HELP, ResultWriter, claim_output
 from megraphau.model.onnx_export import MissingDependencyError, OnnxModelError
 from megraphau.model.opengraphau import NUM_MAIN as OPENGRAPHAU_MAIN_AUS
 from megraphau.utils import DeviceUnavailableError, resolve_device, user_errors
@@ -66,6 +68,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw_text", "--draw-text", action="store_true", help="add AU descriptions to the annotations")
     p.add_argument("--output", default=None, help="output folder (default: results/EXP_NAME)")
     p.add_argument("--exp-name", default="demo", help="the release's flag: output folder results/EXP_NAME")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier demo's results in the output folder (without it, such a folder is "
+                        "refused; a folder in use by a running demo is always refused)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="images whose header says more than N pixels (width x height) are reported and "
+                        "skipped before decoding (0: no limit)")
     p.add_argument("--no-detect", action="store_true", help="inputs are face crops already: no detection")
     p.add_argument("--preset", default=None, choices=tuple(CROP_PRESETS),
                    help="face crop geometry (faces.CROP_PRESETS; default: the one the checkpoint was trained "
@@ -137,6 +145,7 @@ DEMO_RANGE_CHECKS = (
         ("model_workers", "--model-workers"), ("benchmark_frames", "--benchmark-frames"),
         ("benchmark_repeats", "--benchmark-repeats"))),
     ("detect_size", "--detect-size", lambda v: v >= 0, "0 (full size) or more"),
+    ("max_pixels", "--max-pixels", lambda v: v >= 0, "0 (no limit) or more"),
     *(row for row in RANGE_CHECKS if row[0] == "threshold"),
 )
 
@@ -195,7 +204,7 @@ def main(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     summary = {"checkpoint": args.resume, "engine": detector.backend, "arc": detector.arc, "stage": detector.stage,
                "variant": detector.variant, "crop_preset": detector.crop_preset, "crop_size": detector.crop_size,
-               "input": str(args.input),
+               "input": display_name(args.input),
                "provenance": provenance.collect(device=detector.device,
                                                 files={"checkpoint": args.resume} if args.resume else {})}
     crops_dir = Path(args.save_crops) if args.save_crops else None
@@ -206,8 +215,14 @@ def main(args: argparse.Namespace) -> int:
                  "this OpenGraphAU model" if opengraphau else "this stage-1 model",
                  f"its {OPENGRAPHAU_MAIN_AUS} main AUs" if opengraphau else "the AU probabilities")
     try:
+        lock = claim_output(out_dir, args.overwrite, inputs=(args.resume, args.input))
+    except USER_ERRORS as err:  # in use by another demo, an earlier demo's results, not writable
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
         writer = ResultWriter(out_dir, detector, summary, openface=args.openface_columns)
     except OSError as err:
+        lock.release()
         print(f"error: cannot write to {out_dir}: {err}", file=sys.stderr)
         return 2
     video_path, completed = None, False
@@ -222,10 +237,11 @@ def main(args: argparse.Namespace) -> int:
         else:
             root = Path(args.input) if kind == "folder" else files[0].parent
             process_images(detector, files, root, writer, out_dir, args.draw_text, not args.no_annotate, crops_dir,
-                           graphs_dir)
+                           graphs_dir, max_pixels=args.max_pixels)
         completed = True
     finally:
         writer.close(complete=completed)  # also on Ctrl-C: every row so far, "complete": false
+        lock.release()
     s = writer.json["summary"]
     what = "frames" if kind == "video" else "images"
     print(f"processed {s['items']} {what}: {s['faces']} faces, {s['no_face']} without a face, "
