@@ -9,7 +9,8 @@ training crops; videos go through a threaded pipeline.
 
 Outputs in --output: predictions.csv, predictions.jsonl, predictions.json, annotated/ images or
 video, graphs/ with --graph (megraphau/inference/writers.py describes them). Rows are flushed
-after every batch, so an interrupted or killed run keeps the rows so far.
+after every batch, so an interrupted or killed run keeps the rows so far. The output folder is
+locked while the demo runs, and an earlier demo's results there are kept unless --overwrite.
 
 Exit codes: 0; 1 when no input could be read; 2 for a user error (one line: a flag, a file, a
 checkpoint); 130 on Ctrl-C (what was processed so far is written). A bug shows its traceback.
@@ -29,11 +30,13 @@ from megraphau.errors import OutputWriteError, run_cli
 from megraphau.inference.benchmark import engine_label, run_benchmark
 from megraphau.inference.detector import AUDetector
 from megraphau.inference.faces import CROP_PRESETS
+from megraphau.inference.imagefiles import DEFAULT_MAX_PIXELS, display_name
 from megraphau.inference.inputs import DemoError, is_video, resolve_inputs
+from megraphau.inference.manifest import MANIFEST
 from megraphau.inference.precision import PRECISIONS, unsupported_reason
 from megraphau.inference.runner import default_threads, process_camera, process_inputs
 from megraphau.inference.scale import run_scale
-from megraphau.inference.writers import OPENFACE_HELP, ResultWriter
+from megraphau.inference.writers import OPENFACE_HELP, ResultWriter, claim_output
 from megraphau.model.facts import OPENGRAPHAU_NUM_MAIN as OPENGRAPHAU_MAIN_AUS
 from megraphau.model.onnx_export import is_onnx_file
 from megraphau.utils import DeviceUnavailableError, resolve_device
@@ -72,6 +75,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw_text", "--draw-text", action="store_true", help="add AU descriptions to the annotations")
     p.add_argument("--output", default=None, help="output folder (default: results/EXP_NAME)")
     p.add_argument("--exp-name", default="demo", help="the release's flag: output folder results/EXP_NAME")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier demo's results in the output folder (without it, such a folder is "
+                        "refused; a folder in use by a running demo is always refused; --engine ray/local "
+                        "resume a folder holding their manifest.jsonl instead)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="images whose header says more than N pixels (width x height) are reported and "
+                        "skipped before decoding (0: no limit)")
     p.add_argument("--no-detect", action="store_true", help="inputs are face crops already: no detection")
     p.add_argument("--preset", default=None, choices=tuple(CROP_PRESETS),
                    help="face crop geometry (faces.CROP_PRESETS; default: the one the checkpoint was trained "
@@ -171,6 +181,7 @@ DEMO_RANGE_CHECKS = (
         ("benchmark_repeats", "--benchmark-repeats"))),
     ("detect_size", "--detect-size", lambda v: v >= 0, "0 (full size) or more"),
     ("gpus_per_worker", "--gpus-per-worker", lambda v: v >= 0, "0 or more"),
+    ("max_pixels", "--max-pixels", lambda v: v >= 0, "0 (no limit) or more"),
     *(row for row in RANGE_CHECKS if row[0] == "threshold"),
 )
 
@@ -263,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     summary = {"checkpoint": args.resume, "engine": detector.backend, "arc": detector.arc, "stage": detector.stage,
                "variant": detector.variant, "crop_preset": detector.crop_preset, "crop_size": detector.crop_size,
-               "input": str(args.input),
+               "input": display_name(args.input),
                "precision": detector.precision,
                "provenance": provenance.collect(device=detector.device,
                                                 files={"checkpoint": args.resume} if args.resume else {},
@@ -275,11 +286,19 @@ def run(args: argparse.Namespace) -> int:
         log.info("--graph: %s predicts no AU relations (no edge logits): the graphs show %s as nodes only",
                  "this OpenGraphAU model" if opengraphau else "this stage-1 model",
                  f"its {OPENGRAPHAU_MAIN_AUS} main AUs" if opengraphau else "the AU probabilities")
+    # in use by another demo, an earlier demo's results (kept unless --overwrite): RunFolderError. A rerun of
+    # --engine ray/local into a folder with its manifest resumes it (scale.py checks that the settings agree)
+    resume = args.engine != "single" and (out_dir / MANIFEST).is_file()
+    lock = claim_output(out_dir, args.overwrite, inputs=(args.resume, args.input), resume=resume)
     if args.engine != "single":
-        return run_many(args, detector, inputs, summary, threads_given)
+        try:
+            return run_many(args, detector, inputs, summary, threads_given)
+        finally:
+            lock.release()
     try:
         writer = ResultWriter(out_dir, detector, summary, openface=args.openface_columns)
     except OSError as err:
+        lock.release()
         raise OutputWriteError(f"cannot write to {out_dir}: {err}") from None
     video_path, completed = None, False
     try:
@@ -294,11 +313,12 @@ def run(args: argparse.Namespace) -> int:
             videos = process_inputs(detector, inputs, writer, out_dir, args.draw_text, args.every_n,
                                     not args.no_annotate, crops_dir, graphs_dir, args.graph_every,
                                     pipelined=not args.no_pipeline, model_workers=args.model_workers,
-                                    per_track=args.per_track)
+                                    per_track=args.per_track, max_pixels=args.max_pixels)
             video_path = videos[0] if kind == "video" and videos else None
         completed = True
     finally:
         writer.close(complete=completed)  # also on Ctrl-C: every row so far, "complete": false
+        lock.release()
     s = writer.json["summary"]
     what = "frames" if kind in ("video", "camera") else "images and frames" if any(map(is_video, files)) \
         else "images"
@@ -326,7 +346,7 @@ def run_many(args: argparse.Namespace, detector: AUDetector, inputs, summary: di
                        annotate=not args.no_annotate, draw_text=args.draw_text, crops_dir=args.save_crops,
                        graph=args.graph, graph_every=args.graph_every, openface=args.openface_columns,
                        per_track=args.per_track, pipelined=not args.no_pipeline,
-                       model_workers=args.model_workers, detector=detector)
+                       model_workers=args.model_workers, detector=detector, max_pixels=args.max_pixels)
     print(f"processed {result['finished']} of {result['inputs']} inputs ({result['items']} images and frames): "
           f"{result['faces']} faces, {result['no_face']} without a face, {result['errors']} errors -> "
           f"{Path(args.output) / 'predictions.csv'}")

@@ -107,7 +107,7 @@ ENTRIES = {
     "demo.py": (lambda a: exit_code(demo.cli, a),
                 lambda t: ["--resume", str(t / "missing.pth"), "--input", str(REPO / "tests" / "data" / "camera.jpg"),
                            "--output", str(t / "demo")],
-                "missing.pth", (demo, "list_inputs")),
+                "missing.pth", (demo, "resolve_inputs")),
     "tool/check_images.py": (lambda a: exit_code(check_images.main, a), lambda t: ["--list-dir", str(t / "none")],
                              "no *_*_img_path_fold*.txt lists", (check_images, "resolve_folders")),
     "tool/crop_faces.py": (lambda a: exit_code(crop_faces.main, a),

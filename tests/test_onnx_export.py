@@ -315,9 +315,9 @@ def test_cli_help_has_examples():
 
 
 class Tiny(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, num_classes=4):
         super().__init__()
-        self.fc = torch.nn.Linear(3, 4)
+        self.fc = torch.nn.Linear(3, num_classes)
 
     def forward(self, x):
         return torch.sigmoid(self.fc(x.mean(dim=(2, 3))))
@@ -373,7 +373,8 @@ def test_importable_without_onnx(monkeypatch, tmp_path):
 def test_bench_onnx_tiny(monkeypatch, capsys, tmp_path):
     """bench/bench_onnx.py's plumbing, on a tiny model (the real ones take a minute to export)."""
     from bench import bench_onnx
-    monkeypatch.setattr(bench_onnx, "random_model", lambda *args: Tiny().eval())
+    # as many outputs as the AUs the file's metadata names (OnnxAUModel checks that they agree)
+    monkeypatch.setattr(bench_onnx, "random_model", lambda arc, stage, n, crop: Tiny(n).eval())
     bench_onnx.main(["--arcs", "resnet18", "--stages", "1", "--batch-sizes", "1", "2", "--threads", "1",
                      "--crop-size", "32", "--iters", "2", "--warmup", "0", "--markdown",
                      "--json", str(tmp_path / "b.json")])

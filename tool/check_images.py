@@ -9,9 +9,10 @@ undecodable file.
 The image paths come from every fold's train and test lists ({name}_*_img_path_fold*.txt in the
 list folder); each distinct file is checked the way training reads it (dataset.decode_image_file:
 a JPEG must end with its end-of-image marker FF D9 and a PNG with its IEND chunk, then a full
-decode) by a pool of worker processes. Every bad file goes to --output (default: bad_images.txt
-beside the list folder, in the data set's root), one "path<TAB>problem" per line, and the first
-ones are printed.
+decode) by a pool of worker processes; an image whose header says more than --max-pixels pixels
+is bad without being decoded. Every bad file goes to --output (default: bad_images.txt beside the
+list folder, in the data set's root), one "path<TAB>problem" per line, and the first ones are
+printed.
 
 Exit code 0: every image is good; 1: some are missing or bad; 2: the lists cannot be read.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from megraphau.data.lists import DatasetError, read_lines  # noqa: E402
 from megraphau.errors import check_writable_folder, run_cli
+from megraphau.inference.imagefiles import DEFAULT_MAX_PIXELS, pixel_problem
 
 
 def list_files(list_dir: Path, name: str | None) -> list[Path]:
@@ -46,19 +48,37 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # the pool is the parallelism
 
 
-def check_one(job: tuple[str, str]) -> tuple[str, str]:
-    """(relative path, '' or why the image cannot be used)."""
+def check_one(job: tuple) -> tuple[str, str]:
+    """(relative path, '' or why the image cannot be used); job: (root, relative path[, pixel
+    limit: a larger image is bad without being decoded; default DEFAULT_MAX_PIXELS, 0: none])."""
+    import cv2
+
     from megraphau.data.dataset import decode_image_file
 
-    root, rel = job
-    return rel, decode_image_file(Path(root) / rel)[1]
+    root, rel, max_pixels = (*job, DEFAULT_MAX_PIXELS)[:3]
+    path = Path(root) / rel
+    if max_pixels:
+        try:
+            with open(path, "rb") as handle:
+                problem = pixel_problem(handle.read(), max_pixels)
+        except OSError:
+            problem = ""  # decode_image_file says why
+        if problem:
+            return rel, problem
+    try:
+        return rel, decode_image_file(path)[1]
+    except cv2.error as err:  # e.g. OpenCV's own pixel limit
+        lines = str(err).strip().splitlines()
+        return rel, f"OpenCV cannot decode it ({lines[-1] if lines else 'OpenCV error'})"
 
 
-def check_images(img_dir: Path, paths: list[str], workers: int, progress: bool = True) -> list[tuple[str, str]]:
-    """[(path, problem)] of the bad images among `paths` (relative to img_dir), in list order."""
+def check_images(img_dir: Path, paths: list[str], workers: int, progress: bool = True,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> list[tuple[str, str]]:
+    """[(path, problem)] of the bad images among `paths` (relative to img_dir), in list order;
+    images over max_pixels (0: no limit) are bad without being decoded."""
     from tqdm import tqdm
 
-    jobs = [(str(img_dir), p) for p in paths]
+    jobs = [(str(img_dir), p, max_pixels) for p in paths]
     chunk = max(1, min(256, len(jobs) // (max(1, workers) * 16)))
     bar = tqdm(total=len(jobs), unit="img", disable=not progress, dynamic_ncols=True, desc="checking images")
     bad = []
@@ -98,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker processes (default: the CPU count - 1)")
     parser.add_argument("--output", default=None,
                         help="where the bad files are listed (default: bad_images.txt beside the list folder)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="an image whose header says more than N pixels is bad without being decoded "
+                             "(default %(default)s; 0: no limit)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -127,6 +150,8 @@ def run(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.max_pixels < 0:
+        parser.error(f"--max-pixels must be 0 (no limit) or more, got {args.max_pixels}")
     list_dir, img_dir, name = resolve_folders(args)
     lists = list_files(list_dir, name)
     paths = image_paths(lists)
@@ -134,7 +159,7 @@ def run(argv=None) -> int:
     check_writable_folder(output.parent, "folder of --output")  # before the long check, not after it
     print(f"checking {len(paths)} images of {len(lists)} lists in {list_dir} under {img_dir} "
           f"with {args.workers} workers")
-    bad = check_images(img_dir, paths, args.workers, progress=not args.no_progress)
+    bad = check_images(img_dir, paths, args.workers, progress=not args.no_progress, max_pixels=args.max_pixels)
     output.write_text("".join(f"{rel}\t{problem}\n" for rel, problem in bad))
     if not bad:
         print(f"all {len(paths)} images are readable; {output} is empty")

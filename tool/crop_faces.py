@@ -24,7 +24,9 @@ The crop geometry is a preset of :data:`faces.CROP_PRESETS`: by default the data
 Re-running skips outputs that already exist. Frames without a detected face are counted and
 listed in ``no_face.txt`` in the output folder; by default they are written as a centre crop so
 that the list files stay aligned with the frames (``--skip-no-face`` leaves them out).
-An unreadable image or video is an error naming it.
+An unreadable image or video is an error naming it; in an image tree every other image is
+still cropped, and each bad file is one line. File names need not be UTF-8. An image whose header
+claims more than --max-pixels pixels is not decoded (an error for that file).
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ from megraphau.inference.cropping import (
     preview_presets,
 )
 from megraphau.inference.faces import CROP_PRESETS
+from megraphau.inference.imagefiles import DEFAULT_MAX_PIXELS, ImageFileError, read_image, write_image
 
 #: Crop preset used when --preset is not given.
 DATASET_PRESETS = {"BP4D": "BP4D", "DISFA": "DISFA", "folder": "BP4D"}
@@ -56,12 +59,13 @@ PREVIEW_IMAGE = Path(__file__).resolve().parents[1] / "tests" / "data" / "astron
 
 
 def _write_preview(image_path: Path, out: Path) -> None:
-    image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise CropError(f"{image_path}: cannot read the image (corrupt or not an image file)")
+    try:
+        image = read_image(image_path)
+    except ImageFileError as err:
+        raise CropError(str(err)) from None
     preview = preview_presets(image)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), preview, [cv2.IMWRITE_JPEG_QUALITY, 85]):
+    if not write_image(out, preview, [cv2.IMWRITE_JPEG_QUALITY, 85]):
         raise CropError(f"{out}: could not write the preview")
     print(f"wrote {out}: {image_path.name} cropped with {', '.join(CROP_PRESETS)}")
 
@@ -106,6 +110,9 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                         help="do not write frames without a detected face (default: centre crop)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes (image trees: images in parallel; DISFA: videos)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="image trees: an image whose header says more than N pixels (width x height) "
+                             "is an error for that file, not decoded (default %(default)s; 0: no limit)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--preview-presets", metavar="OUT.jpg",
                         help="write --input's face cropped with every preset, side by side")
@@ -117,6 +124,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"{flag} must be in {low}..{high}, got {value}")
     if not 0 < args.min_face <= 1:
         parser.error(f"--min-face must be a fraction in (0, 1], got {args.min_face}")
+    if args.max_pixels < 0:
+        parser.error(f"--max-pixels must be 0 (no limit) or more, got {args.max_pixels}")
     if args.preview_presets:
         _write_preview(Path(args.input or PREVIEW_IMAGE), Path(args.preview_presets))
         return 0
@@ -127,11 +136,20 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
                   skip_no_face=args.skip_no_face, progress=not args.no_progress,
                   min_face=args.min_face, detect_size=args.detect_size or None,
                   workers=args.workers)
-    if args.dataset == "DISFA":
-        summary = crop_videos(args.input, args.output, redetect_every=args.redetect_every, **common)
-    else:
-        exts = (".jpg", ".jpeg") if args.dataset == "BP4D" else IMAGE_EXTENSIONS
-        summary = crop_image_tree(args.input, args.output, extensions=exts, **common)
+    try:
+        if args.dataset == "DISFA":
+            summary = crop_videos(args.input, args.output, redetect_every=args.redetect_every, **common)
+        else:
+            exts = (".jpg", ".jpeg") if args.dataset == "BP4D" else IMAGE_EXTENSIONS
+            summary = crop_image_tree(args.input, args.output, extensions=exts, max_pixels=args.max_pixels,
+                                      **common)
+    except CropError as err:
+        if err.summary is None:
+            raise  # the front door prints its one line
+        for line in err.summary.errors:  # one line per bad image; every other image was cropped
+            print(f"error: {line}", file=sys.stderr)
+        print(err.summary)
+        return 2
     print(summary)
     if summary.no_face:
         action = "left out" if args.skip_no_face else "written as centre crops"

@@ -19,6 +19,8 @@ writes anything:
   outputs (results.json, results.csv, test.log, args.yaml) and deletes nothing else: a test run
   never removes a checkpoint. --evaluate in the training scripts adds its results to the folder
   of the run it evaluates, refusing only earlier results there.
+- a demo (demo.py, kind 'demo') locks its --output folder the same way and refuses one that holds
+  an earlier demo's predictions unless --overwrite, which deletes them and its pictures first.
 
 Why test runs refuse too instead of timestamping results: a results.json is what people quote;
 replacing it silently loses a number someone may rely on, and the refusal costs one flag.
@@ -52,7 +54,11 @@ TRAINING_RESULTS = ("last.pth", "best.pth", "cur_model_fold*.pth", "epoch*_model
 TEST_RESULTS = ("results.json", "results.csv")
 #: what every run writes first; alone they mean a run that stopped before it had results
 LOGS = ("args.yaml", "train.log", "test.log")
-KINDS = ("train", "resume", "test", "evaluate")
+#: results of demo.py: an earlier demo is recognised by its prediction files; --overwrite also
+#: deletes its annotated/ and graphs/ pictures
+DEMO_RESULTS = ("predictions.csv", "predictions.jsonl", "predictions.json")
+DEMO_PICTURES = ("annotated/**/*", "graphs/**/*")
+KINDS = ("train", "resume", "test", "evaluate", "demo")
 
 
 class RunFolderError(UserError):
@@ -132,6 +138,8 @@ def check_earlier_run(folder: Path, kind: str, overwrite: bool, inputs=()) -> li
     """Apply the rule of the module docstring to a locked folder; returns the files removed."""
     if kind == "resume":
         return []
+    if kind == "demo":
+        return check_earlier_demo(folder, overwrite, inputs)
     earlier = outputs_in(folder, TEST_RESULTS if kind == "evaluate" else TRAINING_RESULTS + TEST_RESULTS)
     removable = outputs_in(folder, TRAINING_RESULTS + TEST_RESULTS + LOGS if kind == "train"
                            else TEST_RESULTS + ("test.log",))
@@ -153,8 +161,28 @@ def check_earlier_run(folder: Path, kind: str, overwrite: bool, inputs=()) -> li
     return removable
 
 
+def check_earlier_demo(folder: Path, overwrite: bool, inputs=()) -> list[Path]:
+    """demo.py's rule: an earlier demo's results are kept unless --overwrite, which deletes them
+    (and its pictures) first; returns the files removed."""
+    earlier = outputs_in(folder, DEMO_RESULTS)
+    if not earlier:
+        return []
+    if not overwrite:
+        raise RunFolderError(f"{folder} holds an earlier demo's results ({', '.join(p.name for p in earlier)}) "
+                             f"that this run would replace; choose another --output, or pass --overwrite to "
+                             f"replace them")
+    removable = outputs_in(folder, DEMO_RESULTS + DEMO_PICTURES)
+    needed = [Path(p) for p in inputs if p and Path(p).resolve() in {f.resolve() for f in removable}]
+    if needed:
+        raise RunFolderError(f"--overwrite would delete {needed[0]}, which this run reads; copy it out of "
+                             f"{folder} or choose another --output")
+    for path in removable:
+        path.unlink()
+    return removable
+
+
 def claim(folder: str | Path, kind: str, overwrite: bool = False, inputs=(), command: str | None = None) -> RunLock:
-    """Create and lock `folder` for a run of `kind` ('train', 'resume', 'test', 'evaluate') and apply
+    """Create and lock `folder` for a run of `kind` ('train', 'resume', 'test', 'evaluate', 'demo') and apply
     the earlier-run rule; returns the held RunLock (release it when the run ends). RunFolderError
     (one line) when the folder cannot be used."""
     if kind not in KINDS:

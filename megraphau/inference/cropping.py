@@ -3,7 +3,10 @@ found by MTCNN (faces.FaceDetector), its five landmarks warped onto a crop prese
 (faces.CROP_PRESETS), border replication where the crop leaves the frame; a centre crop where no
 face is found. crop_image_tree (any image tree, in worker processes with workers > 1) and
 crop_videos (DISFA's videos -> {SN}/{i}.png) skip outputs that exist, write atomically and list
-the frames without a face in no_face.txt. tool/crop_faces.py is their command line."""
+the frames without a face in no_face.txt. Files are read and written whatever their names (not
+UTF-8 included: imagefiles), and an image whose header claims more than max_pixels pixels is not
+decoded. A bad image in a tree is an error for that file: the others are cropped, then
+crop_image_tree raises one CropError listing them. tool/crop_faces.py is their command line."""
 from __future__ import annotations
 
 import multiprocessing
@@ -20,6 +23,14 @@ from tqdm import tqdm
 
 from megraphau.errors import UserError
 from megraphau.inference.faces import CROP_PRESETS, FaceDetector, FaceTracker, align_crop, centre_crop
+from megraphau.inference.imagefiles import (
+    DEFAULT_MAX_PIXELS,
+    ImageFileError,
+    display_name,
+    opencv_path,
+    read_image,
+    write_image,
+)
 
 __all__ = ["CropError", "CropSummary", "DETECT_SIZE", "IMAGE_EXTENSIONS", "NO_FACE_FILE", "VIDEO_EXTENSIONS",
            "crop_file", "crop_image", "crop_image_tree", "crop_videos", "find_disfa_videos", "preview_presets",
@@ -36,7 +47,12 @@ _SUBJECT_RE = re.compile(r"(SN\d+)", re.IGNORECASE)
 
 
 class CropError(UserError, RuntimeError):
-    """Bad input: unreadable image/video, missing folder, ambiguous DISFA videos."""
+    """Bad input: unreadable image/video, missing folder, ambiguous DISFA videos. `summary`: what
+    a tree run did before it raised (its bad files in summary.errors), else None."""
+
+    def __init__(self, message: str, summary: Optional[CropSummary] = None):
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass
@@ -46,10 +62,12 @@ class CropSummary:
     written: int = 0
     skipped: int = 0
     no_face: List[str] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)  # one line per image that could not be cropped
 
     def __str__(self) -> str:
         return (f"{self.written} crops written, {self.skipped} already present, "
-                f"{len(self.no_face)} frames without a detected face")
+                f"{len(self.no_face)} frames without a detected face"
+                + (f", {len(self.errors)} images could not be read" if self.errors else ""))
 
 
 def crop_image(detector: FaceDetector, image: np.ndarray, size: int = 256, preset: str = "BP4D",
@@ -78,8 +96,8 @@ def _write(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix.lower() in (".jpg", ".jpeg") else []
-    if not cv2.imwrite(str(tmp), image, params):
-        raise CropError(f"{path}: could not write the crop")
+    if not write_image(tmp, image, params):  # any file name (imagefiles)
+        raise CropError(f"{display_name(path)}: could not write the crop")
     os.replace(tmp, path)
 
 
@@ -92,13 +110,13 @@ def _progress(iterable, total, desc, enabled):
 
 def _record_no_face(output: Path, entries: Iterable[str]) -> None:
     """Merge the no-face frames of this run into ``output/no_face.txt`` (sorted, unique)."""
-    entries = set(entries)
+    entries = {display_name(e) for e in entries}  # names that are not UTF-8 as \xNN: the list stays UTF-8
     path = output / NO_FACE_FILE
     if path.exists():
-        entries |= {line for line in path.read_text().splitlines() if line}
+        entries |= {line for line in path.read_text(encoding="utf-8").splitlines() if line}
     if entries:
         output.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{e}\n" for e in sorted(entries)))
+        path.write_text("".join(f"{e}\n" for e in sorted(entries)), encoding="utf-8")
 
 
 def _output_name(rel: Path) -> Path:
@@ -130,9 +148,10 @@ def crop_file(job, detector: Optional[FaceDetector] = None) -> Tuple[str, bool, 
     """Crop one image file. job = (source, destination, rel, options). Returns
     (rel, face_found, written)."""
     path, out, rel, opt = job
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise CropError(f"{path}: cannot read the image (corrupt or not an image file)")
+    try:
+        image = read_image(path, opt.get("max_pixels", DEFAULT_MAX_PIXELS))
+    except ImageFileError as err:
+        raise CropError(str(err)) from None
     crop, found = crop_image(detector or _WORKER_DETECTOR, image, opt["size"], opt["preset"],
                              opt["min_face"], opt["detect_size"])
     if not found and opt["skip_no_face"]:
@@ -141,13 +160,24 @@ def crop_file(job, detector: Optional[FaceDetector] = None) -> Tuple[str, bool, 
     return rel, found, True
 
 
+def _crop_job(job, detector: Optional[FaceDetector] = None) -> Tuple[str, bool, bool, str]:
+    """crop_file, its CropError returned as text: (rel, face_found, written, error or '')."""
+    try:
+        return (*crop_file(job, detector), "")
+    except CropError as err:
+        return job[2], True, False, str(err)
+
+
 def crop_image_tree(input_dir, output_dir, detector: Optional[FaceDetector] = None, size: int = 256,
                     preset: str = "BP4D", skip_no_face: bool = False,
                     extensions: Sequence[str] = IMAGE_EXTENSIONS, progress: bool = True,
                     min_face: float = 0.1, detect_size: Optional[int] = DETECT_SIZE,
-                    workers: int = 1) -> CropSummary:
+                    workers: int = 1, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> CropSummary:
     """Crop every image under ``input_dir`` to the same relative path under ``output_dir``
-    with crop preset ``preset`` (``workers`` > 1: that many processes)."""
+    with crop preset ``preset`` (``workers`` > 1: that many processes). ``max_pixels``: images
+    whose header claims more pixels are not decoded (None or 0: no limit). An image that cannot
+    be read is an error for that file: every other image is cropped, then CropError (its
+    message: the first bad file and how many more; .summary.errors: one line per file)."""
     _check_preset(preset)
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
@@ -159,7 +189,7 @@ def crop_image_tree(input_dir, output_dir, detector: Optional[FaceDetector] = No
         raise CropError(f"{input_dir}: no images with extension {'/'.join(extensions)} found")
     detector = detector or FaceDetector()
     opt = dict(size=size, preset=preset, min_face=min_face, detect_size=detect_size,
-               skip_no_face=skip_no_face)
+               skip_no_face=skip_no_face, max_pixels=max_pixels)
     summary = CropSummary()
     jobs = []
     for path in files:
@@ -170,17 +200,22 @@ def crop_image_tree(input_dir, output_dir, detector: Optional[FaceDetector] = No
             jobs.append((path, output_dir / rel, rel.as_posix(), opt))
     if workers > 1 and len(jobs) > 1:
         with worker_pool(workers, detector) as pool:
-            results = _progress(pool.map(crop_file, jobs, chunksize=8), len(jobs), "cropping",
+            results = _progress(pool.map(_crop_job, jobs, chunksize=8), len(jobs), "cropping",
                                 progress)
             outcomes = list(results)
     else:
-        outcomes = [crop_file(job, detector)
+        outcomes = [_crop_job(job, detector)
                     for job in _progress(jobs, len(jobs), "cropping", progress)]
-    for rel, found, written in outcomes:
+    for rel, found, written, error in outcomes:
         summary.written += written
-        if not found:
+        if error:
+            summary.errors.append(error)
+        elif not found:
             summary.no_face.append(rel)
     _record_no_face(output_dir, summary.no_face)
+    if summary.errors:
+        more = f" (and {len(summary.errors) - 1} more images)" if len(summary.errors) > 1 else ""
+        raise CropError(summary.errors[0] + more, summary)
     return summary
 
 
@@ -223,7 +258,10 @@ def _crop_video(subject: str, video: Path, output_dir: Path, opt: dict, progress
     if opt["redetect_every"] > 1:
         tracker = FaceTracker(detector, redetect_every=opt["redetect_every"])
     summary = CropSummary()
-    cap = cv2.VideoCapture(str(video))
+    try:
+        cap = cv2.VideoCapture(opencv_path(video))
+    except ImageFileError as err:
+        raise CropError(str(err)) from None
     if not cap.isOpened():
         raise CropError(f"{video}: cannot open the video (corrupt file or missing codec)")
     bar = None

@@ -102,26 +102,33 @@ def neighbor_num_for(num_classes: int) -> int:
 
 def resolve_au_set(facts: dict, dataset: Optional[str] = None) -> tuple[list, Optional[list]]:
     """(au_names, au_descriptions) of a model: `dataset` when given (it must have as many AUs,
-    and the same names when the checkpoint carries names), else the names the checkpoint
-    carries, else the known set of its AU count."""
+    and the same names when the checkpoint carries names for its outputs), else the names the
+    checkpoint carries, else the known set of its AU count. The weights decide the count: a file
+    whose stored names are not one per output is refused (its names belong to another model),
+    unless `dataset` names the outputs."""
     n, source = facts["num_classes"], facts.get("source")
+    stored = facts.get("au_names")
+    if stored and len(stored) != n and not dataset:
+        raise InferenceError(f"{source} names {len(stored)} AUs ({' '.join(map(str, stored))}) but its weights "
+                             f"predict {n}: the names do not belong to these weights; pass --dataset CONFIG "
+                             f"naming its {n} AUs")
     if dataset:
         cfg = load_au_config(dataset)
         if len(cfg["au_names"]) != n:
             raise InferenceError(f"--dataset {cfg.get('config_path', cfg.get('name'))} names "
                                  f"{len(cfg['au_names'])} AUs but {source} predicts {n}")
-        stored = facts.get("au_names")
-        if stored and list(stored) != list(cfg["au_names"]):
+        if stored and len(stored) == n and list(stored) != list(cfg["au_names"]):
             raise InferenceError(f"--dataset {cfg.get('name')} names the AUs {list(cfg['au_names'])} but {source} "
                                  f"stores {list(stored)}; drop --dataset (the file decides)")
         return list(cfg["au_names"]), cfg.get("au_descriptions")
-    names = facts.get("au_names")
-    if names and len(names) == n:
+    if stored:
         descriptions = facts.get("au_descriptions")
+        if descriptions is not None and len(descriptions) != n:
+            descriptions = None  # not one per AU: not shown
         if descriptions is None and n in AU_SET_FOR_NUM_CLASSES:  # older project files: names only
             known = load_au_config(AU_SET_FOR_NUM_CLASSES[n])
-            descriptions = known.get("au_descriptions") if list(known["au_names"]) == list(names) else None
-        return list(names), descriptions
+            descriptions = known.get("au_descriptions") if list(known["au_names"]) == list(stored) else None
+        return list(stored), descriptions
     if n in AU_SET_FOR_NUM_CLASSES:
         cfg = load_au_config(AU_SET_FOR_NUM_CLASSES[n])
         return list(cfg["au_names"]), cfg.get("au_descriptions")

@@ -19,11 +19,13 @@ def annotate(image_bgr: np.ndarray, faces: Sequence, au_names: Sequence[str],
     """The image with face boxes, plus a panel on its right listing, for each face, every AU
     (name, description if given) with a probability bar; AUs at or above the threshold in green.
 
-    faces: inference.FaceResult objects (box, probs), largest first. Small images are enlarged
+    faces: inference.FaceResult objects (box, probs), largest first; a face whose probabilities
+    are not all finite (NaN/Inf: a broken model) is not drawn. Small images are enlarged
     first (to 540 px high) and the font follows the image height, so the text stays readable
     whatever the input size. panel_faces: a panel of exactly this many face columns (the largest
     faces; empty columns when fewer), so that every frame of a video has the same size.
     """
+    faces = [f for f in faces if np.isfinite(np.asarray(f.probs, np.float64)).all()]
     image = image_bgr if image_bgr.ndim == 3 else cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
     image = image[:, :, :3].copy()
     h0 = image.shape[0]

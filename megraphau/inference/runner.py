@@ -9,19 +9,21 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-import cv2
 import numpy as np
 
 from megraphau.analysis.timeseries import plot_track_csv
 from megraphau.inference.detector import AUDetector
 from megraphau.inference.drawing import annotate
+from megraphau.inference.imagefiles import DEFAULT_MAX_PIXELS, display_name, write_image
 from megraphau.inference.inputs import (
     DemoError,
     InputSet,
+    VideoStats,
     camera_frames,
     is_video,
     read_bgr_image,
@@ -66,32 +68,60 @@ def _progress(iterable, total=None, desc=""):
                 dynamic_ncols=True, leave=False)
 
 
+class DetectSizeHint:
+    """Says once per run, on stderr, that a face may have been missed in a large image or frame:
+    full detections run on a copy scaled to the detector's detect_size, where a face that is
+    small in a large frame falls under MTCNN's smallest face."""
+
+    def __init__(self, detector: AUDetector):
+        face_detector = detector.face_detector
+        self.size = None if face_detector is None else face_detector.detect_size
+        self.min_face = None if face_detector is None else face_detector.min_face_size
+        self.said = False
+
+    def check(self, name: str, image: np.ndarray, faces) -> None:
+        h, w = image.shape[:2]
+        if self.said or faces or self.size is None or max(h, w) <= self.size:
+            return
+        self.said = True
+        smallest = math.ceil(self.min_face * max(h, w) / self.size)
+        print(f"note: no face found in {display_name(name)} ({w} x {h} pixels): face detection runs on a copy "
+              f"scaled to {self.size} pixels on its longer side, which misses faces under about {smallest} "
+              f"pixels here; --detect-size 0 (full size) or a larger value may help", file=sys.stderr, flush=True)
+
+
 def process_images(detector: AUDetector, files: list[Path], root: Path, writer: ResultWriter,
                    out_dir: Path, draw_text: bool, annotate_images: bool = True,
                    crops_dir: Optional[Path] = None, graphs_dir: Optional[Path] = None,
-                   rel_of=None) -> None:
-    """Images in batches (faces of several images share one model batch); unreadable files are
-    reported and skipped. rel_of: path -> its name in the outputs (default: relative to root, a
-    file's name when root is not a folder)."""
+                   rel_of=None, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> None:
+    """Images in batches (faces of several images share one model batch); unreadable files and
+    images over max_pixels (None or 0: no limit) are reported and skipped, and so is each face
+    whose AU probabilities are not finite (writer.finite_faces). rel_of: path -> its name in the
+    outputs (default: relative to root, a file's name when root is not a folder)."""
     show = _progress(files, total=len(files), desc="images") if len(files) > 1 else files
     it = iter(show)
+    hint = DetectSizeHint(detector)
     for chunk in batched(it, max(1, detector.batch_size)):
         loaded = []
         for path in chunk:
             rel = rel_of(path) if rel_of is not None else path.relative_to(root) if root.is_dir() else Path(path.name)
             try:
-                loaded.append((rel, read_bgr_image(path)))
+                loaded.append((rel, read_bgr_image(path, max_pixels)))
             except DemoError as err:
                 writer.error(str(rel), str(err))
         results = detector.predict_images([img for _, img in loaded], keep_crops=crops_dir is not None)
         for (rel, image), faces in zip(loaded, results):
+            faces = writer.finite_faces(rel.as_posix(), None, faces)
+            if faces is None:  # every face's probabilities were NaN/Inf: an error, not a result
+                continue
+            hint.check(rel.as_posix(), image, faces)
             graphs = save_graphs(graphs_dir, out_dir, rel, None, faces, detector)
             writer.add(rel.as_posix(), None, faces, graphs)
             save_crops(crops_dir, rel, None, faces)
             if annotate_images:
                 drawn = annotate(image, faces, detector.au_names,
                                  detector.au_descriptions if draw_text else None, detector.threshold)
-                cv2.imwrite(str(annotated_path(out_dir, rel)), drawn)
+                write_image(annotated_path(out_dir, rel), drawn)  # any file name (imagefiles)
         writer.flush()
 
 
@@ -161,26 +191,32 @@ def process_video(detector: AUDetector, path: Path, writer: ResultWriter, out_di
     batches at a time; False: one thread. Each face carries its track id (the person).
     Rows are flushed to the output files after every batch of frames. times: a StageTimes that
     receives each stage's busy time. rel: the video's name in the outputs (default: its file
-    name); tracks: also one CSV per person (tracking.TrackCsvWriter, flushed with the rows)."""
+    name); tracks: also one CSV per person (tracking.TrackCsvWriter, flushed with the rows).
+    Timestamps (OpenFace columns, track CSVs) are the decoder's (inputs.video_frames); frames that
+    could not be decoded are reported as one error, and faces whose AU probabilities are not
+    finite as errors (writer.finite_faces)."""
     fps, total, _ = video_info(path)
     expected = math.ceil(total / every_n) if total else None
     if max_frames is not None:
         expected = min(expected, max_frames) if expected else max_frames
-    frames = video_frames(path, every_n)
+    stats = VideoStats()
+    frames = video_frames(path, every_n, stats)
     if max_frames is not None:
         frames = itertools.islice(frames, max_frames)
     return _run_frames(detector, frames, Path(path.name) if rel is None else rel, fps, every_n, expected, writer,
                        out_dir, draw_text, annotate_video, crops_dir, graphs_dir, graph_every, pipelined, times,
-                       progress, model_workers, tracks)
+                       progress, model_workers, tracks, stats=stats, source=path)
 
 
 def _run_frames(detector: AUDetector, frames, rel: Path, fps: float, every_n: int, expected: Optional[int],
                 writer: ResultWriter, out_dir: Path, draw_text: bool, annotate_video: bool,
                 crops_dir: Optional[Path], graphs_dir: Optional[Path], graph_every: int, pipelined: bool,
                 times: Optional[StageTimes], progress: bool, model_workers: int,
-                tracks: Optional[TrackCsvWriter], live: bool = False) -> Optional[Path]:
+                tracks: Optional[TrackCsvWriter], live: bool = False, stats: Optional[VideoStats] = None,
+                source: Optional[Path] = None) -> Optional[Path]:
     """process_video's and process_camera's loop over (index, frame) pairs; live: flush and print
-    a line after every frame."""
+    a line after every frame. stats: the decoder's VideoStats of the video file `source` (its
+    timestamps, else index / fps; its undecodable frames: one error at the end)."""
     keep = crops_dir is not None
     if pipelined:
         results = VideoPipeline(detector, frames, track=True, keep_crops=keep, model_workers=model_workers)
@@ -194,16 +230,22 @@ def _run_frames(detector: AUDetector, frames, rel: Path, fps: float, every_n: in
     columns = detector.max_faces
     shown = _progress(results, total=expected, desc="video") if progress else results
     flush_every = 1 if live else max(1, detector.batch_size)
+    hint = DetectSizeHint(detector)
     try:
         for n, (index, frame, faces) in enumerate(shown, 1):
-            graphs = save_graphs(graphs_dir, out_dir, rel, index, faces, detector) \
-                if (n - 1) % graph_every == 0 else {}
-            writer.add(name, index, faces, graphs, timestamp=index / fps)
-            save_crops(crops_dir, rel, index, faces)
-            if tracks is not None:
-                for face in faces:
-                    tracks.add({"frame": index, "time": index / fps, "track_id": face.track_id,
-                                "probs": dict(zip(detector.au_names, face.probs))})
+            timestamp = stats.timestamps.pop(index, index / fps) if stats is not None else index / fps
+            faces = writer.finite_faces(name, index, faces)
+            if faces is not None:  # None: every face's probabilities were NaN/Inf (an error, not a result)
+                hint.check(name, frame, faces)
+                graphs = save_graphs(graphs_dir, out_dir, rel, index, faces, detector) \
+                    if (n - 1) % graph_every == 0 else {}
+                writer.add(name, index, faces, graphs, timestamp=timestamp)
+                save_crops(crops_dir, rel, index, faces)
+                if tracks is not None:
+                    for face in faces:
+                        tracks.add({"frame": index, "time": timestamp, "track_id": face.track_id,
+                                    "probs": dict(zip(detector.au_names, face.probs))})
+            faces = faces or []  # a frame whose faces all gave NaN/Inf shows none
             if n % flush_every == 0:
                 writer.flush()
                 if tracks is not None:
@@ -226,6 +268,10 @@ def _run_frames(detector: AUDetector, frames, rel: Path, fps: float, every_n: in
             tracks.flush()
         if video is not None:
             video.release()
+    if stats is not None and stats.undecodable:
+        writer.error(name, f"{display_name(source or name)}: {stats.undecodable} frames could not be decoded (a "
+                           f"damaged file or an unsupported codec); the {stats.decoded} decoded frames are in the "
+                           f"outputs")
     return None if video is None else video.path
 
 
@@ -276,17 +322,19 @@ def write_track_figures(paths: dict, name: str, threshold: float) -> list:
 def process_inputs(detector: AUDetector, inputs: InputSet, writer: ResultWriter, out_dir: Path, draw_text: bool,
                    every_n: int = 1, annotate: bool = True, crops_dir: Optional[Path] = None,
                    graphs_dir: Optional[Path] = None, graph_every: int = 1, pipelined: bool = True,
-                   model_workers: int = 1, per_track: bool = False) -> list:
+                   model_workers: int = 1, per_track: bool = False,
+                   max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> list:
     """The images and videos of `inputs` in their order: runs of consecutive images share model
     batches (process_images), each video goes through process_video; a file that cannot be read
     is recorded (writer.error: its one line) and the run goes on. per_track: one CSV and one
-    figure per person of each video (tracks_folder). Returns the annotated videos written."""
+    figure per person of each video (tracks_folder); max_pixels: process_images' pixel limit.
+    Returns the annotated videos written."""
     videos, pending = [], []
 
     def flush_images():
         if pending:
             process_images(detector, pending, inputs.root, writer, out_dir, draw_text, annotate, crops_dir,
-                           graphs_dir, rel_of=inputs.rel)
+                           graphs_dir, rel_of=inputs.rel, max_pixels=max_pixels)
             pending.clear()
 
     for path in inputs.files:

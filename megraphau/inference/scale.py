@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from megraphau.inference.detector import AUDetector
+from megraphau.inference.imagefiles import DEFAULT_MAX_PIXELS
 from megraphau.inference.inputs import DemoError, InputSet, is_video, resolve_inputs
 from megraphau.inference.manifest import Manifest
 from megraphau.inference.runner import (
@@ -73,7 +74,8 @@ class InputWorker:
 
     job: the run's settings (run_scale makes it): "detector" (AUDetector keyword arguments),
     "threads", "out_dir", "every_n", "annotate", "draw_text", "crops_dir", "graph",
-    "graph_every", "openface", "per_track", "pipelined", "model_workers".
+    "graph_every", "openface", "per_track", "pipelined", "model_workers", "max_pixels" (images over
+    it are errors, not decoded).
     Called by Ray Data with a batch {"path": [...], "name": [...]}; returns their records.
     """
 
@@ -110,7 +112,8 @@ class InputWorker:
                               model_workers=job["model_workers"], progress=False, rel=rel, tracks=tracks)
             else:
                 process_images(det, [path], path.parent, writer, out_dir, job["draw_text"], job["annotate"],
-                               crops_dir, graphs_dir, rel_of=lambda _: rel)
+                               crops_dir, graphs_dir, rel_of=lambda _: rel,
+                               max_pixels=job.get("max_pixels", DEFAULT_MAX_PIXELS))
         except DemoError as err:
             writer.error(name, str(err))
         except Exception as err:  # noqa: BLE001 - one input's failure must not end a run of thousands
@@ -203,6 +206,7 @@ def run_scale(inputs: Union[InputSet, str, Path], out_dir: Union[str, Path], det
               every_n: int = 1, annotate: bool = True, draw_text: bool = False, crops_dir: Optional[str] = None,
               graph: bool = False, graph_every: int = 1, openface: bool = False, per_track: bool = False,
               pipelined: bool = True, model_workers: int = 1, restart: bool = False,
+              max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
               progress: bool = True, detector: Optional[AUDetector] = None) -> dict:
     """Every input through InputWorkers (engine "ray": `workers` Ray actors, on the cluster at
     `ray_address` or a local one; "local": one worker in this process), then predictions.* merged
@@ -233,7 +237,8 @@ def run_scale(inputs: Union[InputSet, str, Path], out_dir: Union[str, Path], det
     job = {"detector": worker_detector, "threads": threads, "out_dir": str(out_dir), "every_n": int(every_n),
            "annotate": bool(annotate), "draw_text": bool(draw_text), "crops_dir": None if crops_dir is None
            else str(crops_dir), "graph": bool(graph), "graph_every": int(graph_every), "openface": bool(openface),
-           "per_track": bool(per_track), "pipelined": bool(pipelined), "model_workers": int(model_workers)}
+           "per_track": bool(per_track), "pipelined": bool(pipelined), "model_workers": int(model_workers),
+           "max_pixels": max_pixels}
     settings = {"detector": {k: str(v) if isinstance(v, Path) else v for k, v in detector_options.items()
                              if k not in _DETECTOR_RUNTIME}, **{k: job[k] for k in _ROW_SETTINGS}}
     # the driver's model: the AU names and settings of the merged files (no face detector)

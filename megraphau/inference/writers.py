@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import shlex
 import sys
 import textwrap
 from pathlib import Path
@@ -34,13 +35,15 @@ import cv2
 import numpy as np
 
 from megraphau.analysis import plots
+from megraphau.engine import run_folder
 from megraphau.inference.detector import AUDetector, FaceResult
 from megraphau.inference.drawing import letterbox
+from megraphau.inference.imagefiles import display_name, opencv_path, write_image
 from megraphau.inference.inputs import DemoError
 from megraphau.model.facts import OPENGRAPHAU_NUM_MAIN as OPENGRAPHAU_MAIN_AUS
 
-__all__ = ["OPENFACE_HELP", "PAIR_PROBS_NOTE", "AnnotatedVideo", "ResultWriter", "annotated_path", "compact_json",
-           "graph_title", "openface_au_name", "save_crops", "save_graphs"]
+__all__ = ["OPENFACE_HELP", "PAIR_PROBS_NOTE", "AnnotatedVideo", "ResultWriter", "annotated_path", "claim_output",
+           "compact_json", "graph_title", "openface_au_name", "save_crops", "save_graphs"]
 
 #: what --openface-columns writes (demo.py's help text)
 OPENFACE_HELP = ("write predictions.csv with OpenFace's column names, for tools that read OpenFace "
@@ -57,6 +60,22 @@ def openface_au_name(name: str) -> str:
     right AUs keep their side letter before the zero-padded number); other names unchanged."""
     match = re.fullmatch(r"AU([LR]?)(\d+)", name)
     return f"AU{match[1]}{int(match[2]):02d}" if match else name
+
+
+def claim_output(out_dir: Path, overwrite: bool, inputs=(), resume: bool = False):
+    """Lock the demo's output folder for this run, like a training run's folder
+    (run_folder.claim, kind 'demo'): a second demo into it at the same time is refused naming the
+    first; an earlier demo's predictions are kept unless `overwrite`. resume: the run continues
+    the folder's earlier run (--engine ray/local with its manifest.jsonl, scale.py): locked, its
+    files kept whatever `overwrite` says (kind 'resume'). Returns the held lock (release() it at
+    the end; the process's end releases it anyway). run_folder.RunFolderError (one line) when the
+    folder cannot be used."""
+    command = display_name(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))  # names need not be UTF-8
+    try:
+        return run_folder.claim(out_dir, "resume" if resume else "demo", overwrite, inputs=inputs, command=command)
+    except run_folder.RunFolderError as err:  # its words name the training scripts' --output-dir
+        raise run_folder.RunFolderError(str(err).replace("--exp-name or --output-dir", "--output")
+                                        .replace("--output-dir", "--output")) from None
 
 
 class ResultWriter:
@@ -107,15 +126,43 @@ class ResultWriter:
                          complete=False, errors=[])
         self.n_items = self.n_faces = self.n_no_face = 0
         self.echo_errors = True  #: error() prints the line (the per-input parts of scale.py: the driver does)
+        self.model_name = display_name(getattr(detector, "checkpoint", None) or "the model")
+        self._non_finite_said = False
         self.flush()
         if summary_json:
             self._write_json(with_results=False)
+
+    def finite_faces(self, file: str, frame: Optional[int], faces: Sequence[FaceResult]) -> Optional[list]:
+        """The faces whose AU probabilities are all finite. Each other face is an error (NaN or
+        Inf probabilities come from non-finite weights, or an input the model overflows on):
+        listed in predictions.json's errors, never drawn or written as a result; the first one
+        is printed, naming the model file. None when the image or frame had faces and none is
+        finite (it is an error, not an image without a face)."""
+        finite = [bool(np.isfinite(np.asarray(f.probs, np.float64)).all()) for f in faces]
+        if all(finite):
+            return list(faces)
+        where = display_name(file) + ("" if frame is None else f" frame {frame}")
+        for face, ok in zip(faces, finite):
+            if ok:
+                continue
+            message = (f"{self.model_name}: the model's AU probabilities for {where} face {face.index} are not "
+                       f"finite (NaN or Inf): its weights are not finite, or this input overflows it; the face "
+                       f"is left out of the outputs")
+            self.json["errors"].append({"file": display_name(file), "frame": frame, "face": face.index,
+                                        "error": message})
+            if self.echo_errors and not self._non_finite_said:  # one line, not one per face: the rest are listed
+                self._non_finite_said = True
+                print(f"error: {message} (every such face is listed in predictions.json's errors)",
+                      file=sys.stderr, flush=True)
+        return [face for face, ok in zip(faces, finite) if ok] or None
 
     def add(self, file: str, frame: Optional[int], faces: Sequence[FaceResult],
             graphs: Optional[dict] = None, timestamp: Optional[float] = None) -> None:
         """One image (frame None) or video frame and its faces; graphs: {face index: path of its
         --graph picture, relative to the output folder}; timestamp: the frame's time in seconds
-        (OpenFace columns)."""
+        (OpenFace columns). File names that are not UTF-8 are written with \\xNN escapes
+        (imagefiles.display_name), so the files stay valid UTF-8."""
+        file = display_name(file)
         self.n_items += 1
         if not faces:
             self.n_no_face += 1
@@ -133,7 +180,7 @@ class ResultWriter:
         entries = [f.as_dict(self.names) for f in faces]
         for face, entry in zip(faces, entries):
             if graphs and face.index in graphs:
-                entry["graph"] = graphs[face.index]
+                entry["graph"] = display_name(graphs[face.index])
         result = {"file": file, "frame": frame, "no_face": not faces, "faces": entries}
         self._jsonl_text.write(json.dumps(result) + "\n")
 
@@ -165,7 +212,8 @@ class ResultWriter:
 
     def error(self, file: str, message: str, echo: Optional[bool] = None) -> None:
         """Record an input that failed; echo (default: the writer's echo_errors) prints its one
-        line to stderr too."""
+        line to stderr too. Names that are not UTF-8 are kept as \\xNN (imagefiles.display_name)."""
+        file, message = display_name(file), display_name(message)
         if self.echo_errors if echo is None else echo:
             print(f"error: {message}", file=sys.stderr, flush=True)
         self.json["errors"].append({"file": file, "error": message})
@@ -262,7 +310,11 @@ def open_video_writer(path_stem: Path, fps: float, size: tuple[int, int]) -> tup
     """An mp4v .mp4 writer, or MJPG .avi where this OpenCV build cannot write mp4."""
     for suffix, codec in ((".mp4", "mp4v"), (".avi", "MJPG")):
         path = path_stem.with_suffix(suffix)
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+        try:
+            name = opencv_path(path)
+        except ValueError as err:  # imagefiles.ImageFileError: a name OpenCV cannot open
+            raise DemoError(str(err)) from None
+        writer = cv2.VideoWriter(name, cv2.VideoWriter_fourcc(*codec), fps, size)
         if writer.isOpened():
             return writer, path
         writer.release()
@@ -306,7 +358,7 @@ def save_crops(crops_dir: Optional[Path], rel: Path, frame: Optional[int], faces
     for face in faces:
         path = crops_dir / f"{stem}_face{face.index}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), face.crop)
+        write_image(path, face.crop)  # any file name (imagefiles)
 
 
 def graph_title(detector: AUDetector, name: str) -> str:
@@ -333,7 +385,7 @@ def save_graphs(graphs_dir: Optional[Path], out_dir: Path, rel: Path, frame: Opt
     for face in faces:
         path = graphs_dir / f"{stem}_face{face.index}.png"
         pairs = face.pair_probs
-        name = rel.as_posix() + ("" if frame is None else f" frame {frame}") + f" face {face.index}"
+        name = display_name(rel.as_posix()) + ("" if frame is None else f" frame {frame}") + f" face {face.index}"
         plots.draw_au_graph(detector.au_names[:n], face.probs[:n], None if pairs is None else pairs["p_both"], path,
                             title=graph_title(detector, name), threshold=detector.threshold, write_numbers=False)
         written[face.index] = path.relative_to(out_dir).as_posix() if path.is_relative_to(out_dir) else str(path)

@@ -244,6 +244,7 @@ def export_onnx(loaded: LoadedModel | tuple, path: str | os.PathLike, opset: int
     if opset is not None and int(opset) < MIN_OPSET:
         raise OnnxExportError(f"opset {opset}: the dynamo exporter writes opset {MIN_OPSET} or newer")
     model, facts = _model_and_facts(loaded)
+    _check_finite_weights(model, facts)
     weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     if weight_bytes > 1.8e9:
         raise OnnxExportError(f"the model holds {weight_bytes / 1e9:.1f} GB of weights; a single .onnx file "
@@ -309,6 +310,17 @@ def export_onnx(loaded: LoadedModel | tuple, path: str | os.PathLike, opset: int
         model.train(was_training)
 
 
+def _check_finite_weights(model: nn.Module, facts: dict) -> None:
+    """ValueError naming the checkpoint when weights or buffers hold NaN or Inf: every output would
+    be NaN, and the verification would blame ONNX Runtime for it."""
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{facts.get('source') or 'the model'}: {len(bad)} of {len(tensors)} weight tensors hold "
+                         f"NaN or Inf (first: {bad[0]}), so its outputs are not finite; not exported")
+
+
 def _remove(path: Path) -> None:
     path.unlink(missing_ok=True)
 
@@ -354,6 +366,11 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, crop_size: int,
             images = torch.randn(batch, 3, crop_size, crop_size, generator=generator)
             with torch.no_grad():
                 ref = [t.detach().float().cpu().numpy() for t in _as_outputs(model(images.to(device)))]
+            broken = [name for name, r in zip(session.output_names, ref) if not np.isfinite(r).all()]
+            if broken:  # PyTorch's own result: nothing to compare ONNX Runtime with
+                raise OnnxVerificationError(f"the PyTorch model's own {', '.join(broken)} are not finite (NaN or Inf) "
+                                            f"at batch {batch}: its weights or outputs are broken, not the ONNX "
+                                            f"export", {"batches": per_batch, "non_finite": broken})
             ours = session.run(images.numpy())
             if len(ours) != len(ref):
                 raise OnnxVerificationError(f"ONNX model returns {len(ours)} outputs, PyTorch {len(ref)}",
@@ -475,12 +492,33 @@ class OnnxAUModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         props = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY in props:
-            self.metadata = json.loads(props[METADATA_KEY])
+            try:
+                self.metadata = json.loads(props[METADATA_KEY])
+            except ValueError as err:
+                raise OnnxModelError(f"{self.path}: its '{METADATA_KEY}' metadata is not valid JSON ({err}); "
+                                     f"export the model again with tool/export_onnx.py") from None
+            if not isinstance(self.metadata, dict) or not isinstance(self.metadata.get("facts", {}), dict):
+                raise OnnxModelError(f"{self.path}: its '{METADATA_KEY}' metadata is not a JSON object with "
+                                     f"'facts'; export the model again with tool/export_onnx.py")
+            if require_metadata:  # loading for inference (verify_onnx compares the raw graph with PyTorch)
+                self._check_au_count()
         elif require_metadata:
             raise OnnxModelError(f"{self.path}: no '{METADATA_KEY}' metadata; export the model with "
                                  f"tool/export_onnx.py")
         else:
             self.metadata = {}
+
+    def _check_au_count(self) -> None:
+        """The weights decide the AU count: OnnxModelError naming the file when the metadata's
+        num_classes or au_names disagree with the graph's probs output (static in exported files)."""
+        shape = self.session.get_outputs()[0].shape
+        outputs, names = (shape[-1] if shape else None), self.facts.get("au_names")
+        claims = {"num_classes": self.facts.get("num_classes"), "au_names": len(names) if names else None}
+        wrong = [f"{v} AUs ({k})" for k, v in claims.items() if isinstance(outputs, int) and v not in (None, outputs)]
+        if wrong:
+            raise OnnxModelError(f"{self.path}: its metadata says {' and '.join(wrong)} but the graph's probs output "
+                                 f"has {outputs}: the metadata does not belong to these weights; export the model "
+                                 f"again with tool/export_onnx.py")
 
     # -- facts
     @property
