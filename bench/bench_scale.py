@@ -7,7 +7,7 @@ in each, so shared libraries and Ray's object store are not counted k times; RSS
 cannot be read), and each Ray worker's overhead (the run's wall time less the busy time of its
 inputs per worker: starting Ray, loading a model per worker, scheduling, merging).
 
-The videos are bench_video.write_face_video's (tests/data/astronaut.jpg moving on a textured
+The videos are megraphau.inference.sample_media.write_face_video's (tests/data/astronaut.jpg moving on a textured
 background, one face per frame, MJPG .avi); the model a random-weight release-style checkpoint
 (the weights do not change the speed).
 
@@ -28,11 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: bench/ and the package from this checkout
-    sys.path.insert(0, str(ROOT))
-
-from bench.bench_video import save_random_checkpoint, write_face_video  # noqa: E402
+from megraphau.inference.sample_media import save_random_checkpoint, write_face_video
+from megraphau.paths import REPO_ROOT as ROOT
 
 
 def _children() -> dict:

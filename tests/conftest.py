@@ -13,3 +13,19 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _package_logging_reset():
+    """The training scripts route the "megraphau" loggers to their own handlers (propagate off);
+    give every test the default again, so caplog sees library messages whatever ran before."""
+    yield
+    import logging
+
+    for name in ("megraphau", "megraphau.model"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)

@@ -21,12 +21,12 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 import demo  # noqa: E402
-from bench.bench_video import write_face_video  # noqa: E402
 from megraphau.inference.benchmark import onnx_for_benchmark  # noqa: E402
 from megraphau.inference.detector import AUDetector, InferenceError  # noqa: E402
 from megraphau.inference.inputs import DemoError, video_frames  # noqa: E402
 from megraphau.inference.pipeline import VideoPipeline  # noqa: E402
 from megraphau.inference.runner import sequential_results  # noqa: E402
+from megraphau.inference.sample_media import write_face_video  # noqa: E402
 from megraphau.inference.writers import openface_au_name  # noqa: E402
 from megraphau.model import CheckpointMismatchError, build_model  # noqa: E402
 
