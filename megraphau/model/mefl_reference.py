@@ -4,7 +4,7 @@ IJCAI-ECAI 2022 — the only other copy of GEM, kept for tests and benchmarks.
 It builds every ordered AU pair's queries and keys by expanding the node features to
 (B, N*N, D, C) and projects each pair separately, exactly as the paper describes the
 computation. `model.mefl.GEM` computes the same function (same parameters and state-dict keys)
-without materialising those pair tensors; tests/test_mefl_fast.py checks they agree.
+without materialising those pair tensors; tests/model/test_mefl_fast.py checks they agree.
 """
 from __future__ import annotations
 

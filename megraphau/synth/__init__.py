@@ -39,7 +39,7 @@ bytes) uses only correctly rounded double arithmetic and integers in numpy, no O
 blurring or resampling (those differ between OpenCV versions and CPU dispatch: generator version
 1 drew with them, and its images differed by up to 180 grey levels at anti-aliased edges between
 OpenCV 4.6-4.10 and 4.14). The JPEG files are written by OpenCV's libjpeg-turbo, whose output
-was the same bytes in every wheel tried (tests/test_synth_faces.py pins a digest of the pixels).
+was the same bytes in every wheel tried (tests/synth/test_synth_faces.py pins a digest of the pixels).
 
 The same faces in OpenGraphAU's 41-AU hybrid layout (:func:`generate_hybrid_synthetic_dataset`,
 megraphau/configs/SYNTH_OpenGraphAU.yaml): four sources that each code a subset of the drawn AUs,

@@ -1,7 +1,7 @@
 """Exact arithmetic for SYNTH: sine/cosine, exp, Gaussian blur weights, bicubic resampling and noise
 that give the same bits on every machine.
 
-Why these exist: a seed must give the same pixels on every machine (tests/test_synth_faces.py pins
+Why these exist: a seed must give the same pixels on every machine (tests/synth/test_synth_faces.py pins
 their SHA-256). Every pixel is computed with IEEE-754 double additions, subtractions,
 multiplications, divisions, square roots and comparisons in numpy (each correctly rounded, so the
 same bits on every CPU, SIMD width and numpy version), integer arithmetic, and matrix products of

@@ -21,7 +21,7 @@ from megraphau.data.dataset import (
 from megraphau.data.lists import relations_from_labels as compute_relations
 from megraphau.data.lists import write_fold_lists
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # 3 AUs; part sizes 2, 1, 2; AU1 unknown in one frame.
 PARTS = [[("s1/0.png", [1, 0, 0]), ("s1/1.png", [1, 1, 0])],

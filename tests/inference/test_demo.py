@@ -19,7 +19,7 @@ from megraphau.inference.inputs import DemoError, list_inputs
 from megraphau.model import CheckpointMismatchError, build_model
 from megraphau.synth import SYNTH_AUS, render_face, sample_params  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def save_release_checkpoint(path, stage, num_classes, variant="megraphau"):
@@ -214,7 +214,7 @@ def test_release_command_line(data, tmp_path, monkeypatch):
 
 
 def test_benchmark(data, capsys):
-    """Random weights on images, PyTorch only (tests/test_video.py times both engines on a video)."""
+    """Random weights on images, PyTorch only (tests/inference/test_video.py times both engines on a video)."""
     assert demo.main(demo.parse_args(["--arc", "resnet18", "--stage", "2", "--dataset", "BP4D", "--input",
                       str(data["folder"] / "sub"), "--benchmark", "--benchmark-engine", "pytorch",
                       "--benchmark-repeats", "1"])) == 0

@@ -301,7 +301,7 @@ def test_scripts_report_bad_input_without_a_traceback(tmp_path):
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     run = subprocess.run([sys.executable, str(repo / "train_stage1.py"), "--dataset", "BP4D", "--dataset-path",
                           str(tmp_path / "nowhere"), "--arc", "resnet18", "--pretrained", "none",
                           "--output-dir", str(tmp_path / "out"), "--no-progress"],

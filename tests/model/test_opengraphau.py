@@ -11,7 +11,7 @@ from megraphau.model.mefl import gated_graph_step
 from reference_lists import reference_entries  # noqa: E402  (tests/ is on sys.path)
 from release_files import save_release_checkpoint
 
-CONFIG = Path(__file__).resolve().parents[1] / "megraphau" / "configs" / "OpenGraphAU.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "megraphau" / "configs" / "OpenGraphAU.yaml"
 
 
 

@@ -130,8 +130,8 @@ def test_pixels_same_with_simd_dispatch_disabled(tmp_path):
     except ImportError:  # numpy < 2
         from numpy.core._multiarray_umath import __cpu_dispatch__
     opencv_off = "AVX512-SKX,AVX2,FP16,AVX,FMA3,SSE4.2,SSE4.1,POPCNT,SSSE3"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                       str(Path(__file__).resolve().parent)]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                       str(Path(__file__).resolve().parents[1])]),
                OPENCV_CPU_DISABLE=opencv_off, OPENCV_IPP="disabled",
                NPY_DISABLE_CPU_FEATURES=" ".join(__cpu_dispatch__),
                OPENBLAS_CORETYPE="Prescott", OPENBLAS_NUM_THREADS="1")
@@ -279,7 +279,7 @@ def test_concurrent_ensure_generates_once(tmp_path):
     code = ("import sys; from megraphau.synth import ensure_synthetic_dataset as e; "
             "e(sys.argv[1], subjects_per_part=1, tasks=1, frames=3, size=64)")
     root = str(tmp_path / "SYNTH")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     procs = [subprocess.Popen([sys.executable, "-c", code, root], env=env) for _ in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert json.loads((Path(root) / MARKER_NAME).read_text())["num_images"] == 9

@@ -82,7 +82,7 @@ def test_ray_gives_the_single_process_rows(ckpt, folder, single, tmp_path, capsy
     assert records["a.avi"]["items"] == 3 and (out / "results" / "sub" / "b.avi.jsonl").is_file()
 
 
-@pytest.mark.slow  # two Ray runs (the manifest and resume are in the fast lane: tests/test_many_inputs.py)
+@pytest.mark.slow  # two Ray runs (the manifest and resume are in the fast lane: tests/inference/test_many_inputs.py)
 def test_a_stopped_run_resumes_with_the_rest(ckpt, folder, single, tmp_path):
     """Stopped after two inputs (a run on a list of them, as a crash would leave the manifest),
     then started again on the folder from Python: only the other three are done."""

@@ -23,7 +23,7 @@ from megraphau.model import build_model
 from megraphau.synth import generate_synthetic_dataset
 from tool import check_images, crop_faces, export_onnx, plot_runs, prepare_lists, synth_faces
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from megraphau.engine import run_folder, training
 from megraphau.model import build_model, load_model
 from megraphau.synth import generate_synthetic_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
 

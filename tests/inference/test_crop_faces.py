@@ -17,7 +17,7 @@ from megraphau.inference.cropping import (
 from megraphau.inference.faces import CROP_PRESETS, FaceDetector
 from tool.crop_faces import main  # the command line
 
-PHOTO = cv2.imread(str(Path(__file__).resolve().parent / "data" / "astronaut.jpg"))
+PHOTO = cv2.imread(str(Path(__file__).resolve().parents[1] / "data" / "astronaut.jpg"))
 
 
 def _frame(i, size=(240, 320)):

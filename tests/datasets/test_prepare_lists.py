@@ -20,7 +20,7 @@ from tool.prepare_lists import (
 )
 from tool.prepare_lists import main as prepare_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _read(path):

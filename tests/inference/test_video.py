@@ -30,7 +30,7 @@ from megraphau.inference.sample_media import write_face_video  # noqa: E402
 from megraphau.inference.writers import openface_au_name  # noqa: E402
 from megraphau.model import CheckpointMismatchError, build_model  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BP4D = ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tool import plot_runs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 AUS = ["AU1", "AU2", "AU4"]
 
 

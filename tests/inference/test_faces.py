@@ -24,7 +24,7 @@ from megraphau.inference.faces import (
 )
 from megraphau.model.facts import AU_SET_FOR_NUM_CLASSES as KNOWN_AU_SETS
 
-PHOTO = Path(__file__).resolve().parent / "data" / "astronaut.jpg"
+PHOTO = Path(__file__).resolve().parents[1] / "data" / "astronaut.jpg"
 
 
 @pytest.fixture(scope="module")

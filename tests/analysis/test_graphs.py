@@ -30,7 +30,7 @@ from megraphau.inference.detector import AUDetector
 from megraphau.model import build_model
 from megraphau.synth import generate_synthetic_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read_csv(path):

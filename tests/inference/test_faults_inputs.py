@@ -34,7 +34,7 @@ from megraphau.model import build_model, model_config_dict
 from tool import check_images as check_images_tool
 from tool import crop_faces
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PHOTO = cv2.imread(str(REPO / "tests" / "data" / "astronaut.jpg"))
 BP4D = ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]
 SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
