@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from megraphau.data.lists import DatasetError, read_lines  # noqa: E402
@@ -87,9 +88,11 @@ def check_images(img_dir: Path, paths: list[str], workers: int, progress: bool =
         results = map(check_one, jobs)
         pool = None
     else:
-        pool = multiprocessing.get_context("spawn" if sys.platform == "win32" else "fork").Pool(
-            workers, initializer=_init_worker)
-        results = pool.imap(check_one, jobs, chunksize=chunk)
+        # spawned workers with an executor: a worker that dies is an error (BrokenProcessPool), not
+        # a wait for results that never come, and no state of the caller's threads is inherited
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker)
+        results = pool.map(check_one, jobs, chunksize=chunk)
     try:
         for rel, problem in results:
             bar.update()
@@ -98,7 +101,7 @@ def check_images(img_dir: Path, paths: list[str], workers: int, progress: bool =
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
+            pool.shutdown(cancel_futures=True)
     return bad
 
 
