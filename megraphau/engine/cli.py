@@ -28,8 +28,9 @@ def train_main(args, stage: int) -> dict:
 
 
 def test_main(args) -> dict:
-    """test.py's main: the checkpoint(s) of --resume on --fold (or every fold with 'all'), in a
-    claimed run folder (run_folder.py: a test run refuses earlier results without --overwrite)."""
+    """test.py's main: the checkpoint(s) of --resume on --fold (or every fold with 'all'; the test
+    split under the hybrid protocol), in a claimed run folder (run_folder.py: a test run refuses
+    earlier results without --overwrite)."""
     if not args.resume:
         raise utils.UserError("test.py needs --resume CHECKPOINT (use {fold} in the name with --fold all)")
     utils.init_distributed_mode(args)
@@ -38,7 +39,9 @@ def test_main(args) -> dict:
         setup_logging(out_dir, "test.log")
         log_removed(lock)
         check_amp(args)
-        folds = list(range(1, args.N_fold + 1)) if args.fold == "all" else [int(args.fold)]
+        # the hybrid protocol (args.fold None): the test split
+        folds = [None] if args.fold is None else list(range(1, args.N_fold + 1)) if args.fold == "all" \
+            else [int(args.fold)]
         summary = test_checkpoints(args, out_dir, folds)
     utils.cleanup_distributed()  # only after success, as in train_main
     return summary
