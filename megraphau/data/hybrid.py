@@ -466,10 +466,12 @@ def write_label_rows(path: Path, labels: np.ndarray) -> None:
             f.writelines(" ".join(map(str, row)) + "\n" for row in labels[start:start + 100_000].tolist())
 
 
-def write_hybrid_lists(out_dir, splits: dict) -> dict[str, Path]:
+def write_hybrid_lists(out_dir, splits: dict, weights: Optional[np.ndarray] = None) -> dict[str, Path]:
     """Write hybrid_{split}_img_path.txt / _label.txt for train, val, test and
-    hybrid_train_weight.txt (from the train labels) into `out_dir`. `splits`: {split: (paths,
-    labels (M, 41))}, labels as written (after :func:`propagate_side_aus`). Returns {kind: path}."""
+    hybrid_train_weight.txt into `out_dir`. `splits`: {split: (paths, labels (M, 41))}, labels as
+    written (after :func:`propagate_side_aus`). The weights are the release's formula over the
+    train labels (:func:`release_hybrid_weights`) unless `weights` (41 values) are given, e.g. of
+    lists that leave AUs uncoded everywhere (lists.compute_class_weights_coded). Returns {kind: path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -482,7 +484,8 @@ def write_hybrid_lists(out_dir, splits: dict) -> dict[str, Path]:
         write_label_rows(label_path, labels)
         written[f"{split}_img_path"], written[f"{split}_label"] = img_path, label_path
     weight_path = out_dir / "hybrid_train_weight.txt"
-    weights = release_hybrid_weights(splits["train"][1])
+    if weights is None:
+        weights = release_hybrid_weights(splits["train"][1])
     # savetxt(fmt="%f", delimiter="\t") of a (1, 41) array: one line (weights script lines 25-30)
     weight_path.write_text("\t".join(f"{w:f}" for w in weights) + "\n")
     written["train_weight"] = weight_path

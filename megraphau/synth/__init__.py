@@ -41,18 +41,31 @@ blurring or resampling (those differ between OpenCV versions and CPU dispatch: g
 OpenCV 4.6-4.10 and 4.14). The JPEG files are written by OpenCV's libjpeg-turbo, whose output
 was the same bytes in every wheel tried (tests/test_synth_faces.py pins a digest of the pixels).
 
+The same faces in OpenGraphAU's 41-AU hybrid layout (:func:`generate_hybrid_synthetic_dataset`,
+megraphau/configs/SYNTH_OpenGraphAU.yaml): four sources that each code a subset of the drawn AUs,
+-1 elsewhere, in the release's hybrid list files (module hybrid).
+
 One module per job: params (FaceParams, identities, AU labels), exactmath (sin/cos/exp, blur
 weights, resampling and noise in exact arithmetic), raster (anti-aliased coverage, painting),
 canvas (the posed drawing surface), draw (the face, render_face, landmarks, preview_grid),
-writer (the data set on disk). Import from the package: ``from megraphau.synth import render_face``.
+writer (the data set on disk), hybrid (the 41-AU hybrid set on disk). Import from the package:
+``from megraphau.synth import render_face``.
 
 Command line (tool/synth_faces.py)::
 
     python tool/synth_faces.py --output data/SYNTH --seed 0
+    python tool/synth_faces.py --hybrid --output data/SYNTH_OpenGraphAU
     python tool/synth_faces.py --preview synth_preview.png
 """
 
 from megraphau.synth.draw import AU_REGIONS, landmarks, preview_grid, render_face
+from megraphau.synth.hybrid import (
+    HYBRID_MARKER,
+    HYBRID_ROOT,
+    SOURCES,
+    ensure_hybrid_synthetic_dataset,
+    generate_hybrid_synthetic_dataset,
+)
 from megraphau.synth.params import (
     SYNTH_AUS,
     FaceParams,
@@ -72,4 +85,5 @@ from megraphau.synth.writer import (
 __all__ = ["SYNTH_AUS", "AU_REGIONS", "FaceParams", "sample_identity", "sample_params",
            "neutral_params", "render_face", "landmarks", "sample_labels",
            "generate_synthetic_dataset", "ensure_synthetic_dataset", "preview_grid",
-           "DEFAULT_ROOT", "MARKER_NAME", "GENERATOR_VERSION"]
+           "DEFAULT_ROOT", "MARKER_NAME", "GENERATOR_VERSION", "generate_hybrid_synthetic_dataset",
+           "ensure_hybrid_synthetic_dataset", "HYBRID_ROOT", "HYBRID_MARKER", "SOURCES"]

@@ -124,9 +124,10 @@ def ensure_synthetic_dataset(root=None, **kwargs) -> Path:
         return generate_synthetic_dataset(root, **args)
 
 
-def _marker_matches(root: Path, wanted: dict) -> bool:
+def _marker_matches(root: Path, wanted: dict, marker: str = MARKER_NAME) -> bool:
+    """Whether ``root/marker`` records a complete set made with the ``wanted`` parameters."""
     try:
-        have = json.loads((root / MARKER_NAME).read_text())
+        have = json.loads((root / marker).read_text())
     except (OSError, ValueError):
         return False
     return {k: have.get(k) for k in wanted} == wanted
