@@ -132,7 +132,7 @@ def evaluate_checkpoint(args, fold: int | None, path: str, figures_dir: Path | N
                                    label=f"{args.dataset_name} "))
         for key, value in result["cooccurrence"].items():
             if isinstance(value, dict):
-                log.info("fold %d co-occurrence, %s: r = %s, permutation p = %s", fold, key, value["r"],
+                log.info("%s co-occurrence, %s: r = %s, permutation p = %s", what, key, value["r"],
                          value["p_value"])
     return result
 
