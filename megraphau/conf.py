@@ -3,7 +3,7 @@
 The release's flags keep their names, short forms and defaults; the additions are
 --dataset SYNTH / a .yaml path, --dataset-path, --device, --amp, --pretrained,
 --resume-training, --save-every, --eval-every, --log-every, --grad-checkpointing, --output-dir,
---overwrite and --no-progress.
+--overwrite, --no-progress, --protocol, --optimizer / --sam-rho / --sam-adaptive and --init.
 
 Every bad value is one line and exit code 2 (argparse's usage block is left out; `--help` has it):
 argparse's own checks, the ranges in RANGE_CHECKS, and the dataset name (matched case-insensitively,
@@ -105,6 +105,9 @@ def get_common_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-dir", default="results", type=str, dest="output_dir",
                    help="where run folders go")
     g.add_argument("--no-progress", action="store_true", dest="no_progress", help="no tqdm progress bars")
+    g.add_argument("--protocol", default=None, choices=["folds", "hybrid"],
+                   help="the data set's split: 'folds' (DATA/list/{D}_*_fold{k}.txt, --fold) or 'hybrid' "
+                        "(OpenGraphAU's train / val / test lists, no folds); default: the dataset config's")
     g.add_argument("--overwrite", action="store_true",
                    help="let a new run replace the outputs of an earlier run in its run folder (without it, "
                         "such a folder is refused; see docs/reliability.md)")
@@ -149,6 +152,20 @@ def get_training_parser(hidden: bool = False) -> argparse.ArgumentParser:
                    help=text("recompute the first STAGES backbone stages (0-4) in the backward pass "
                              "instead of storing their activations: less memory, more time per "
                              "step, same results (0: off)"))
+    # OpenGraphAU's recipe (engine/sam.py, docs/opengraphau.md) and fine-tuning from a model
+    g = p.add_argument_group("optimizer and initialisation") if not hidden else p
+    g.add_argument("--optimizer", default="adamw", choices=["adamw", "sam"],
+                   help=text("adamw: the paper's AdamW; sam: SAM around that AdamW (two forward/backward "
+                             "passes per step; OpenGraphAU's recipe)"))
+    g.add_argument("--sam-rho", default=2.0, type=float, dest="sam_rho",
+                   help=text("SAM's neighbourhood radius rho (2.0 with --sam-adaptive, as OpenGraphAU; "
+                             "plain SAM usually 0.05)"))
+    g.add_argument("--sam-adaptive", default=True, action=argparse.BooleanOptionalAction, dest="sam_adaptive",
+                   help=text("ASAM: measure the SAM neighbourhood relative to each weight's size (default: on)"))
+    g.add_argument("--init", default=None, type=str, metavar="CKPT",
+                   help=text("fine-tune from a released or trained model (ME-GraphAU or OpenGraphAU): the same "
+                             "AU count loads every shared key; another AU count loads the backbone and "
+                             "global_linear and starts the AU head fresh (the keys are logged)"))
     return p
 
 
@@ -255,6 +272,7 @@ RANGE_CHECKS = (
     ("save_every", "--save-every", lambda v: v >= 0, "0 or more"),
     ("eval_every", "--eval-every", lambda v: v >= 0, "0 or more"),
     ("log_every", "--log-every", lambda v: v >= 0, "0 or more"),
+    ("sam_rho", "--sam-rho", lambda v: _finite(v) and v > 0, "a finite number above 0"),
     ("threshold", "--threshold", lambda v: _finite(v) and 0 < v < 1, "between 0 and 1 (both excluded)"),
 )
 
@@ -317,10 +335,31 @@ def parse_args(parser: argparse.ArgumentParser, argv=None, section: str | None =
     if args.dataset_path is None:
         args.dataset_path = str(cfg["dataset_path"])
     check_ranges(parser, args, from_yaml=from_yaml)
+    apply_protocol(parser, args, argv)
     if args.gpu_ids and "CUDA_VISIBLE_DEVICES" not in os.environ and "RANK" not in os.environ:
         # the release's --gpu_ids; a single process uses the first listed device
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_ids
     return args
+
+
+def fold_given(argv) -> bool:
+    """Whether argv names a fold (-f K, -fK, --fold K, --fold=K)."""
+    return any(a in ("-f", "--fold") or a.startswith("--fold=") or (a.startswith("-f") and a[2:3].isalnum()
+                                                                     and not a.startswith("--")) for a in argv)
+
+
+def apply_protocol(parser: argparse.ArgumentParser, args, argv) -> None:
+    """args.protocol from --protocol or the dataset config; the hybrid protocol has no folds
+    (args.fold None), and a --fold given with it is a one-line error that says so."""
+    cfg = args.dataset_config
+    args.protocol = args.protocol or cfg.get("protocol", "folds")
+    if args.protocol == "hybrid":
+        if fold_given(argv):
+            prefix = cfg.get("list_prefix", cfg["name"])
+            parser.error(f"--fold: {cfg['name']} uses the hybrid protocol (train / val / test lists "
+                         f"{prefix}_{{train,val,test}}_*.txt, no folds): leave --fold out, or add --protocol folds "
+                         f"for fold lists such as tool/prepare_lists.py --from-csv writes")
+        args.fold = None
 
 
 def run_dir(args) -> Path:

@@ -61,6 +61,7 @@ from typing import Sequence
 import numpy as np
 
 from megraphau.data import hybrid, own_labels
+from megraphau.data.dataset import load_dataset_config
 from megraphau.data.lists import (
     FOLD_PARTS,
     DatasetError,
@@ -412,7 +413,8 @@ def main_hybrid(args) -> int:
         return 0
     # no relation file: 41*41 ints per frame; the training computes them from the labels instead
     write_split_lists(list_dir, "OpenGraphAU", 1, merged["train"], merged["test"], weights, relations=False)
-    print("  fold 1 for train_stage1.py / train_stage2.py --dataset OpenGraphAU: OpenGraphAU_*_fold1.txt "
+    print("  train_stage1.py / train_stage2.py --dataset OpenGraphAU read the hybrid lists (val every epoch, "
+          "test.py on test); with --protocol folds --fold 1 they read OpenGraphAU_*_fold1.txt "
           "(train = hybrid train, test = hybrid test)")
     return 0
 
@@ -428,7 +430,10 @@ def main_own_labels(args) -> int:
     print(f"  train {summary['train']} images, test {summary['test']} images")
     if summary["uncoded_aus"]:
         print(f"  not coded in any training image (-1, left out of the loss): {' '.join(summary['uncoded_aus'])}")
-    print(f"  train: python train_stage1.py --dataset {name} --dataset-path {folder} --fold 1 ...")
+    # a set whose config follows the hybrid protocol (OpenGraphAU) reads fold lists with --protocol folds
+    protocol = " --protocol folds" if load_dataset_config(name)["protocol"] != "folds" else ""
+    print(f"  train: python train_stage1.py --dataset {name} --dataset-path {folder}{protocol} --fold 1 ... "
+          f"(--init MODEL.pth to fine-tune a released or trained model)")
     return 0
 
 

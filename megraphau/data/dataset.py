@@ -40,10 +40,13 @@ from megraphau.data.lists import (
 from megraphau.paths import CONFIG_DIR, REPO_ROOT  # noqa: E402
 
 NAMED_CONFIGS = ("BP4D", "DISFA", "SYNTH", "OpenGraphAU")
+#: How a data set is split: 'folds' (subject-independent k-fold lists, ME-GraphAU) or 'hybrid'
+#: (fixed train / val / test lists, OpenGraphAU): a config's `protocol`.
+PROTOCOLS = ("folds", "hybrid")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-__all__ = ["AUDataset", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "NAMED_CONFIGS",
+__all__ = ["AUDataset", "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "NAMED_CONFIGS", "PROTOCOLS",
            "build_transform", "load_dataset_config", "decode_image_file", "read_image", "relations_from_labels",
            "truncation_problem"]
 
@@ -60,8 +63,10 @@ def load_dataset_config(name_or_path: Union[str, os.PathLike]) -> dict:
     num_classes, neighbor_num, au_names, au_descriptions (list or None), lam (float or None),
     crop_preset (a faces.CROP_PRESETS name or None: how demo.py crops faces for its models),
     flip_label_pairs (list of [i, j], default []), synthetic (bool, default False), defaults
-    (mapping of parser defaults per script, default {}), variant and paper_f1 unchanged; any
-    other key is an error (a typo would otherwise be ignored), with a "did you mean".
+    (mapping of parser defaults per script, default {}), protocol ('folds', default, or 'hybrid':
+    train / val / test lists without folds), list_prefix (the lists' file-name prefix, default
+    the name; OpenGraphAU's hybrid lists use the release's 'hybrid'), variant and paper_f1
+    unchanged; any other key is an error (a typo would otherwise be ignored), with a "did you mean".
     ``name`` falls back to a ``dataset`` key, then to the file name.
     """
     text = str(name_or_path)
@@ -95,7 +100,8 @@ def named_config_path(name: str) -> Path:
 
 #: the keys a dataset config may hold (load_dataset_config's docstring); any other is a typo
 CONFIG_KEYS = ("name", "dataset", "dataset_path", "num_classes", "neighbor_num", "au_names", "au_descriptions",
-               "lam", "crop_preset", "flip_label_pairs", "synthetic", "defaults", "variant", "paper_f1")
+               "lam", "crop_preset", "flip_label_pairs", "synthetic", "defaults", "variant", "paper_f1",
+               "protocol", "list_prefix")
 
 
 def _validate_config(cfg: dict, path: Path) -> dict:
@@ -146,6 +152,14 @@ def _validate_config(cfg: dict, path: Path) -> dict:
             raise DatasetError(f"{path}: crop_preset {preset!r} is not one of {', '.join(CROP_PRESETS)}")
     cfg["crop_preset"] = preset
     cfg["synthetic"] = bool(cfg.get("synthetic", False))
+    protocol = cfg.get("protocol", "folds")
+    if protocol not in PROTOCOLS:
+        raise DatasetError(f"{path}: protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    cfg["protocol"] = protocol
+    prefix = cfg.get("list_prefix", cfg["name"])
+    if not isinstance(prefix, str) or not prefix or "/" in prefix:
+        raise DatasetError(f"{path}: list_prefix must be a file-name prefix such as hybrid, got {prefix!r}")
+    cfg["list_prefix"] = prefix
     defaults = cfg.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise DatasetError(f"{path}: 'defaults' must be a mapping, got {defaults!r:.80}")
@@ -272,6 +286,9 @@ class AUDataset(Dataset):
     ``{dataset_path}/img/``), ``..._{split}_label_fold{fold}.txt`` (N ints per row, -1 unknown),
     ``{name}_weight_fold{fold}.txt`` (needed for split 'train'; the test split uses it when
     present, else all ones) and, for stage 2, ``{name}_train_AU_relation_fold{fold}.txt``.
+    fold None: the hybrid protocol (config ``protocol: hybrid``): split 'train', 'val' or 'test'
+    of ``{list_prefix}_{split}_img_path.txt`` / ``_label.txt`` and ``{list_prefix}_train_weight.txt``
+    (lists.list_file).
 
     Items: stage 1 ``(image float (3, crop, crop), labels float (N,))``; stage 2 adds
     ``relation long (N*N,)`` (2*a_i + a_j at i*N + j, -1 where unknown; from the relation file
@@ -286,13 +303,15 @@ class AUDataset(Dataset):
                  dataset_path: Optional[Union[str, os.PathLike]] = None, validate: bool = True):
         if not isinstance(config, dict):
             config = load_dataset_config(config)
-        if split not in ("train", "test"):
-            raise DatasetError(f"split must be 'train' or 'test', got {split!r}")
+        splits = ("train", "test") if fold is not None else ("train", "val", "test")
+        if split not in splits:
+            raise DatasetError(f"split must be {' or '.join(map(repr, splits))}, got {split!r}")
         if stage not in (1, 2):
             raise DatasetError(f"stage must be 1 or 2, got {stage!r}")
         self.config = config
         self.name = config["name"]
-        self.fold, self.split, self.stage, self.train = int(fold), split, stage, split == "train"
+        self.fold = None if fold is None else int(fold)
+        self.split, self.stage, self.train = split, stage, split == "train"
         self.num_classes = int(config["num_classes"])
         self.au_names = list(config["au_names"])
         self.dataset_path = Path(dataset_path if dataset_path is not None
@@ -303,10 +322,11 @@ class AUDataset(Dataset):
         self.transform = transform if transform is not None else build_transform(
             self.train, crop_size)
 
-        img_file = list_file(self.list_dir, self.name, "img_path", self.fold, split)
-        label_file = list_file(self.list_dir, self.name, "label", self.fold, split)
-        weight_file = list_file(self.list_dir, self.name, "weight", self.fold)
-        relation_file = list_file(self.list_dir, self.name, "AU_relation", self.fold, "train")
+        prefix = self.name if self.fold is not None else config.get("list_prefix", self.name)
+        img_file = list_file(self.list_dir, prefix, "img_path", self.fold, split)
+        label_file = list_file(self.list_dir, prefix, "label", self.fold, split)
+        weight_file = list_file(self.list_dir, prefix, "weight", self.fold)
+        relation_file = list_file(self.list_dir, prefix, "AU_relation", self.fold, "train")
 
         n = self.num_classes
         self.img_paths = read_lines(img_file)
@@ -371,5 +391,6 @@ class AUDataset(Dataset):
         return image, labels, relation
 
     def __repr__(self) -> str:
-        return (f"AUDataset({self.name}, fold {self.fold}, {self.split}, stage {self.stage}: "
+        where = f"fold {self.fold}" if self.fold is not None else "hybrid"
+        return (f"AUDataset({self.name}, {where}, {self.split}, stage {self.stage}: "
                 f"{len(self)} images, {self.num_classes} AUs, {self.dataset_path})")

@@ -11,6 +11,10 @@ A data set folder holds ``list/`` and ``img/``; for fold k of a data set named D
 Fold k trains on two subject parts and tests on the third (subject-independent 3-fold protocol):
 fold1 = part1+part2 / part3, fold2 = part1+part3 / part2, fold3 = part2+part3 / part1.
 
+The hybrid protocol (OpenGraphAU, a dataset config with ``protocol: hybrid``) has no folds but
+three fixed splits, under the config's ``list_prefix`` P (the release's ``hybrid``):
+P_{train|val|test}_img_path.txt, P_{train|val|test}_label.txt and P_train_weight.txt.
+
 Writers: ``tool/prepare_lists.py`` (BP4D, DISFA) and the SYNTH generator (``synth.py``) call
 :func:`write_fold_lists`. Reader: ``dataset.AUDataset`` calls :func:`read_lines`,
 :func:`read_int_matrix` and :func:`read_class_weights`.
@@ -37,9 +41,16 @@ class DatasetError(UserError, ValueError):
 
 
 # ----------------------------------------------------------------------------- names
-def list_file(list_dir: str | Path, name: str, kind: str, fold: int, split: str | None = None) -> Path:
+def list_file(list_dir: str | Path, name: str, kind: str, fold: int | None, split: str | None = None) -> Path:
     """Path of one list file. kind: 'img_path', 'label', 'weight' (no split) or 'AU_relation'
-    (split 'train'); e.g. list_file(d, 'BP4D', 'label', 1, 'test') -> d/BP4D_test_label_fold1.txt."""
+    (split 'train'); e.g. list_file(d, 'BP4D', 'label', 1, 'test') -> d/BP4D_test_label_fold1.txt.
+
+    fold None: the hybrid protocol's names (OpenGraphAU's train/val/test lists, no folds), where
+    `name` is the list prefix: list_file(d, 'hybrid', 'label', None, 'val') -> d/hybrid_val_label.txt;
+    the class weights and relations are those of the training split, hybrid_train_weight.txt."""
+    if fold is None:
+        split = "train" if kind in ("weight", "AU_relation") else split
+        return Path(list_dir) / f"{name}_{split}_{kind}.txt"
     middle = f"{split}_{kind}" if split else kind
     return Path(list_dir) / f"{name}_{middle}_fold{fold}.txt"
 

@@ -30,14 +30,15 @@ def fold_of_file_name(path: str | Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def checkpoint_for_fold(pattern: str, fold: int) -> str:
-    """--resume 'MEFARG_resnet50_BP4D_fold{fold}.pth' -> the file of one fold."""
-    return pattern.replace("{fold}", str(fold))
+def checkpoint_for_fold(pattern: str, fold: int | None) -> str:
+    """--resume 'MEFARG_resnet50_BP4D_fold{fold}.pth' -> the file of one fold (fold None: the
+    hybrid protocol, the name as given)."""
+    return pattern if fold is None else pattern.replace("{fold}", str(fold))
 
 
 def warn_if_other_fold(path, saved_fold, fold: int, testing: bool) -> None:
     """A checkpoint of fold k used on another fold mixes training and test subjects."""
-    if saved_fold is None or int(saved_fold) == int(fold):
+    if saved_fold is None or fold is None or int(saved_fold) == int(fold):
         return
     if testing:
         warnings.warn(f"{path} was trained on fold {saved_fold} but is tested on fold {fold}: the "
@@ -56,11 +57,19 @@ def dataset_reference(args) -> str:
 def run_facts(args, model) -> dict:
     """The facts every checkpoint of a run carries (model.checkpoint_facts reads them back):
     the model's configuration, the dataset, its AU names and descriptions, crop preset and
-    size, and the fold."""
+    size, the protocol and the fold (None under the hybrid protocol)."""
     cfg = args.dataset_config
+    fold = None if args.fold is None else int(args.fold)
     return {**model_config_dict(model), "dataset": args.dataset_name, "dataset_config": dataset_reference(args),
             "au_names": list(cfg["au_names"]), "au_descriptions": cfg.get("au_descriptions"),
-            "crop_preset": cfg.get("crop_preset"), "crop_size": int(args.crop_size), "fold": int(args.fold)}
+            "crop_preset": cfg.get("crop_preset"), "crop_size": int(args.crop_size), "fold": fold,
+            "protocol": getattr(args, "protocol", "folds")}
+
+
+def fold_suffix(args) -> str:
+    """'_fold{k}' in the release's file names of a fold run; '' under the hybrid protocol (the
+    release's OpenGraphAU writes cur_model.pth)."""
+    return "" if args.fold is None else f"_fold{args.fold}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,7 +104,8 @@ def resume_training_state(args, model, optimizer, scaler) -> TrainState:
     if ckpt.get("rng"):
         utils.restore_rng_state(ckpt["rng"])
     saved = ckpt.get("args", {})
-    for key in ("epochs", "batch_size", "learning_rate", "fold", "dataset_name", "world_size"):
+    for key in ("epochs", "batch_size", "learning_rate", "fold", "dataset_name", "world_size", "protocol",
+                "optimizer", "sam_rho", "sam_adaptive"):
         if key in saved and saved[key] != getattr(args, key):
             warnings.warn(f"--resume-training: {key} was {saved[key]!r}, now {getattr(args, key)!r}; "
                           f"the continued run will differ from an uninterrupted one", stacklevel=2)
@@ -112,16 +122,19 @@ def resume_training_state(args, model, optimizer, scaler) -> TrainState:
 # the files of a run
 # --------------------------------------------------------------------------------------------
 def write_history_csv(history: list[dict], au_names, path: Path) -> None:
-    """metrics.csv: one row per epoch (epoch, lr, train loss, mean F1/accuracy, F1 per AU, time)."""
-    fields = ["epoch", "lr", "train_loss", "mean_f1", "mean_acc"] + [f"f1_{n}" for n in au_names] + ["time_s"]
+    """metrics.csv: one row per epoch (epoch, lr, train loss, mean F1/accuracy, F1 and accuracy
+    per AU, the means over the AUs the evaluated split codes, time)."""
+    fields = (["epoch", "lr", "train_loss", "mean_f1", "mean_acc"] + [f"f1_{n}" for n in au_names]
+              + [f"acc_{n}" for n in au_names] + ["mean_f1_coded", "mean_acc_coded", "time_s"])
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for row in history:
-            out = {k: row.get(k, "") for k in fields if not k.startswith("f1_")}
-            for name, value in zip(au_names, row.get("f1") or [""] * len(au_names)):
-                out[f"f1_{name}"] = value
+            out = {k: row.get(k, "") for k in fields if not k.startswith(("f1_", "acc_"))}
+            for kind in ("f1", "acc"):
+                for name, value in zip(au_names, row.get(kind) or [""] * len(au_names)):
+                    out[f"{kind}_{name}"] = value
             writer.writerow(out)
     tmp.replace(path)
 
@@ -138,19 +151,19 @@ def model_file(model, state: TrainState, facts: dict, args) -> dict:
 def save_epoch_checkpoints(args, model, optimizer, scaler, state: TrainState, facts: dict, out_dir: Path,
                            improved: bool) -> None:
     """After an epoch: last.pth (the whole training state, for --resume-training) and its release
-    name cur_model_fold{k}.pth (a hard link), best.pth when `improved` and
-    epoch{E}_model_fold{k}.pth every --save-every epochs (model files: no optimizer state),
-    metrics.csv and curves.png. Every file is written atomically."""
+    name cur_model_fold{k}.pth (hybrid: cur_model.pth; a hard link), best.pth when `improved` and
+    epoch{E}_model_fold{k}.pth (hybrid: epoch{E}_model.pth) every --save-every epochs (model files:
+    no optimizer state), metrics.csv and curves.png. Every file is written atomically."""
     weights = model_file(model, state, facts, args)
     training = {**weights, "step": state.step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "rng": utils.capture_rng_state()}
     utils.save_checkpoint(training, out_dir / "last.pth")
     # the release's name for the current model (its files held the optimizer too)
-    utils.copy_checkpoint(out_dir / "last.pth", out_dir / f"cur_model_fold{args.fold}.pth")
+    utils.copy_checkpoint(out_dir / "last.pth", out_dir / f"cur_model{fold_suffix(args)}.pth")
     if improved:
         utils.save_checkpoint(weights, out_dir / "best.pth")
     if args.save_every > 0 and state.epoch % args.save_every == 0:
-        utils.save_checkpoint(weights, out_dir / f"epoch{state.epoch}_model_fold{args.fold}.pth")
+        utils.save_checkpoint(weights, out_dir / f"epoch{state.epoch}_model{fold_suffix(args)}.pth")
     write_history_csv(state.history, facts["au_names"], out_dir / "metrics.csv")
     plot_curves(state.history, out_dir / "curves.png")
 
@@ -162,7 +175,7 @@ def finish_run_files(args, model, state: TrainState, facts: dict, out_dir: Path)
     evaluated), and cur_model_fold{k}.pth stays its hard link."""
     last = out_dir / "last.pth"
     utils.save_checkpoint(model_file(model, state, facts, args), last)
-    utils.copy_checkpoint(last, out_dir / f"cur_model_fold{args.fold}.pth")
+    utils.copy_checkpoint(last, out_dir / f"cur_model{fold_suffix(args)}.pth")
     last_row = state.history[-1] if state.history else {}
     if not (out_dir / "best.pth").exists() or (last_row.get("mean_f1") is not None
                                                and last_row["mean_f1"] >= state.best_f1):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from megraphau import conf, errors, utils
 from megraphau.data.lists import DatasetError, list_file
+from megraphau.engine.data import list_prefix
 from megraphau.engine.evaluation import test_checkpoints
 from megraphau.engine.logs import setup_logging
 from megraphau.engine.loop import NonFiniteLossError
@@ -62,8 +63,8 @@ def check_inputs(args, folds, splits=("train", "test")) -> None:
                                    f"published files and where to get them)")
     cfg = args.dataset_config
     list_dir = Path(args.dataset_path) / "list"
-    needed = [list_file(list_dir, cfg["name"], kind, k, split) for k in folds for split in splits
-              for kind in ("img_path", "label")]
+    needed = [list_file(list_dir, list_prefix(args) if k is None else cfg["name"], kind, k, split)
+              for k in folds for split in splits for kind in ("img_path", "label")]
     missing = [p for p in needed if not p.is_file()]
     if not missing:
         return
@@ -82,7 +83,9 @@ def train_main(args, stage: int) -> dict:
     args.stage = stage  # in args.yaml: what the run is (tool/plot_runs.py's labels)
     utils.init_distributed_mode(args)
     if args.fold != "all":  # run_training refuses 'all' in its own words
-        utils.agree_on_errors(check_inputs, args, [int(args.fold)], ("test",) if args.evaluate else ("train", "test"))
+        folds = [None] if args.fold is None else [int(args.fold)]  # None: the hybrid protocol
+        splits = ("test",) if args.evaluate else ("train", "val", "test") if args.fold is None else ("train", "test")
+        utils.agree_on_errors(check_inputs, args, folds, splits)
     result = run_training(args, stage)
     # only after success: a failed rank exits without waiting on peers that may be gone
     utils.cleanup_distributed()
@@ -90,12 +93,15 @@ def train_main(args, stage: int) -> dict:
 
 
 def test_main(args) -> dict:
-    """test.py's main: the checkpoint(s) of --resume on --fold (or every fold with 'all'), in a
-    claimed run folder (run_folder.py: a test run refuses earlier results without --overwrite)."""
+    """test.py's main: the checkpoint(s) of --resume on --fold (or every fold with 'all'; the test
+    split under the hybrid protocol), in a claimed run folder (run_folder.py: a test run refuses
+    earlier results without --overwrite)."""
     if not args.resume:
         raise errors.UserError("test.py needs --resume CHECKPOINT (use {fold} in the name with --fold all)")
     utils.init_distributed_mode(args)
-    folds = list(range(1, args.N_fold + 1)) if args.fold == "all" else [int(args.fold)]
+    # the hybrid protocol (args.fold None): the test split
+    folds = [None] if args.fold is None else list(range(1, args.N_fold + 1)) if args.fold == "all" \
+        else [int(args.fold)]
     utils.agree_on_errors(check_inputs, args, folds, ("test",))
     out_dir = conf.run_dir(args)
     with claim_run_folder(args, out_dir, "test") as lock:

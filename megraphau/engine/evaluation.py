@@ -25,7 +25,7 @@ from megraphau.analysis.relations import (
     predicted_cooccurrence,
 )
 from megraphau.engine.checkpoints import checkpoint_for_fold, fold_of_file_name, warn_if_other_fold
-from megraphau.engine.data import build_datasets, build_eval_loader, list_files_of_run, prepare_synth
+from megraphau.engine.data import build_datasets, build_eval_loader, list_files_of_run, prepare_synth, split_name
 from megraphau.engine.loop import predict
 from megraphau.engine.metrics import average_folds, compute_au_metrics, format_au_table
 from megraphau.model import has_edge_logits, load_model
@@ -44,18 +44,21 @@ def agreement(pred: np.ndarray, truth: np.ndarray, permutations: int = PERMUTATI
             "p_value": number(permutation_p_value(pred, truth, permutations))}
 
 
-def fold_figures(out_dir: Path, fold: int, au_names: list, probs: np.ndarray, labels: np.ndarray,
+def fold_figures(out_dir: Path, fold: int | None, au_names: list, probs: np.ndarray, labels: np.ndarray,
                  threshold: float, pair_meter=None, label: str = "") -> dict:
-    """The figures of one tested fold in out_dir (each PNG with the CSV of its numbers):
+    """The figures of one tested fold (fold None: the hybrid test split, named 'test') in out_dir
+    (each PNG with the CSV of its numbers):
     pr_curves_fold{k}: per-AU precision-recall curves, the operating point p >= threshold marked;
     cooccurrence_fold{k}: the test fold's ground-truth P(AU i and AU j) beside the co-occurrence
     of the predicted AUs and, for stage 2 (pair_meter), the model's mean P(both) from its edge
     logits. Returns {"figures": [file names], "cooccurrence": {comparison: {"r", "p_value"}}}:
     Pearson r over the off-diagonal pairs, permutation p (small: closer than chance)."""
     files = []
+    tag = split_name(fold)  # fold1 ... or test
+    what = "test split" if fold is None else f"fold {fold}"
     curves = precision_recall_curves(probs, labels, threshold)
-    pr = plots.plot_pr_curves(au_names, curves, out_dir / f"pr_curves_fold{fold}.png", threshold=threshold,
-                              title=f"{label}fold {fold}: precision-recall per AU, {len(labels)} test images "
+    pr = plots.plot_pr_curves(au_names, curves, out_dir / f"pr_curves_{tag}.png", threshold=threshold,
+                              title=f"{label}{what}: precision-recall per AU, {len(labels)} test images "
                                     f"(dot: p >= {threshold:g}; dashed: positive rate)")
     files += [pr["png"].name, pr["csv"].name]
 
@@ -75,16 +78,18 @@ def fold_figures(out_dir: Path, fold: int, au_names: list, probs: np.ndarray, la
     r, p = stats[key]["r"], stats[key]["p_value"]
     versus = "model edges" if pair_meter is not None else "predicted AUs"
     cooc = plots.plot_cooccurrence(
-        au_names, matrices, out_dir / f"cooccurrence_fold{fold}.png",
-        title=f"{label}fold {fold}: P(AU i and AU j), {len(labels)} test images; {versus} vs truth: "
+        au_names, matrices, out_dir / f"cooccurrence_{tag}.png",
+        title=f"{label}{what}: P(AU i and AU j), {len(labels)} test images; {versus} vs truth: "
               f"r = {'nan' if r is None else f'{r:.2f}'}, permutation p = {'nan' if p is None else f'{p:.3g}'}")
     files += [cooc["png"].name, cooc["csv"].name]
     stats["permutations"] = PERMUTATIONS
     return {"figures": files, "cooccurrence": stats}
 
 
-def evaluate_checkpoint(args, fold: int, path: str, figures_dir: Path | None = None) -> dict:
-    """Test one checkpoint on one fold; returns the fold's result dict (percentages).
+def evaluate_checkpoint(args, fold: int | None, path: str, figures_dir: Path | None = None) -> dict:
+    """Test one checkpoint on one fold (None: the hybrid protocol's test split); returns the
+    result dict (percentages; per-AU and mean F1 and accuracy, and the means over the AUs the
+    tested images code).
 
     figures_dir: also draw the fold's figures there (fold_figures; rank 0), adding "figures"
     and "cooccurrence" to the result. For a stage-2 ME-GraphAU model the prediction then also
@@ -92,31 +97,42 @@ def evaluate_checkpoint(args, fold: int, path: str, figures_dir: Path | None = N
     loaded = load_model(path, arc=args.arc, stage=getattr(args, "stage", None), num_classes=args.num_classes,
                         neighbor_num=args.neighbor_num, metric=getattr(args, "metric", None))
     facts = loaded.facts
-    saved_fold = facts["fold"] if facts["fold"] is not None else fold_of_file_name(path)
+    saved_fold = facts["fold"] if facts["fold"] is not None else fold_of_file_name(path) if fold is not None \
+        else None
     warn_if_other_fold(path, saved_fold, fold, testing=True)
     model = loaded.model.to(args.device)
     test_ds = build_datasets(args, stage=1, splits=("test",), fold=fold)["test"]
     loader = build_eval_loader(test_ds, args)
     edges = has_edge_logits(facts["stage"], facts.get("variant"))
     meter = PairProbabilityMeter() if figures_dir is not None and edges else None
-    probs = predict(model, loader, args.device, args.amp, progress=not args.no_progress, desc=f"test fold {fold}",
+    what = "test split" if fold is None else f"fold {fold}"
+    probs = predict(model, loader, args.device, args.amp, progress=not args.no_progress, desc=f"test {what}",
                     pair_meter=meter)
     threshold = getattr(args, "threshold", 0.5)
     metrics = compute_au_metrics(probs, test_ds.labels, threshold=threshold)
     au_names = list(test_ds.au_names)
-    log.info("fold %d, %s (stage %d, --arc %s), %d images\n%s", fold, path, facts["stage"], facts["arc"],
+    coded = metrics["coded"]
+    log.info("%s, %s (stage %d, --arc %s), %d images\n%s", what, path, facts["stage"], facts["arc"],
              len(test_ds), format_au_table(au_names, metrics["f1"], metrics["acc"]))
-    result = {"dataset": args.dataset_name, "fold": int(fold), "arc": facts["arc"], "stage": facts["stage"],
+    if not coded.all():
+        log.info("%s: %d of %d AUs coded in the tested images: mean F1 %.2f, mean accuracy %.2f over them "
+                 "(uncoded AUs count 0 in the means over all AUs, as in OpenGraphAU's test.py)", what,
+                 int(coded.sum()), len(coded), 100 * metrics["mean_f1_coded"], 100 * metrics["mean_acc_coded"])
+    result = {"dataset": args.dataset_name, "fold": None if fold is None else int(fold),
+              "split": "test", "protocol": "hybrid" if fold is None else "folds",
+              "arc": facts["arc"], "stage": facts["stage"],
               "checkpoint": str(path), "au_names": au_names, "f1": [round(100 * float(v), 4) for v in metrics["f1"]],
               "acc": [round(100 * float(v), 4) for v in metrics["acc"]],
               "mean_f1": round(100 * metrics["mean_f1"], 4), "mean_acc": round(100 * metrics["mean_acc"], 4),
+              "coded": [bool(v) for v in coded], "mean_f1_coded": round(100 * metrics["mean_f1_coded"], 4),
+              "mean_acc_coded": round(100 * metrics["mean_acc_coded"], 4),
               "num_images": len(test_ds), "threshold": threshold}
     if figures_dir is not None and utils.is_main_process():
         result.update(fold_figures(Path(figures_dir), fold, au_names, probs, test_ds.labels, threshold, meter,
                                    label=f"{args.dataset_name} "))
         for key, value in result["cooccurrence"].items():
             if isinstance(value, dict):
-                log.info("fold %d co-occurrence, %s: r = %s, permutation p = %s", fold, key, value["r"],
+                log.info("%s co-occurrence, %s: r = %s, permutation p = %s", what, key, value["r"],
                          value["p_value"])
     return result
 
@@ -127,7 +143,8 @@ def f1_figure(out_dir: Path, results: list[dict], dataset_config: dict) -> list[
     first = results[0]
     paper = plots.paper_f1_series(dataset_config) if list(dataset_config.get("au_names") or []) == \
         list(first["au_names"]) else {}
-    out = plots.plot_f1_bars(first["au_names"], {f"fold {r['fold']}": r["f1"] for r in results},
+    out = plots.plot_f1_bars(first["au_names"],
+                             {"test split" if r["fold"] is None else f"fold {r['fold']}": r["f1"] for r in results},
                              out_dir / "f1_bars.png", paper=paper,
                              title=f"{first['dataset']}: per-AU F1 on the test fold{'s' if len(results) > 1 else ''}"
                                    f" (stage {first['stage']}, {first['arc']}, p >= {first['threshold']:g})")
@@ -160,6 +177,7 @@ def write_results(summary: dict, rows: list[dict], out_dir: Path) -> None:
         writer.writeheader()
         for r in rows:
             row = {k: r[k] for k in ("fold", "num_images", "mean_f1", "mean_acc")}
+            row["fold"] = "test" if row["fold"] is None else row["fold"]  # the hybrid test split
             row["checkpoint"] = r["checkpoint"] if isinstance(r["checkpoint"], str) else ";".join(r["checkpoint"])
             row.update({f"f1_{n}": v for n, v in zip(names, r["f1"])})
             row.update({f"acc_{n}": v for n, v in zip(names, r["acc"])})
@@ -182,7 +200,8 @@ def test_checkpoints(args, out_dir: Path, folds: list[int]) -> dict:
     if len(folds) > 1 and "{fold}" not in args.resume:
         warnings.warn(f"--fold all with one checkpoint ({args.resume}) tests it on every fold, "
                       f"including the folds it was trained on; use a name with {{fold}}", stacklevel=2)
-    checkpoints = {f"checkpoint_fold{k}": Path(checkpoint_for_fold(args.resume, k)) for k in folds}
+    checkpoints = {"checkpoint" if k is None else f"checkpoint_fold{k}": Path(checkpoint_for_fold(args.resume, k))
+                   for k in folds}
     prepare_synth(args, folds)  # explicit: the synthetic set's lists exist before they are hashed
     prov = provenance.collect(device=args.device, files={**checkpoints, **list_files_of_run(args, ("test",), folds)})
     log.info("provenance: %s", provenance.header_line(prov))

@@ -3,6 +3,7 @@ ConvNeXt's engine.py holds train_one_epoch and evaluate. The run around them (se
 checkpoints) is training.py; testing a checkpoint is evaluation.py."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from megraphau.engine.logs import ProgressLog
 from megraphau.engine.losses import edge_loss
 from megraphau.engine.pair_meters import all_reduce_pair_meter, update_pair_meter
 from megraphau.engine.recipe import cosine_lr
+from megraphau.engine.sam import SAM, sam_step
 from megraphau.utils import log
 
 
@@ -22,12 +24,45 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stops, the last good checkpoint is kept."""
 
 
+def check_finite_loss(loss: torch.Tensor, args, out_dir: Path, where: str) -> None:
+    """NonFiniteLossError (logged, on every rank together) when `loss` is NaN or infinite."""
+    finite = torch.isfinite(loss.detach()).to(torch.float32)
+    if args.distributed:  # every rank stops together
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if not bool(finite):
+        last = out_dir / "last.pth"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        msg = (f"non-finite loss ({loss.item()}) {where}; training stopped, {kept}. Try a lower "
+               f"--learning-rate or --amp none.")
+        log.error(msg)
+        raise NonFiniteLossError(msg)
+
+
+def batch_loss(args, criterion):
+    """loss_fn(net, batch) of one training step: the forward under --amp's autocast, then
+    criterion(probs, labels), plus --lam x the edge loss for a stage-2 ME-GraphAU model
+    (OpenGraphAU's stage 2 predicts no edges: the AU loss alone)."""
+    def loss_fn(net, batch):
+        images = batch[0].to(args.device, non_blocking=True)
+        labels = batch[1].to(args.device, non_blocking=True)
+        with utils.autocast_context(args.device, args.amp):
+            out = net(images)
+        if not isinstance(out, tuple):  # stage 1, and OpenGraphAU's stage 2 (no edge classifier)
+            return criterion(out, labels)
+        probs, edge_logits = out
+        relations = batch[2].to(args.device, non_blocking=True)
+        return criterion(probs, labels) + args.lam * edge_loss(edge_logits, relations)
+
+    return loss_fn
+
+
 def train_one_epoch(args, net, loader, optimizer, scaler, criterion, state: TrainState, epoch: int,
                     out_dir: Path, show_bar: bool) -> tuple[float, float]:
     """One pass over `loader`, advancing state.step; returns (mean training loss over all ranks,
     the last learning rate). The learning rate follows recipe.cosine_lr, set before every step;
-    the loss is criterion(probs, labels), plus --lam x the edge loss for a stage-2 ME-GraphAU
-    model. Raises NonFiniteLossError on a NaN/inf loss, on every rank."""
+    the loss is batch_loss's. A SAM optimizer (--optimizer sam) takes sam.sam_step's two-pass
+    step (the logged loss is that of the unperturbed weights), anything else one backward and
+    scaler.step. Raises NonFiniteLossError on a NaN/inf loss, on every rank."""
     steps_per_epoch = len(loader)
     total_steps = args.epochs * steps_per_epoch
     net.train()
@@ -35,42 +70,32 @@ def train_one_epoch(args, net, loader, optimizer, scaler, criterion, state: Trai
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=not show_bar,
                dynamic_ncols=True, leave=False)
     progress = ProgressLog(getattr(args, "log_every", 0), epoch, args.epochs, steps_per_epoch, args.device)
+    loss_fn = batch_loss(args, criterion)
     lr = args.learning_rate
     for i, batch in enumerate(bar):
         lr = cosine_lr(state.step, total_steps, args.learning_rate)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images = batch[0].to(args.device, non_blocking=True)
-        labels = batch[1].to(args.device, non_blocking=True)
-        with utils.autocast_context(args.device, args.amp):
-            out = net(images)
-        if not isinstance(out, tuple):  # stage 1, and OpenGraphAU's stage 2 (no edge classifier)
-            loss = criterion(out, labels)
+
+        where = (f"at epoch {epoch + 1}, step {i + 1}/{steps_per_epoch} (global step {state.step}, "
+                 f"lr {lr:.3g})")
+        check_loss = partial(check_finite_loss, args=args, out_dir=out_dir, where=where)
+        if isinstance(optimizer, SAM):
+            loss = sam_step(net, loss_fn, batch, optimizer, scaler, check_loss=check_loss).loss
         else:
-            probs, edge_logits = out
-            relations = batch[2].to(args.device, non_blocking=True)
-            loss = criterion(probs, labels) + args.lam * edge_loss(edge_logits, relations)
-        finite = torch.isfinite(loss.detach()).to(torch.float32)
-        if args.distributed:  # every rank stops together
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if not bool(finite):
-            last = out_dir / "last.pth"
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-            msg = (f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}/{steps_per_epoch} "
-                   f"(global step {state.step}, lr {lr:.3g}); training stopped, {kept}. Try a lower "
-                   f"--learning-rate or --amp none.")
-            log.error(msg)
-            raise NonFiniteLossError(msg)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+            loss = loss_fn(net, batch)
+            check_loss(loss)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         state.step += 1
-        loss_sum += torch.stack([loss.detach().double() * len(images),
-                                 torch.tensor(float(len(images)), dtype=torch.float64, device=args.device)])
+        n = len(batch[0])
+        loss_sum += torch.stack([loss.detach().double() * n,
+                                 torch.tensor(float(n), dtype=torch.float64, device=args.device)])
         if show_bar and i % 5 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-        progress.step(i, len(images) * args.world_size, float(loss.detach()), lr)
+        progress.step(i, n * args.world_size, float(loss.detach()), lr)
     bar.close()
     if args.distributed:
         torch.distributed.all_reduce(loss_sum)

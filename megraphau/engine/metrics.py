@@ -22,7 +22,14 @@ def compute_au_metrics(probs, labels, threshold: float = 0.5) -> dict:
     Occurrence is p >= threshold. F1_i = 2 TP / (2 TP + FP + FN) with TP/FP/FN summed over all
     frames; an AU with TP + FP + FN = 0 (never present, never predicted) gets F1 = 0, like
     scikit-learn's f1_score with zero_division=0. Accuracy = correct / known frames (0 when an AU
-    has no known frame). Returns {'f1': (N,), 'acc': (N,), 'mean_f1', 'mean_acc'} in [0, 1].
+    has no known frame). These are OpenGraphAU's TP/TN/FP/FN rules (its utils.py statistics,
+    calc_f1_score, calc_acc: frames labelled -1 count nowhere; 2PR/(P+R) with P, R from TP/FP/FN
+    equals 2 TP / (2 TP + FP + FN), and 0 without true positives), and mean_f1 / mean_acc are its
+    means over all N AUs (an AU without a known frame counts 0, as there).
+
+    Returns {'f1': (N,), 'acc': (N,), 'mean_f1', 'mean_acc', 'coded': (N,) bool (the AU has a known
+    frame), 'mean_f1_coded', 'mean_acc_coded' (the means over the coded AUs: on a hybrid set whose
+    sources code only some AUs, the number that says how well the coded ones are learnt)}, in [0, 1].
     """
     p, y = _to_numpy(probs), _to_numpy(labels)
     if p.shape != y.shape or p.ndim != 2:
@@ -38,7 +45,19 @@ def compute_au_metrics(probs, labels, threshold: float = 0.5) -> dict:
     f1 = np.divide(2 * tp, denom, out=np.zeros(p.shape[1]), where=denom > 0)
     n_known = known.sum(0)
     acc = np.divide(correct, n_known, out=np.zeros(p.shape[1]), where=n_known > 0)
-    return {"f1": f1, "acc": acc, "mean_f1": float(f1.mean()), "mean_acc": float(acc.mean())}
+    coded = n_known > 0
+    return {"f1": f1, "acc": acc, "mean_f1": float(f1.mean()), "mean_acc": float(acc.mean()), "coded": coded,
+            "mean_f1_coded": float(f1[coded].mean()) if coded.any() else 0.0,
+            "mean_acc_coded": float(acc[coded].mean()) if coded.any() else 0.0}
+
+
+def all_positive_f1(labels) -> np.ndarray:
+    """Per-AU F1 of the baseline that predicts every AU present in every frame (over the known
+    frames): 2 r / (1 + r), r = the AU's positive rate; 0 for an AU without a known frame."""
+    y = _to_numpy(labels)
+    known = (y >= 0).sum(0)
+    rate = np.divide((y == 1).sum(0), known, out=np.zeros(y.shape[1]), where=known > 0)
+    return 2 * rate / (1 + rate)
 
 
 def format_au_table(au_names: Sequence[str], f1, acc=None, title: str | None = None) -> str:

@@ -1,7 +1,9 @@
 """The training recipe (ME-GraphAU, Luo et al., IJCAI-ECAI 2022, as the release trains): the
-model a run starts from, AdamW (betas 0.9/0.999, --optimizer-eps, weight decay on all
-parameters), the per-step cosine learning rate without warm-up, the gradient scaler of --amp
-fp16, and the per-epoch seed that makes an interrupted run continue exactly."""
+model a run starts from (ImageNet backbone, --resume, or --init: finetune.py), AdamW (betas
+0.9/0.999, --optimizer-eps, weight decay on all parameters) or, with --optimizer sam,
+OpenGraphAU's SAM around that AdamW (sam.py: --sam-rho, --sam-adaptive), the per-step cosine
+learning rate without warm-up, the gradient scaler of --amp fp16, and the per-epoch seed that
+makes an interrupted run continue exactly."""
 from __future__ import annotations
 
 import math
@@ -9,7 +11,10 @@ import warnings
 
 import torch
 
+from megraphau import utils
 from megraphau.engine.checkpoints import warn_if_other_fold
+from megraphau.engine.finetune import init_from_checkpoint
+from megraphau.engine.sam import SAM
 from megraphau.model import build_model, load_model
 from megraphau.utils import log
 
@@ -24,15 +29,25 @@ def pretrained_arg(args):
     """What build_model's `pretrained` gets: no ImageNet file when a checkpoint follows."""
     if args.pretrained is not None and args.pretrained.lower() == "none":
         return False
-    if args.resume or args.resume_training:
+    if args.resume or args.resume_training or getattr(args, "init", None):
         return False
     return args.pretrained
 
 
 def build_training_model(args, stage: int):
-    """The model a training run starts from: ImageNet backbone, or --resume (a stage-1 file
-    initialises stage 2: shared keys load, the graph head starts fresh)."""
+    """The model a training run starts from: ImageNet backbone, --resume (a stage-1 file
+    initialises stage 2: shared keys load, the graph head starts fresh) or --init (what fits of
+    any ME-GraphAU / OpenGraphAU model: finetune.init_from_checkpoint)."""
     variant = args.dataset_config.get("variant", "megraphau")  # OpenGraphAU: 41 AUs
+    init = getattr(args, "init", None)
+    if init and args.resume and not args.resume_training:
+        raise utils.UserError("--init and --resume both name the starting model: give one (--resume: the "
+                              "stage-1 model of this AU set; --init: any model to fine-tune from)")
+    if init and not args.resume_training:
+        model = build_model(stage, args.arc, args.num_classes, args.neighbor_num, args.metric, pretrained=False,
+                            variant=variant)
+        init_from_checkpoint(model, init, args.dataset_config["au_names"])
+        return model
     if args.resume and not args.resume_training:
         loaded = load_model(args.resume, arc=args.arc, stage=stage, num_classes=args.num_classes,
                             variant=variant, neighbor_num=args.neighbor_num, metric=args.metric,
@@ -47,8 +62,13 @@ def build_training_model(args, stage: int):
 
 
 def build_optimizer(args, model) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(0.9, 0.999),
-                             eps=args.optimizer_eps, weight_decay=args.weight_decay)
+    """AdamW as the release; --optimizer sam wraps it in SAM (rho --sam-rho, ASAM when
+    --sam-adaptive), whose two-pass step loop.train_one_epoch takes with sam.sam_step."""
+    adamw = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, betas=(0.9, 0.999),
+                              eps=args.optimizer_eps, weight_decay=args.weight_decay)
+    if getattr(args, "optimizer", "adamw") == "sam":
+        return SAM(adamw, rho=args.sam_rho, adaptive=args.sam_adaptive)
+    return adamw
 
 
 def build_grad_scaler(args) -> torch.amp.GradScaler:

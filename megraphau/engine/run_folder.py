@@ -48,7 +48,7 @@ HOLDER_NAME = ".run.holder"
 #: the run's own files in its folder, besides its outputs
 LOCK_FILES = (LOCK_NAME, HOLDER_NAME)
 #: results of a training run (docs/training.md, "What a run writes"): how an earlier run is recognised
-TRAINING_RESULTS = ("last.pth", "best.pth", "cur_model_fold*.pth", "epoch*_model_fold*.pth", "metrics.csv",
+TRAINING_RESULTS = ("last.pth", "best.pth", "cur_model*.pth", "epoch*_model*.pth", "metrics.csv",
                     "curves.png")
 #: results of a test run (test.py, --evaluate)
 TEST_RESULTS = ("results.json", "results.csv")

@@ -38,6 +38,7 @@ def ogau_dataset(tmp_path_factory):
     write_fold_lists(list_dir, "OpenGraphAU", labelled)
     cfg = yaml.safe_load((CONFIG_DIR / "OpenGraphAU.yaml").read_text())
     cfg["dataset_path"] = str(root)
+    cfg["protocol"] = "folds"  # fold lists of the 41 AUs (the hybrid protocol: tests/test_hybrid_protocol.py)
     config = root / "OpenGraphAU_tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))
     return config
