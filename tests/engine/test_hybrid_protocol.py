@@ -202,13 +202,17 @@ def test_sam_with_gradient_checkpointing_trains_to_the_same_weights(tiny_hybrid,
 
 @pytest.mark.slow
 def test_hybrid_synth_with_sam_learns(tmp_path):
-    """The recipe on the default-sized hybrid SYNTH set (SYNTH_OpenGraphAU's defaults: ResNet-18 from
-    scratch, SAM): the test split's mean F1 over the coded AUs beats predicting every AU present."""
-    root = generate_hybrid_synthetic_dataset(tmp_path / "H", seed=0, subjects=(3, 1, 2), tasks=2, frames=20,
-                                             size=96)
+    """The recipe on a small hybrid SYNTH set (SYNTH_OpenGraphAU's defaults, ResNet-18 from scratch,
+    SAM rho 2.0 adaptive; batch 8 for 16 epochs: 576 steps): the test split's mean F1 over the coded
+    AUs beats predicting every coded AU present by 5 points."""
+    root = generate_hybrid_synthetic_dataset(tmp_path / "H", seed=0, subjects=(3, 1, 1), tasks=2, frames=12,
+                                             size=96)  # 288 train / 96 val / 96 test images
     common = ["--dataset", "SYNTH_OpenGraphAU", "--dataset-path", str(root), "--output-dir", str(tmp_path),
               "--no-progress"]
-    s1 = train_stage1.main(_parse(train_stage1, common + ["--exp-name", "s1", "--pretrained", "none"], "stage1"))
+    # SAM learns more slowly than AdamW from scratch: on this set AdamW's val mean F1 over the coded
+    # AUs was 50.6 after 8 epochs of batch 8, SAM's 38.6; SAM's reached 64.3 after 12 of 16
+    s1 = train_stage1.main(_parse(train_stage1, common + ["--exp-name", "s1", "--pretrained", "none", "-b", "8",
+                                                          "-e", "16"], "stage1"))
     assert s1["best_f1"] == max(h["mean_f1"] for h in s1["history"])
     res = test_mod.main(_parse(test_mod, common + ["--exp-name", "t", "--resume", str(s1["run_dir"] / "best.pth")],
                                "test"))

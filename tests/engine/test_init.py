@@ -118,7 +118,6 @@ def own_labels(tmp_path_factory):
     return root
 
 
-@pytest.mark.slow  # about a minute on 2 busy CPU cores
 def test_finetune_a_12_au_model_on_own_labels_end_to_end(own_labels, tmp_path, capsys):
     source = _randomised(build_model(1, "resnet18", 12, 4, pretrained=False))
     ckpt = _save(source, tmp_path / "MEFARG_resnet18_BP4D_fold1.pth")
