@@ -131,7 +131,7 @@ def test_pixels_same_with_simd_dispatch_disabled(tmp_path):
         from numpy.core._multiarray_umath import __cpu_dispatch__
     opencv_off = "AVX512-SKX,AVX2,FP16,AVX,FMA3,SSE4.2,SSE4.1,POPCNT,SSSE3"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                       str(Path(__file__).resolve().parents[1])]),
+                                                       str(Path(__file__).resolve().parent)]),
                OPENCV_CPU_DISABLE=opencv_off, OPENCV_IPP="disabled",
                NPY_DISABLE_CPU_FEATURES=" ".join(__cpu_dispatch__),
                OPENBLAS_CORETYPE="Prescott", OPENBLAS_NUM_THREADS="1")
