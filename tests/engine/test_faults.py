@@ -27,12 +27,22 @@ import demo
 import test as test_mod
 import train_stage1
 import train_stage2
+from cli_runs import (
+    demo_cli,
+    eval_argv,
+    eval_cli,
+    one_error_line,
+    stage1_cli,
+    stage2_cli,
+    tiny_synth_root,
+    train_argv,
+)
 from megraphau import conf, errors, utils
 from megraphau.data.dataset import AUDataset, load_dataset_config
 from megraphau.engine import cli as engine_cli
 from megraphau.engine import run_folder, training
 from megraphau.model import build_model, load_model
-from megraphau.synth import generate_synthetic_dataset
+from release_files import save_release_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
@@ -44,9 +54,7 @@ SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "
 @pytest.fixture(scope="module")
 def tiny_synth(tmp_path_factory):
     """8 faces per part: 16 train / 8 test images per fold."""
-    root = tmp_path_factory.mktemp("synth_faults")
-    generate_synthetic_dataset(root, subjects_per_part=1, tasks=2, frames=4, seed=0, size=64)
-    return root
+    return tiny_synth_root(tmp_path_factory, "synth_faults")
 
 
 @pytest.fixture(scope="module")
@@ -66,51 +74,7 @@ def save_release_format(model, path):
     (out[0] if isinstance(out, tuple) else out).sum().backward()
     optimizer.step()
     model.eval()
-    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 20,
-                "optimizer": optimizer.state_dict()}, path)
-
-
-def train_argv(root, out, *extra, epochs=1):
-    return ["--dataset", "SYNTH", "--dataset-path", str(root), "--output-dir", str(out), "--arc", "resnet18",
-            "--pretrained", "none", "--crop-size", "48", "-b", "4", "-lr", "0.001", "-e", str(epochs), "-j", "0",
-            "--no-progress", "--eval-every", "0", *extra]
-
-
-def eval_argv(root, out, checkpoint, *extra):
-    return ["--dataset", "SYNTH", "--dataset-path", str(root), "--output-dir", str(out), "--crop-size", "48",
-            "-b", "4", "-j", "0", "--no-progress", "--resume", str(checkpoint), *extra]
-
-
-def exit_code(run, *args) -> int:
-    """The exit code of a command-line entry: its return value or its SystemExit's code."""
-    try:
-        return run(*args)
-    except SystemExit as exc:
-        return exc.code
-
-
-def stage1_cli(argv):
-    return exit_code(engine_cli.train_cli, train_stage1.get_args_parser(), 1, argv)
-
-
-def stage2_cli(argv):
-    return exit_code(engine_cli.train_cli, train_stage2.get_args_parser(), 2, argv)
-
-
-def eval_cli(argv):
-    return exit_code(engine_cli.test_cli, test_mod.get_args_parser(), argv)
-
-
-def demo_cli(argv):
-    return exit_code(demo.cli, argv)
-
-
-def one_error_line(capsys) -> str:
-    """stderr of the last command: exactly one non-empty line and no traceback."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    save_release_checkpoint(model, path, optimizer=optimizer.state_dict())
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,14 +13,22 @@ import torch
 import yaml
 
 import demo
-import test as test_mod
 import train_stage1
-import train_stage2
+from cli_runs import (
+    eval_argv,
+    eval_cli,
+    exit_code,
+    one_error_line,
+    stage1_cli,
+    stage2_cli,
+    tiny_synth_root,
+    train_argv,
+)
 from megraphau import conf, errors, utils
 from megraphau.engine import cli as engine_cli
 from megraphau.engine import training
 from megraphau.model import build_model
-from megraphau.synth import generate_synthetic_dataset
+from release_files import save_release_checkpoint
 from tool import check_images, crop_faces, export_onnx, plot_runs, prepare_lists, synth_faces
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,9 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def tiny_synth(tmp_path_factory):
     """8 faces per part: 16 train / 8 test images per fold."""
-    root = tmp_path_factory.mktemp("synth_faults_training")
-    generate_synthetic_dataset(root, subjects_per_part=1, tasks=2, frames=4, seed=0, size=64)
-    return root
+    return tiny_synth_root(tmp_path_factory, "synth_faults_training")
 
 
 @pytest.fixture(scope="module")
@@ -43,47 +49,7 @@ def stage1_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "MEFARG_resnet18_SYNTH_fold1.pth"
     torch.manual_seed(0)
     model = build_model(1, "resnet18", 12, 4, "dots", pretrained=False)
-    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 20}, path)
-    return path
-
-
-def train_argv(root, out, *extra, epochs=1):
-    return ["--dataset", "SYNTH", "--dataset-path", str(root), "--output-dir", str(out), "--arc", "resnet18",
-            "--pretrained", "none", "--crop-size", "48", "-b", "4", "-lr", "0.001", "-e", str(epochs), "-j", "0",
-            "--no-progress", "--eval-every", "0", *extra]
-
-
-def eval_argv(root, out, checkpoint, *extra):
-    return ["--dataset", "SYNTH", "--dataset-path", str(root), "--output-dir", str(out), "--crop-size", "48",
-            "-b", "4", "-j", "0", "--no-progress", "--resume", str(checkpoint), *extra]
-
-
-def exit_code(run, *args) -> int:
-    """The exit code of a command-line entry: its return value or its SystemExit's code."""
-    try:
-        return run(*args)
-    except SystemExit as exc:
-        return exc.code
-
-
-def stage1_cli(argv):
-    return exit_code(engine_cli.train_cli, train_stage1.get_args_parser(), 1, argv)
-
-
-def stage2_cli(argv):
-    return exit_code(engine_cli.train_cli, train_stage2.get_args_parser(), 2, argv)
-
-
-def eval_cli(argv):
-    return exit_code(engine_cli.test_cli, test_mod.get_args_parser(), argv)
-
-
-def one_error_line(capsys) -> str:
-    """stderr of the last command: exactly one non-empty line and no traceback."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    return save_release_checkpoint(model, path)
 
 
 def bug(*args, **kwargs):
