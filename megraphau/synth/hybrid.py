@@ -29,15 +29,12 @@ the same drawing as SYNTH (package docstring).
 """
 from __future__ import annotations
 
-import inspect
 import json
-import shutil
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
-from filelock import FileLock
 from tqdm import tqdm
 
 from megraphau.data.hybrid import HYBRID_AUS, SPLITS, write_hybrid_lists
@@ -45,7 +42,7 @@ from megraphau.data.lists import compute_class_weights_coded, write_split_lists
 from megraphau.paths import DATA_DIR
 from megraphau.synth.draw import render_face
 from megraphau.synth.params import SYNTH_AUS, sample_identity, sample_labels, sample_params
-from megraphau.synth.writer import _marker_matches
+from megraphau.synth.writer import clear_earlier_set, ensure_generated
 
 HYBRID_ROOT = DATA_DIR / "SYNTH_OpenGraphAU"
 HYBRID_MARKER = ".synth_hybrid_complete.json"
@@ -111,11 +108,7 @@ def generate_hybrid_synthetic_dataset(root, subjects: Sequence[int] = (3, 1, 2),
                          f"and tasks, frames >= 1, got {subjects}, {tasks}, {frames}")
     root = Path(root)
     config = _generation_config(subjects, tasks, frames, seed, size)
-    marker = root / HYBRID_MARKER
-    if marker.exists():  # an older hybrid set of ours: replace it wholesale
-        marker.unlink()
-        for sub in ("img", "list"):
-            shutil.rmtree(root / sub, ignore_errors=True)
+    marker = clear_earlier_set(root, HYBRID_MARKER)
     # Pass 1: labels of every sequence, seeded per source, subject and task (a subject's images do
     # not depend on how many other subjects there are).
     sequences = []  # (source index, split, rel folder, identity, labels (frames, 12), rng)
@@ -168,18 +161,6 @@ def ensure_hybrid_synthetic_dataset(root=None, **kwargs) -> Path:
     """Return the hybrid SYNTH root (default ``<repo>/data/SYNTH_OpenGraphAU``), generating it first
     when it is missing, incomplete (no marker) or made with other parameters (a file lock keeps
     concurrent callers from generating it twice)."""
-    root = HYBRID_ROOT if root is None else Path(root)
-    sig = inspect.signature(generate_hybrid_synthetic_dataset)
-    unknown = set(kwargs) - set(sig.parameters)
-    if unknown:
-        raise TypeError(f"ensure_hybrid_synthetic_dataset: unknown arguments {sorted(unknown)}")
-    args = {k: v.default for k, v in sig.parameters.items() if k != "root"}
-    args.update(kwargs)
-    wanted = _generation_config(args["subjects"], args["tasks"], args["frames"], args["seed"], args["size"])
-    if _marker_matches(root, wanted, HYBRID_MARKER):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(root.parent / f".{root.name}.lock"):
-        if _marker_matches(root, wanted, HYBRID_MARKER):
-            return root
-        return generate_hybrid_synthetic_dataset(root, **args)
+    return ensure_generated(generate_hybrid_synthetic_dataset, HYBRID_ROOT if root is None else Path(root), kwargs,
+                            lambda a: _generation_config(a["subjects"], a["tasks"], a["frames"], a["seed"], a["size"]),
+                            HYBRID_MARKER)

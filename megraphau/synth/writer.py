@@ -55,11 +55,7 @@ def generate_synthetic_dataset(root, subjects_per_part: int = 4, tasks: int = 2,
                          f">= 1, got {subjects_per_part}, {tasks}, {frames}")
     root = Path(root)
     config = _generation_config(subjects_per_part, tasks, frames, seed, size)
-    marker = root / MARKER_NAME
-    if marker.exists():  # an older SYNTH set of ours: replace it wholesale
-        marker.unlink()
-        for sub in ("img", "list"):
-            shutil.rmtree(root / sub, ignore_errors=True)
+    marker = clear_earlier_set(root, MARKER_NAME)
     # Pass 1: labels of every sequence. Seeds per subject and per task, so a subject's images do
     # not depend on how many other subjects there are.
     sequences = []  # (part, subject, task, labels (frames, 12), rng for the frames' jitter)
@@ -106,24 +102,41 @@ def generate_synthetic_dataset(root, subjects_per_part: int = 4, tasks: int = 2,
 def ensure_synthetic_dataset(root=None, **kwargs) -> Path:
     """Return the SYNTH root (default ``<repo>/data/SYNTH``), generating it first when it is
     missing, incomplete (no marker: an interrupted run) or made with other parameters."""
-    root = DEFAULT_ROOT if root is None else Path(root)
-    sig = inspect.signature(generate_synthetic_dataset)
+    return ensure_generated(generate_synthetic_dataset, DEFAULT_ROOT if root is None else Path(root), kwargs,
+                            lambda a: _generation_config(a["subjects_per_part"], a["tasks"], a["frames"],
+                                                         a["seed"], a["size"]), MARKER_NAME)
+
+
+def clear_earlier_set(root: Path, marker_name: str) -> Path:
+    """Remove an earlier generated set of ours under ``root`` (its marker, img/ and list/: it is
+    replaced wholesale) and return the marker's path, written when the new set is complete."""
+    marker = root / marker_name
+    if marker.exists():
+        marker.unlink()
+        for sub in ("img", "list"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+    return marker
+
+
+def ensure_generated(generate, root: Path, kwargs: dict, wanted_config, marker_name: str) -> Path:
+    """``generate(root, **kwargs)`` unless ``root``'s marker records a complete set made with the
+    same parameters (``wanted_config(all arguments)``); returns ``root``."""
+    sig = inspect.signature(generate)
     unknown = set(kwargs) - set(sig.parameters)
     if unknown:
-        raise TypeError(f"ensure_synthetic_dataset: unknown arguments {sorted(unknown)}")
+        raise TypeError(f"{generate.__name__.replace('generate_', 'ensure_')}: unknown arguments {sorted(unknown)}")
     args = {k: v.default for k, v in sig.parameters.items() if k != "root"}
     args.update(kwargs)
-    wanted = _generation_config(args["subjects_per_part"], args["tasks"], args["frames"],
-                                args["seed"], args["size"])
-    if _marker_matches(root, wanted):
+    wanted = wanted_config(args)
+    if _marker_matches(root, wanted, marker_name):
         return root
     # Several processes (e.g. distributed ranks) may ask at once: one generates, the others wait
     # on the lock (an OS file lock: flock on POSIX, msvcrt on Windows) and then find the marker.
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(root.parent / f".{root.name}.lock"):
-        if _marker_matches(root, wanted):
+        if _marker_matches(root, wanted, marker_name):
             return root
-        return generate_synthetic_dataset(root, **args)
+        return generate(root, **args)
 
 
 def _marker_matches(root: Path, wanted: dict, marker: str = MARKER_NAME) -> bool:
