@@ -2,6 +2,9 @@
 SYNTH run, each entry's exit code, and the one error line a user sees."""
 from __future__ import annotations
 
+import contextlib
+import io
+
 import demo
 import test as test_mod
 import train_stage1
@@ -58,3 +61,11 @@ def one_error_line(capsys) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def captured_run(main, argv) -> tuple:
+    """(exit code, stdout, stderr) of ``main(argv)`` run in-process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()

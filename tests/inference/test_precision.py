@@ -24,6 +24,7 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
 import demo  # noqa: E402
+from cli_runs import captured_run  # noqa: E402
 from megraphau import provenance  # noqa: E402
 from megraphau.inference import precision as P  # noqa: E402
 from megraphau.inference import roofline as R  # noqa: E402
@@ -50,10 +51,7 @@ def random_model(stage=1, crop=CROP):
 
 
 def run_cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
+    return captured_run(cli.main, argv)
 
 
 @pytest.fixture(scope="module")

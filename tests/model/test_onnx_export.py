@@ -4,12 +4,9 @@ the facts survive the round trip through the file's metadata, and the tool's err
 Each model is exported once (module-scoped fixture); two of them through the command line tool,
 from a project checkpoint and from a release-style one. ResNet-18 runs at 112 x 112 crops.
 """
-import contextlib
 import importlib
-import io
 import json
 import sys
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -21,6 +18,7 @@ pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
 
+from cli_runs import captured_run  # noqa: E402
 from megraphau.data.dataset import IMAGENET_MEAN, IMAGENET_STD, load_dataset_config  # noqa: E402
 from megraphau.model import build_model, load_model, model_config_dict  # noqa: E402
 from megraphau.model.onnx_export import (  # noqa: E402
@@ -34,6 +32,7 @@ from megraphau.model.onnx_export import (  # noqa: E402
 )
 from megraphau.model.opengraphau import AU_DESCRIPTIONS as OG_DESCRIPTIONS  # noqa: E402
 from megraphau.model.opengraphau import AU_NAMES as OG_NAMES
+from release_files import save_release_checkpoint  # noqa: E402
 from tool import export_onnx as cli  # noqa: E402
 
 BP4D = ["AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU14", "AU15", "AU17", "AU23", "AU24"]
@@ -66,16 +65,8 @@ def save_project_checkpoint(model, path, n, crop):
                 "epoch": 3}, path)
 
 
-def save_release_checkpoint(model, path):
-    torch.save({"epoch": 20, "state_dict": OrderedDict(("module." + k, v) for k, v in model.state_dict().items()),
-                "optimizer": {}}, path)
-
-
 def run_cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
+    return captured_run(cli.main, argv)
 
 
 @pytest.fixture(scope="module")
