@@ -152,13 +152,7 @@ def check_earlier_run(folder: Path, kind: str, overwrite: bool, inputs=()) -> li
         raise RunFolderError(f"{folder} holds an earlier run ({names}) that this {'test ' if kind != 'train' else ''}"
                              f"run would replace; {hint}choose another --exp-name or --output-dir, or pass "
                              f"--overwrite to replace it")
-    needed = [Path(p) for p in inputs if p and Path(p).resolve() in {f.resolve() for f in removable}]
-    if needed:
-        raise RunFolderError(f"--overwrite would delete {needed[0]}, which this run reads; copy it out of "
-                             f"{folder} or choose another --exp-name")
-    for path in removable:
-        path.unlink()
-    return removable
+    return delete_for_overwrite(folder, removable, inputs, "--exp-name")
 
 
 def check_earlier_demo(folder: Path, overwrite: bool, inputs=()) -> list[Path]:
@@ -172,10 +166,17 @@ def check_earlier_demo(folder: Path, overwrite: bool, inputs=()) -> list[Path]:
                              f"that this run would replace; choose another --output, or pass --overwrite to "
                              f"replace them")
     removable = outputs_in(folder, DEMO_RESULTS + DEMO_PICTURES)
-    needed = [Path(p) for p in inputs if p and Path(p).resolve() in {f.resolve() for f in removable}]
+    return delete_for_overwrite(folder, removable, inputs, "--output")
+
+
+def delete_for_overwrite(folder: Path, removable: list[Path], inputs, where_flag: str) -> list[Path]:
+    """--overwrite: delete the earlier run's files, unless this run reads one of them (`inputs`);
+    returns the files removed."""
+    removable_set = {f.resolve() for f in removable}
+    needed = [Path(p) for p in inputs if p and Path(p).resolve() in removable_set]
     if needed:
         raise RunFolderError(f"--overwrite would delete {needed[0]}, which this run reads; copy it out of "
-                             f"{folder} or choose another --output")
+                             f"{folder} or choose another {where_flag}")
     for path in removable:
         path.unlink()
     return removable
