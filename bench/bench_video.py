@@ -11,6 +11,7 @@ benchmark runs `python demo.py --benchmark` in a fresh process.
 
   python bench/bench_video.py --arcs resnet18 resnet50 --stages 2 --frames 200 --repeats 2
   python bench/bench_video.py --memory --memory-frames 300 3000 --arcs resnet18 --engine onnx
+  python bench/bench_video.py --guard-checkpoint results/synth_stage2/.../best.pth --guard-data data/SYNTH
 
 The pipeline benchmark times every engine x precision (PyTorch fp32/bf16, ONNX Runtime
 fp32/int8: demo.py --benchmark --benchmark-precisions fp32 bf16 int8; the int8 file is quantised
@@ -252,6 +253,37 @@ def run_precisions(args, made, results: dict | None = None) -> None:
     print(precision_table(rows, args.threads), flush=True)
 
 
+def trained_guards(checkpoint: Path, data_root: Path, workdir: Path, fold: int | None = None) -> list[dict]:
+    """The accuracy guards of a trained checkpoint for every precision this machine offers, against
+    PyTorch float32: probabilities on face crops of tests/data/astronaut.jpg (bound 0.02) and test
+    mean F1 on `data_root`'s test fold (bound 0.5 points). The ONNX files (float32 and int8) are
+    written to workdir. Random weights cannot show the F1 guard: this is the check for a real model."""
+    from megraphau.inference import precision as P
+    from megraphau.model import load_model
+    from megraphau.model.onnx_export import export_onnx
+
+    loaded = load_model(checkpoint)
+    facts = dict(loaded.facts)
+    crop = int(facts.get("crop_size") or 224)
+    dataset, fold = facts.get("dataset") or "SYNTH", fold or facts.get("fold") or 1
+    onnx = workdir / f"{checkpoint.stem}_guards.onnx"
+    export_onnx((loaded.model, facts), onnx, verify=True, crop_size=crop)
+    sources = {("onnxruntime", "fp32"): onnx}
+    if P.unsupported_reason("onnxruntime", "int8") is None:
+        sources["onnxruntime", "int8"] = P.quantize_int8(onnx)["path"]
+    reference = P.make_runner("pytorch", "fp32", loaded.model)
+    crops = P.model_inputs(P.guard_crops(facts.get("crop_preset") or "BP4D"), crop)
+    results = []
+    for engine, precision in P.supported_combinations():
+        if (engine, precision) == ("pytorch", "fp32"):
+            continue
+        runner = P.make_runner(engine, precision, sources.get((engine, precision), loaded.model))
+        results.append(P.probability_guard(reference, runner, crops, precision, engine))
+        results.append(P.f1_guard(reference, runner, data_root, precision, engine, dataset=dataset, fold=fold,
+                                  crop_size=crop))
+    return results
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -274,8 +306,23 @@ def main(argv=None) -> None:
     parser.add_argument("--no-precisions", action="store_true", help="skip the engine x precision table")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8"], choices=["fp32", "bf16", "int8"],
                         help="the precisions of the end-to-end demo benchmark")
+    parser.add_argument("--guard-checkpoint", type=Path, default=None, metavar="PTH",
+                        help="a trained checkpoint: print its accuracy guards for every precision (probabilities "
+                             "on face crops, test mean F1 on --guard-data) and stop")
+    parser.add_argument("--guard-data", type=Path, default=None, metavar="DIR",
+                        help="--guard-checkpoint's data set root (its dataset's lists and images, e.g. data/SYNTH)")
+    parser.add_argument("--guard-fold", type=int, default=None, help="--guard-data's test fold (default: the "
+                        "checkpoint's)")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.guard_checkpoint:
+        if not args.guard_data:
+            parser.error("--guard-checkpoint needs --guard-data (the data set root of its test fold)")
+        from megraphau.inference.precision import guard_line
+
+        for result in trained_guards(args.guard_checkpoint, args.guard_data, args.workdir, args.guard_fold):
+            print(guard_line(result), flush=True)
+        return
     made = models(args.workdir, args.arcs, args.stages)
     if args.memory:
         run_memory(args, args.workdir, made)

@@ -142,3 +142,30 @@ def test_bench_scripts_run_from_any_folder(script, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--help"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage:" in result.stdout, result.stderr[-2000:]
+
+
+def test_bench_video_guards_of_a_trained_checkpoint(tmp_path, capsys):
+    """--guard-checkpoint: both guards (probabilities, test F1) for every offered precision."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from bench import bench_video
+    from megraphau.inference import precision as P
+    from megraphau.model import build_model, model_config_dict
+    from megraphau.synth import generate_synthetic_dataset
+
+    root = generate_synthetic_dataset(tmp_path / "synth", subjects_per_part=1, tasks=2, frames=4, seed=0, size=64)
+    torch.manual_seed(0)
+    model = build_model(1, "resnet18", 12, 4, pretrained=False).eval()
+    facts = {"dataset": "SYNTH", "crop_preset": "BP4D", "crop_size": 48, "fold": 1}
+    ckpt = tmp_path / "synth.pth"
+    torch.save({"state_dict": model.state_dict(), "model_config": model_config_dict(model), "facts": facts}, ckpt)
+    bench_video.main(["--workdir", str(tmp_path / "work"), "--guard-checkpoint", str(ckpt), "--guard-data", str(root)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    offered = [c for c in P.supported_combinations() if c != ("pytorch", "fp32")]
+    assert len(lines) == 2 * len(offered)
+    for (engine, precision), probs, f1 in zip(offered, lines[::2], lines[1::2]):
+        assert probs.startswith(f"{precision} {engine} guard probs: max abs diff ")
+        assert f1.startswith(f"{precision} {engine} guard f1: test mean F1 ") and "SYNTH fold 1 (8 images)" in f1
+    with pytest.raises(SystemExit):  # the data set root is required
+        bench_video.main(["--workdir", str(tmp_path / "work"), "--guard-checkpoint", str(ckpt)])
