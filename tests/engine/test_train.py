@@ -18,6 +18,7 @@ import yaml
 import test as test_mod
 import train_stage1
 import train_stage2
+from cli_runs import tiny_synth_root
 from megraphau import (
     conf,
     provenance,
@@ -31,9 +32,7 @@ from megraphau.synth import generate_synthetic_dataset
 @pytest.fixture(scope="module")
 def tiny_synth(tmp_path_factory):
     """8 faces per part: 16 train / 8 test images per fold, for the mechanics (not for learning)."""
-    root = tmp_path_factory.mktemp("synth_tiny")
-    generate_synthetic_dataset(root, subjects_per_part=1, tasks=2, frames=4, seed=0, size=64)
-    return root
+    return tiny_synth_root(tmp_path_factory, "synth_tiny")
 
 
 def _argv(root, out, *extra, epochs=2):
