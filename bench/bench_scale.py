@@ -5,7 +5,8 @@ together (the demo and every process it starts: Ray's GCS, raylet and workers), 
 0.25 s as the sum of their PSS (proportional set size: a page shared by k processes counts 1/k
 in each, so shared libraries and Ray's object store are not counted k times; RSS where PSS
 cannot be read), and each Ray worker's overhead (the run's wall time less the busy time of its
-inputs per worker: starting Ray, loading a model per worker, scheduling, merging).
+inputs per worker: starting Ray, loading a model per worker, scheduling, merging) and their pace
+once started (frames over each worker's busy time).
 
 The videos are megraphau.inference.sample_media.write_face_video's (tests/data/astronaut.jpg moving on a textured
 background, one face per frame, MJPG .avi); the model a random-weight release-style checkpoint
@@ -101,7 +102,8 @@ def main(argv=None) -> list:
     p.add_argument("--videos", type=int, default=20, help="videos in the folder")
     p.add_argument("--frames", type=int, default=50, help="frames per video")
     p.add_argument("--size", default="320x240", help="frame size WxH")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="--engine ray worker counts to run")
+    p.add_argument("--workers", type=int, nargs="*", default=[1, 2],
+                   help="--engine ray worker counts to run (none: the single process only)")
     p.add_argument("--threads", type=int, default=None,
                    help="model threads per worker (default: the demo's: all cores single, cores / workers ray)")
     p.add_argument("--arc", default="resnet18")
@@ -136,20 +138,23 @@ def main(argv=None) -> list:
         busy = busy_seconds(out)
         row = {"run": name, "workers": workers or 1, **result, "inputs_per_s": args.videos / result["seconds"],
                "frames_per_s": frames / result["seconds"],
-               "overhead_s_per_worker": None if workers is None else result["seconds"] - busy / workers}
+               "overhead_s_per_worker": None if workers is None else result["seconds"] - busy / workers,
+               # the workers' own pace, their fixed costs left out: frames over each worker's busy time
+               "frames_per_s_started": frames / (busy / workers) if workers and busy else None}
         rows.append(row)
         print(f"{name}: exit {row['code']}, {row['seconds']:.1f} s", flush=True)
     base = next((r for r in rows if r["run"] == "single"), None)
     print(f"\n{args.videos} videos x {args.frames} frames of {w}x{h}, {args.arc} stage 2, CPU "
           f"({os.cpu_count()} cores)")
     print("| run | wall s | inputs/s | frames/s | x single | peak memory, all processes (MB) | processes "
-          "| overhead per worker (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| overhead per worker (s) | frames/s once started |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['seconds'] and base['seconds'] / r['seconds']:.2f}" if base else "-"
         overhead = "-" if r["overhead_s_per_worker"] is None else f"{r['overhead_s_per_worker']:.1f}"
+        started = "-" if r["frames_per_s_started"] is None else f"{r['frames_per_s_started']:.1f}"
         print(f"| {r['run']} | {r['seconds']:.1f} | {r['inputs_per_s']:.2f} | {r['frames_per_s']:.1f} | {ratio} "
-              f"| {r['peak_mb']:.0f} | {r['processes']} | {overhead} |")
+              f"| {r['peak_mb']:.0f} | {r['processes']} | {overhead} | {started} |")
     print("GPUs: not measured (no GPU here); see docs/scale.md.")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

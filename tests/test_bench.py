@@ -169,3 +169,25 @@ def test_bench_video_guards_of_a_trained_checkpoint(tmp_path, capsys):
         assert f1.startswith(f"{precision} {engine} guard f1: test mean F1 ") and "SYNTH fold 1 (8 images)" in f1
     with pytest.raises(SystemExit):  # the data set root is required
         bench_video.main(["--workdir", str(tmp_path / "work"), "--guard-checkpoint", str(ckpt)])
+
+
+def test_bench_scale_single_process_tiny(tmp_path, capsys):
+    from bench import bench_scale
+
+    rows = bench_scale.main(["--videos", "2", "--frames", "3", "--size", "160x120", "--workers",
+                             "--workdir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert [r["run"] for r in rows] == ["single"] and rows[0]["code"] == 0, (tmp_path / "single.log").read_text()
+    assert rows[0]["peak_mb"] > 0 and rows[0]["processes"] >= 1 and rows[0]["frames_per_s_started"] is None
+    assert "| single |" in out and "frames/s once started" in out
+
+
+@pytest.mark.slow  # starts a local Ray in the demo's process (tens of seconds)
+def test_bench_scale_ray_tiny(tmp_path, capsys):
+    pytest.importorskip("ray")
+    from bench import bench_scale
+
+    rows = bench_scale.main(["--videos", "2", "--frames", "3", "--size", "160x120", "--workers", "1",
+                             "--no-single", "--workdir", str(tmp_path)])
+    assert [r["run"] for r in rows] == ["ray_w1"] and rows[0]["code"] == 0, (tmp_path / "ray_w1.log").read_text()
+    assert rows[0]["processes"] > 1 and rows[0]["overhead_s_per_worker"] > 0 and rows[0]["frames_per_s_started"] > 0
