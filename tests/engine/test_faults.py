@@ -34,7 +34,6 @@ from cli_runs import (
     one_error_line,
     stage1_cli,
     stage2_cli,
-    tiny_synth_root,
     train_argv,
 )
 from megraphau import conf, errors, utils
@@ -51,12 +50,6 @@ SUBPROCESS_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "
 # --------------------------------------------------------------------------------------------
 # fixtures and helpers
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_synth(tmp_path_factory):
-    """8 faces per part: 16 train / 8 test images per fold."""
-    return tiny_synth_root(tmp_path_factory, "synth_faults")
-
-
 @pytest.fixture(scope="module")
 def stage1_release_file(tmp_path_factory):
     """A stage-1 ResNet-18 (12 AUs) in the release's format, AdamW state after one step included."""

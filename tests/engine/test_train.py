@@ -18,7 +18,6 @@ import yaml
 import test as test_mod
 import train_stage1
 import train_stage2
-from cli_runs import tiny_synth_root
 from megraphau import (
     conf,
     provenance,
@@ -27,12 +26,6 @@ from megraphau import (
 from megraphau.engine import cli, losses, training
 from megraphau.paths import REPO_ROOT
 from megraphau.synth import generate_synthetic_dataset
-
-
-@pytest.fixture(scope="module")
-def tiny_synth(tmp_path_factory):
-    """8 faces per part: 16 train / 8 test images per fold, for the mechanics (not for learning)."""
-    return tiny_synth_root(tmp_path_factory, "synth_tiny")
 
 
 def _argv(root, out, *extra, epochs=2):
